@@ -1,0 +1,44 @@
+// Package bootstrap runs a node's boot as a list of named, idempotent phases and
+// records each one's outcome in the state file that `nodeagent status` reads.
+//
+// A phase is check → act → verify: Check looks at the host and says what it would
+// change (nothing means converged, so a re-run after success is a no-op); Act makes
+// those changes; Verify proves the result. Because every phase checks before it acts,
+// re-running after a crash or a reboot converges instead of starting over.
+package bootstrap
+
+import "context"
+
+// Change is one thing a phase would do to the host; `nodeagent plan` prints them.
+type Change struct {
+	Kind   string `json:"kind"`   // file, unit, sysctl, module, swap, hostname, asset, volume, manifest, cert
+	Target string `json:"target"` // path, unit name, key, volume id
+	Action string `json:"action"` // create, update, delete, apply, start, restart, attach, format, mount
+	Detail string `json:"detail,omitempty"`
+}
+
+func (c Change) String() string {
+	s := c.Action + " " + c.Kind + " " + c.Target
+	if c.Detail != "" {
+		s += " (" + c.Detail + ")"
+	}
+	return s
+}
+
+// Phase is one named step of the boot.
+type Phase interface {
+	Name() string
+	// Check inspects the host and returns the changes Act would make; an empty list
+	// means the phase has converged. It must change nothing.
+	Check(ctx context.Context) ([]Change, error)
+	// Act makes the host match the desired state.
+	Act(ctx context.Context) error
+	// Verify checks that the desired state holds now.
+	Verify(ctx context.Context) error
+}
+
+// Reporter is implemented by phases that have results worth showing in status
+// (volumes, units, manifests). Report is called after the phase ends, done or not.
+type Reporter interface {
+	Report(st *State)
+}

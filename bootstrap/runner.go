@@ -1,0 +1,186 @@
+package bootstrap
+
+import (
+	"context"
+	"errors"
+
+	"log/slog"
+	"strings"
+	"time"
+)
+
+// Warner is implemented by phases that finish with things they could not do but
+// that do not fail the phase; the warnings are shown in status, never dropped.
+type Warner interface {
+	Warnings() []string
+}
+
+// Runner runs phases in order and records each outcome in the state file.
+type Runner struct {
+	Store StateStore
+	Log   *slog.Logger
+	// Node and ConfigHash are recorded in the state at the start of a run.
+	Node       NodeInfo
+	ConfigHash string
+	// Observe, when set, is called with each phase's final status (metrics).
+	Observe func(PhaseStatus)
+	now     func() time.Time
+}
+
+// Run runs every phase: check, then act and verify when check found changes (a
+// converged phase is only verified). It stops at the first failure and returns it
+// as "phase NAME: reason"; later phases stay pending.
+func (r *Runner) Run(ctx context.Context, phases []Phase) error {
+	now := r.clock()
+	log := r.logger()
+	start := now()
+	if _, err := r.Store.Update(func(st *State) {
+		st.Node = mergeNode(st.Node, r.Node)
+		st.ConfigHash = r.ConfigHash
+		st.StartedAt = start
+		st.FinishedAt = time.Time{}
+		st.Error = ""
+		st.Phases = make([]PhaseStatus, len(phases))
+		for i, p := range phases {
+			st.Phases[i] = PhaseStatus{Name: p.Name(), State: PhasePending}
+		}
+	}); err != nil {
+		return err
+	}
+
+	for _, p := range phases {
+		ps := r.runPhase(ctx, p, log)
+		if r.Observe != nil {
+			r.Observe(ps)
+		}
+		_, werr := r.Store.Update(func(st *State) {
+			if cur := st.Phase(ps.Name); cur != nil {
+				*cur = ps
+			}
+			if rep, ok := p.(Reporter); ok {
+				rep.Report(st)
+			}
+			if ps.State == PhaseFailed {
+				st.Error = "phase " + ps.Name + ": " + firstLine(ps.Error)
+				st.FinishedAt = now()
+			}
+		})
+		if ps.State == PhaseFailed {
+			return &PhaseError{Phase: ps.Name, Message: ps.Error}
+		}
+		if werr != nil {
+			return werr
+		}
+	}
+	_, err := r.Store.Update(func(st *State) { st.FinishedAt = now() })
+	log.Info("bootstrap finished", "phases", len(phases), "duration", now().Sub(start).Round(time.Millisecond))
+	return err
+}
+
+func (r *Runner) runPhase(ctx context.Context, p Phase, log *slog.Logger) PhaseStatus {
+	now := r.clock()
+	ps := PhaseStatus{Name: p.Name(), State: PhaseRunning, Started: now()}
+	_, _ = r.Store.Update(func(st *State) {
+		if cur := st.Phase(ps.Name); cur != nil {
+			*cur = ps
+		}
+	})
+	log = log.With("phase", ps.Name)
+	fail := func(step string, err error) PhaseStatus {
+		ps.State = PhaseFailed
+		ps.Error = step + ": " + err.Error()
+		ps.Duration = Duration(now().Sub(ps.Started))
+		log.Error("phase failed", "step", step, "err", err, "duration", time.Duration(ps.Duration).Round(time.Millisecond))
+		return ps
+	}
+	if err := ctx.Err(); err != nil {
+		return fail("start", err)
+	}
+	changes, err := p.Check(ctx)
+	if err != nil {
+		return fail("check", err)
+	}
+	if len(changes) > 0 {
+		ps.Changed = true
+		ps.Changes = changes
+		log.Info("phase acting", "changes", len(changes))
+		if err := p.Act(ctx); err != nil {
+			return fail("act", err)
+		}
+	}
+	if err := p.Verify(ctx); err != nil {
+		return fail("verify", err)
+	}
+	if w, ok := p.(Warner); ok {
+		ps.Warnings = w.Warnings()
+		for _, msg := range ps.Warnings {
+			log.Warn("phase warning", "warning", msg)
+		}
+	}
+	ps.State = PhaseDone
+	ps.Duration = Duration(now().Sub(ps.Started))
+	log.Info("phase done", "changed", ps.Changed, "duration", time.Duration(ps.Duration).Round(time.Millisecond))
+	return ps
+}
+
+// PlannedPhase is what one phase would change.
+type PlannedPhase struct {
+	Name    string   `json:"name"`
+	Changes []Change `json:"changes"`
+	Error   string   `json:"error,omitempty"`
+}
+
+// Plan runs every phase's Check and changes nothing. A phase whose check fails is
+// reported with its error and the plan goes on, so one problem does not hide others.
+func Plan(ctx context.Context, phases []Phase) []PlannedPhase {
+	out := make([]PlannedPhase, 0, len(phases))
+	for _, p := range phases {
+		changes, err := p.Check(ctx)
+		pp := PlannedPhase{Name: p.Name(), Changes: changes}
+		if err != nil {
+			pp.Error = err.Error()
+		}
+		out = append(out, pp)
+	}
+	return out
+}
+
+// PhaseError is a failed phase, as returned by Runner.Run.
+type PhaseError struct {
+	Phase   string
+	Message string
+}
+
+func (e *PhaseError) Error() string { return "phase " + e.Phase + ": " + firstLine(e.Message) }
+
+// IsPhaseError reports whether err is a failed phase.
+func IsPhaseError(err error) bool {
+	var pe *PhaseError
+	return errors.As(err, &pe)
+}
+
+func (r *Runner) clock() func() time.Time {
+	if r.now != nil {
+		return r.now
+	}
+	return time.Now
+}
+
+func (r *Runner) logger() *slog.Logger {
+	if r.Log != nil {
+		return r.Log
+	}
+	return slog.Default()
+}
+
+func mergeNode(old, cur NodeInfo) NodeInfo {
+	if cur.Name == "" && cur.InstanceID == "" {
+		return old
+	}
+	return cur
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	return s
+}

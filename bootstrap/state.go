@@ -1,0 +1,215 @@
+package bootstrap
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/nodeagent/nodeagent/internal/fsutil"
+)
+
+// StateFileName is the file, under --state-dir, that holds State.
+const StateFileName = "state.json"
+
+// SchemaVersion is bumped when State changes incompatibly.
+const SchemaVersion = 1
+
+// PhaseState is where a phase stands.
+type PhaseState string
+
+const (
+	PhasePending PhaseState = "pending"
+	PhaseRunning PhaseState = "running"
+	PhaseDone    PhaseState = "done"
+	PhaseFailed  PhaseState = "failed"
+	PhaseSkipped PhaseState = "skipped"
+)
+
+// State is what happened on this node; it is written atomically after every phase.
+type State struct {
+	SchemaVersion int       `json:"schemaVersion"`
+	Node          NodeInfo  `json:"node"`
+	ConfigHash    string    `json:"configHash,omitempty"`
+	StartedAt     time.Time `json:"startedAt,omitzero"`
+	FinishedAt    time.Time `json:"finishedAt,omitzero"`
+	// Error is the one-line reason of the last failed run, empty after success.
+	Error     string           `json:"error,omitempty"`
+	Phases    []PhaseStatus    `json:"phases"`
+	Volumes   []VolumeStatus   `json:"volumes,omitempty"`
+	Units     []UnitStatus     `json:"units,omitempty"`
+	Manifests []ManifestStatus `json:"manifests,omitempty"`
+	Assets    []AssetStatus    `json:"assets,omitempty"`
+	Readiness ReadinessStatus  `json:"readiness"`
+}
+
+// NodeInfo identifies the node.
+type NodeInfo struct {
+	Name             string `json:"name,omitempty"`
+	Cluster          string `json:"cluster,omitempty"`
+	Role             string `json:"role,omitempty"`
+	InstanceID       string `json:"instanceID,omitempty"`
+	InstanceType     string `json:"instanceType,omitempty"`
+	Region           string `json:"region,omitempty"`
+	AvailabilityZone string `json:"availabilityZone,omitempty"`
+	PrivateIP        string `json:"privateIP,omitempty"`
+}
+
+// PhaseStatus is one phase's last outcome.
+type PhaseStatus struct {
+	Name     string     `json:"name"`
+	State    PhaseState `json:"state"`
+	Started  time.Time  `json:"started,omitzero"`
+	Duration Duration   `json:"duration"`
+	// Changed is false when Check found nothing to do.
+	Changed bool     `json:"changed"`
+	Changes []Change `json:"changes,omitempty"`
+	Error   string   `json:"error,omitempty"`
+	// Warnings are things the phase could not do but that do not fail it, stated
+	// plainly (e.g. "kernel refused module br_netfilter: ...").
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+// VolumeStatus is one claimed etcd volume.
+type VolumeStatus struct {
+	ID          string   `json:"id"`
+	EtcdCluster string   `json:"etcdCluster"`
+	Member      string   `json:"member"`
+	Members     []string `json:"members,omitempty"`
+	Device      string   `json:"device,omitempty"`
+	MountPoint  string   `json:"mountPoint,omitempty"`
+	Formatted   bool     `json:"formatted"`
+	State       string   `json:"state"`
+}
+
+// UnitStatus is one systemd unit the agent manages.
+type UnitStatus struct {
+	Name        string `json:"name"`
+	ActiveState string `json:"activeState"`
+	SubState    string `json:"subState,omitempty"`
+	Enabled     bool   `json:"enabled"`
+}
+
+// ManifestStatus is one static pod manifest the agent owns.
+type ManifestStatus struct {
+	Name   string `json:"name"`
+	Path   string `json:"path"`
+	SHA256 string `json:"sha256"`
+}
+
+// AssetStatus is one installed, verified asset.
+type AssetStatus struct {
+	Name   string `json:"name"`
+	Path   string `json:"path"`
+	SHA256 string `json:"sha256"`
+	Source string `json:"source,omitempty"` // cache, or the URL it came from (no credentials)
+}
+
+// ReadinessStatus says whether the node is ready and why not.
+type ReadinessStatus struct {
+	Ready     bool      `json:"ready"`
+	Reason    string    `json:"reason,omitempty"`
+	CheckedAt time.Time `json:"checkedAt,omitzero"`
+}
+
+// Duration marshals as a Go duration string ("1.234s") for humans and as-is for tools.
+type Duration time.Duration
+
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Phase returns the status of the named phase, or nil.
+func (s *State) Phase(name string) *PhaseStatus {
+	for i := range s.Phases {
+		if s.Phases[i].Name == name {
+			return &s.Phases[i]
+		}
+	}
+	return nil
+}
+
+// AllDone reports whether every recorded phase is done or skipped.
+func (s *State) AllDone() bool {
+	if len(s.Phases) == 0 {
+		return false
+	}
+	for _, p := range s.Phases {
+		if p.State != PhaseDone && p.State != PhaseSkipped {
+			return false
+		}
+	}
+	return true
+}
+
+// StateStore reads and writes the state file. Bootstrap and the daemon both update
+// it, so every update is a locked read-modify-write.
+type StateStore struct {
+	Dir string
+}
+
+// Path is the state file's path.
+func (s StateStore) Path() string { return filepath.Join(s.Dir, StateFileName) }
+
+// Load reads the state file; a missing file is an empty State, not an error.
+func (s StateStore) Load() (*State, error) {
+	b, err := os.ReadFile(s.Path())
+	if errors.Is(err, fs.ErrNotExist) {
+		return &State{SchemaVersion: SchemaVersion}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read state: %w", err)
+	}
+	var st State
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("state file %s is corrupt: %w", s.Path(), err)
+	}
+	return &st, nil
+}
+
+// Update applies fn to the current state under an exclusive lock and writes the
+// result atomically.
+func (s StateStore) Update(fn func(*State)) (*State, error) {
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state dir: %w", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(s.Dir, ".state.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock state: %w", err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		return nil, fmt.Errorf("lock state: %w", err)
+	}
+	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
+
+	st, err := s.Load()
+	if err != nil {
+		return nil, err
+	}
+	fn(st)
+	st.SchemaVersion = SchemaVersion
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encode state: %w", err)
+	}
+	if err := fsutil.WriteFileAtomic(s.Path(), append(b, '\n'), 0o644); err != nil {
+		return nil, err
+	}
+	return st, nil
+}

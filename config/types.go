@@ -1,0 +1,141 @@
+// Package config defines NodeConfig (nodeagent.io/v1alpha1), the document a node boots
+// from, and everything needed to turn bytes into a valid one: strict decoding, EC2
+// user-data unwrapping, merging over cluster-level defaults, defaulting and validation.
+package config
+
+// APIVersion and Kind identify a NodeConfig document.
+const (
+	APIVersion = "nodeagent.io/v1alpha1"
+	Kind       = "NodeConfig"
+)
+
+// Role is what a node does in the cluster.
+type Role string
+
+const (
+	RoleControlPlane Role = "ControlPlane"
+	RoleNode         Role = "Node"
+)
+
+// Runtime is the container runtime kubelet talks to.
+type Runtime string
+
+const (
+	RuntimeContainerd Runtime = "containerd"
+	RuntimeDocker     Runtime = "docker"
+)
+
+// NodeConfig is the whole configuration of one node.
+type NodeConfig struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Spec       Spec   `json:"spec"`
+}
+
+// Spec is what the node should become.
+type Spec struct {
+	Cluster           Cluster    `json:"cluster"`
+	Role              Role       `json:"role"`
+	KubernetesVersion string     `json:"kubernetesVersion"`
+	ContainerRuntime  Runtime    `json:"containerRuntime,omitempty"`
+	Assets            []Asset    `json:"assets,omitempty"`
+	Kubelet           Kubelet    `json:"kubelet,omitempty"`
+	Host              Host       `json:"host,omitempty"`
+	Etcd              *Etcd      `json:"etcd,omitempty"`
+	Gossip            Gossip     `json:"gossip,omitempty"`
+	Readiness         Readiness  `json:"readiness,omitempty"`
+	Images            Images     `json:"images,omitempty"`
+	Networking        Networking `json:"networking,omitempty"`
+	PKI               PKI        `json:"pki,omitempty"`
+}
+
+// Cluster names the cluster and where its shared configuration lives.
+type Cluster struct {
+	// Name is a DNS-1123 subdomain, e.g. proyecto.k8s.local.
+	Name string `json:"name"`
+	// StateStore is an s3://bucket/prefix URL holding nodeagent/cluster.yaml (a
+	// NodeConfig whose spec fills what user-data leaves unset), pki/ca.crt,
+	// pki/ca.key and nodeagent/gossip.key.
+	StateStore string `json:"stateStore,omitempty"`
+	// APIServer is the host:port kubelets use; default api.internal.<name>:443.
+	APIServer string `json:"apiServer,omitempty"`
+}
+
+// Asset is one file the node installs, verified by SHA-256 before it is used.
+type Asset struct {
+	Name string `json:"name"`
+	// URLs are mirrors tried in order: https://, http:// or s3://bucket/key.
+	URLs   []string `json:"urls"`
+	SHA256 string   `json:"sha256"`
+	// Path is where the file is installed; default /usr/local/bin/<name>.
+	Path string `json:"path,omitempty"`
+}
+
+// Kubelet holds the node's kubelet settings.
+type Kubelet struct {
+	NodeLabels map[string]string `json:"nodeLabels,omitempty"`
+	// Config holds KubeletConfiguration (kubelet.config.k8s.io/v1beta1) fields merged
+	// over the agent's defaults.
+	Config map[string]any `json:"config,omitempty"`
+	// BootstrapToken, when set, is written into the bootstrap kubeconfig. It is a
+	// secret: never logged, never shown by status.
+	BootstrapToken string `json:"bootstrapToken,omitempty"`
+}
+
+// Host holds host preparation settings.
+type Host struct {
+	// Sysctls are merged over the defaults Kubernetes needs.
+	Sysctls map[string]string `json:"sysctls,omitempty"`
+	// KernelModules are loaded now and at every boot.
+	KernelModules []string `json:"kernelModules,omitempty"`
+	// Hostname overrides the name taken from instance metadata.
+	Hostname string `json:"hostname,omitempty"`
+}
+
+// Etcd describes the etcd clusters a control-plane node runs.
+type Etcd struct {
+	// Version is the etcd image tag, e.g. 3.5.15-0.
+	Version  string        `json:"version,omitempty"`
+	Clusters []EtcdCluster `json:"clusters,omitempty"`
+}
+
+// EtcdCluster is one etcd cluster (kops runs "main" and "events").
+type EtcdCluster struct {
+	Name       string `json:"name"`
+	ClientPort int    `json:"clientPort"`
+	PeerPort   int    `json:"peerPort"`
+}
+
+// Gossip configures the memberlist ring that replaces DNS for .k8s.local clusters.
+type Gossip struct {
+	Port int `json:"port,omitempty"`
+	// SecretKeyFile holds the 16, 24 or 32 byte key; when empty and a state store is
+	// set, the key is read from it.
+	SecretKeyFile string `json:"secretKeyFile,omitempty"`
+}
+
+// Readiness configures how readiness is reported upward.
+type Readiness struct {
+	// LifecycleHook is the Auto Scaling lifecycle hook completed once the node is ready.
+	LifecycleHook string `json:"lifecycleHook,omitempty"`
+	// Timeout bounds how long bootstrap waits for readiness, e.g. "5m".
+	Timeout string `json:"timeout,omitempty"`
+}
+
+// Images overrides where control-plane images come from.
+type Images struct {
+	Registry string `json:"registry,omitempty"`
+}
+
+// Networking holds cluster network ranges.
+type Networking struct {
+	ServiceCIDR string `json:"serviceCIDR,omitempty"`
+	PodCIDR     string `json:"podCIDR,omitempty"`
+	ClusterDNS  string `json:"clusterDNS,omitempty"`
+}
+
+// PKI names where the cluster CA comes from when not from the state store.
+type PKI struct {
+	CACertFile string `json:"caCertFile,omitempty"`
+	CAKeyFile  string `json:"caKeyFile,omitempty"`
+}

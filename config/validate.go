@@ -1,0 +1,284 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+)
+
+// FieldError is one problem with a NodeConfig, located by its field path
+// (e.g. spec.assets[1].sha256).
+type FieldError struct {
+	Path    string
+	Message string
+}
+
+func (e FieldError) Error() string { return e.Path + ": " + e.Message }
+
+// ValidationError lists every problem found, so a user fixes them all in one go.
+type ValidationError []FieldError
+
+func (v ValidationError) Error() string {
+	msgs := make([]string, len(v))
+	for i, e := range v {
+		msgs[i] = e.Error()
+	}
+	return fmt.Sprintf("invalid NodeConfig (%d problems): %s", len(v), strings.Join(msgs, "; "))
+}
+
+var (
+	dns1123Label   = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+	sha256Hex      = regexp.MustCompile(`^[0-9a-f]{64}$`)
+	k8sVersion     = regexp.MustCompile(`^v1\.[0-9]+\.[0-9]+$`)
+	sysctlKey      = regexp.MustCompile(`^[a-z0-9_]+(\.[a-zA-Z0-9_-]+)+$`)
+	moduleName     = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
+	assetName      = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]*$`)
+	labelNameRegex = regexp.MustCompile(`^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$`)
+	labelValue     = regexp.MustCompile(`^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$`)
+)
+
+// Validate checks a defaulted NodeConfig and returns a ValidationError listing every
+// problem, or nil.
+func (c *NodeConfig) Validate() error {
+	var errs ValidationError
+	add := func(path, format string, args ...any) {
+		errs = append(errs, FieldError{Path: path, Message: fmt.Sprintf(format, args...)})
+	}
+	if c.APIVersion != APIVersion {
+		add("apiVersion", "must be %q, got %q", APIVersion, c.APIVersion)
+	}
+	if c.Kind != Kind {
+		add("kind", "must be %q, got %q", Kind, c.Kind)
+	}
+	s := &c.Spec
+
+	switch {
+	case s.Cluster.Name == "":
+		add("spec.cluster.name", "required")
+	case !IsDNS1123Subdomain(s.Cluster.Name):
+		add("spec.cluster.name", "%q is not a DNS-1123 subdomain (lower case letters, digits, '-' and '.')", s.Cluster.Name)
+	}
+	if s.Cluster.StateStore != "" {
+		if _, _, err := ParseS3URL(s.Cluster.StateStore); err != nil {
+			add("spec.cluster.stateStore", "%v", err)
+		}
+	}
+	if s.Cluster.APIServer != "" {
+		if _, _, err := net.SplitHostPort(s.Cluster.APIServer); err != nil {
+			add("spec.cluster.apiServer", "must be host:port: %v", err)
+		}
+	}
+
+	switch s.Role {
+	case RoleControlPlane, RoleNode:
+	case "":
+		add("spec.role", "required: ControlPlane or Node")
+	default:
+		add("spec.role", "must be ControlPlane or Node, got %q", s.Role)
+	}
+	switch {
+	case s.KubernetesVersion == "":
+		add("spec.kubernetesVersion", "required, e.g. v1.31.2")
+	case !k8sVersion.MatchString(s.KubernetesVersion):
+		add("spec.kubernetesVersion", "%q is not of the form v1.MINOR.PATCH", s.KubernetesVersion)
+	}
+	switch s.ContainerRuntime {
+	case RuntimeContainerd, RuntimeDocker:
+	default:
+		add("spec.containerRuntime", "must be containerd or docker, got %q", s.ContainerRuntime)
+	}
+
+	names := map[string]int{}
+	paths := map[string]int{}
+	for i, a := range s.Assets {
+		p := fmt.Sprintf("spec.assets[%d]", i)
+		switch {
+		case a.Name == "":
+			add(p+".name", "required")
+		case !assetName.MatchString(a.Name):
+			add(p+".name", "%q: only letters, digits, '.', '_' and '-'", a.Name)
+		default:
+			if j, dup := names[a.Name]; dup {
+				add(p+".name", "%q already used by spec.assets[%d]", a.Name, j)
+			}
+			names[a.Name] = i
+		}
+		if len(a.URLs) == 0 {
+			add(p+".urls", "at least one URL is required")
+		}
+		for j, u := range a.URLs {
+			if err := validateAssetURL(u); err != nil {
+				add(fmt.Sprintf("%s.urls[%d]", p, j), "%v", err)
+			}
+		}
+		switch {
+		case a.SHA256 == "":
+			add(p+".sha256", "required: the asset's SHA-256 as 64 hex characters")
+		case !sha256Hex.MatchString(a.SHA256):
+			add(p+".sha256", "must be 64 hex characters, got %d characters", len(a.SHA256))
+		}
+		if a.Path != "" {
+			if !strings.HasPrefix(a.Path, "/") || strings.Contains(a.Path, "..") {
+				add(p+".path", "must be an absolute path without '..', got %q", a.Path)
+			} else if j, dup := paths[a.Path]; dup {
+				add(p+".path", "%q already used by spec.assets[%d]", a.Path, j)
+			} else {
+				paths[a.Path] = i
+			}
+		}
+	}
+
+	for _, k := range sortedKeys(s.Kubelet.NodeLabels) {
+		p := "spec.kubelet.nodeLabels[" + k + "]"
+		if !labelNameRegex.MatchString(k) || len(k) > 316 {
+			add(p, "invalid label key %q", k)
+		}
+		if v := s.Kubelet.NodeLabels[k]; len(v) > 63 || !labelValue.MatchString(v) {
+			add(p, "invalid label value %q", v)
+		}
+	}
+	for _, k := range []string{"apiVersion", "kind", "staticPodPath", "cgroupDriver"} {
+		if _, set := s.Kubelet.Config[k]; set {
+			add("spec.kubelet.config."+k, "is managed by nodeagent and cannot be overridden")
+		}
+	}
+
+	for _, k := range sortedKeys(s.Host.Sysctls) {
+		if !sysctlKey.MatchString(k) {
+			add("spec.host.sysctls["+k+"]", "invalid sysctl name")
+		}
+		if v := s.Host.Sysctls[k]; v == "" || strings.ContainsAny(v, "\n\r") {
+			add("spec.host.sysctls["+k+"]", "value must be a non-empty single line")
+		}
+	}
+	for i, m := range s.Host.KernelModules {
+		if !moduleName.MatchString(m) {
+			add(fmt.Sprintf("spec.host.kernelModules[%d]", i), "invalid module name %q", m)
+		}
+	}
+	if s.Host.Hostname != "" && !IsDNS1123Subdomain(s.Host.Hostname) {
+		add("spec.host.hostname", "%q is not a valid host name", s.Host.Hostname)
+	}
+
+	if s.Etcd != nil {
+		if s.Role != RoleControlPlane {
+			add("spec.etcd", "only allowed when spec.role is ControlPlane")
+		}
+		ports := map[int]string{}
+		seen := map[string]bool{}
+		for i, ec := range s.Etcd.Clusters {
+			p := fmt.Sprintf("spec.etcd.clusters[%d]", i)
+			if !dns1123Label.MatchString(ec.Name) {
+				add(p+".name", "%q is not a DNS-1123 label", ec.Name)
+			} else if seen[ec.Name] {
+				add(p+".name", "%q is listed twice", ec.Name)
+			}
+			seen[ec.Name] = true
+			for _, port := range []struct {
+				field string
+				v     int
+			}{{"clientPort", ec.ClientPort}, {"peerPort", ec.PeerPort}} {
+				if port.v < 1 || port.v > 65535 {
+					add(p+"."+port.field, "must be 1-65535, got %d", port.v)
+					continue
+				}
+				if other, dup := ports[port.v]; dup {
+					add(p+"."+port.field, "port %d already used by %s", port.v, other)
+				}
+				ports[port.v] = p + "." + port.field
+			}
+		}
+	}
+
+	if s.Gossip.Port < 1 || s.Gossip.Port > 65535 {
+		add("spec.gossip.port", "must be 1-65535, got %d", s.Gossip.Port)
+	}
+	if s.Gossip.SecretKeyFile != "" && !strings.HasPrefix(s.Gossip.SecretKeyFile, "/") {
+		add("spec.gossip.secretKeyFile", "must be an absolute path")
+	}
+	if d, err := time.ParseDuration(s.Readiness.Timeout); err != nil || d <= 0 {
+		add("spec.readiness.timeout", "must be a positive duration such as 10m, got %q", s.Readiness.Timeout)
+	}
+	for _, f := range []struct{ path, v string }{
+		{"spec.networking.serviceCIDR", s.Networking.ServiceCIDR},
+		{"spec.networking.podCIDR", s.Networking.PodCIDR},
+	} {
+		if _, _, err := net.ParseCIDR(f.v); err != nil {
+			add(f.path, "%q is not a CIDR", f.v)
+		}
+	}
+	if net.ParseIP(s.Networking.ClusterDNS) == nil {
+		add("spec.networking.clusterDNS", "%q is not an IP address", s.Networking.ClusterDNS)
+	}
+	if (s.PKI.CACertFile == "") != (s.PKI.CAKeyFile == "") {
+		add("spec.pki", "caCertFile and caKeyFile go together")
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return errs
+}
+
+// IsDNS1123Subdomain reports whether s is a valid DNS-1123 subdomain.
+func IsDNS1123Subdomain(s string) bool {
+	if len(s) == 0 || len(s) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(s, ".") {
+		if len(label) > 63 || !dns1123Label.MatchString(label) {
+			return false
+		}
+	}
+	return true
+}
+
+// ParseS3URL splits s3://bucket/key/prefix into bucket and key (without leading slash).
+func ParseS3URL(raw string) (bucket, key string, err error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", "", fmt.Errorf("%q is not a URL: %w", raw, err)
+	}
+	if u.Scheme != "s3" || u.Host == "" {
+		return "", "", fmt.Errorf("%q is not of the form s3://bucket/path", raw)
+	}
+	return u.Host, strings.TrimPrefix(u.Path, "/"), nil
+}
+
+func validateAssetURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("%q is not a URL", raw)
+	}
+	switch u.Scheme {
+	case "http", "https":
+		if u.Host == "" {
+			return fmt.Errorf("%q has no host", raw)
+		}
+	case "s3":
+		if _, key, err := ParseS3URL(raw); err != nil {
+			return err
+		} else if key == "" {
+			return fmt.Errorf("%q names no object", raw)
+		}
+	case "file":
+		if u.Path == "" {
+			return fmt.Errorf("%q has no path", raw)
+		}
+	default:
+		return fmt.Errorf("%q: scheme must be https, http, s3 or file", raw)
+	}
+	return nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
