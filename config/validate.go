@@ -96,6 +96,7 @@ func (c *NodeConfig) Validate() error {
 	paths := map[string]int{}
 	for i, a := range s.Assets {
 		p := fmt.Sprintf("spec.assets[%d]", i)
+		_, dupName := names[a.Name]
 		switch {
 		case a.Name == "":
 			add(p+".name", "required")
@@ -124,7 +125,7 @@ func (c *NodeConfig) Validate() error {
 		if a.Path != "" {
 			if !strings.HasPrefix(a.Path, "/") || strings.Contains(a.Path, "..") {
 				add(p+".path", "must be an absolute path without '..', got %q", a.Path)
-			} else if j, dup := paths[a.Path]; dup {
+			} else if j, dup := paths[a.Path]; dup && !dupName {
 				add(p+".path", "%q already used by spec.assets[%d]", a.Path, j)
 			} else {
 				paths[a.Path] = i

@@ -1,0 +1,132 @@
+package bootstrap
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+)
+
+// filePhase converges a single in-memory value; it counts what it did so the tests
+// can tell a no-op re-run from a real one.
+type filePhase struct {
+	name     string
+	have     *string
+	want     string
+	actErr   error
+	acts     int
+	warnings []string
+}
+
+func (p *filePhase) Name() string { return p.name }
+func (p *filePhase) Check(context.Context) ([]Change, error) {
+	if *p.have == p.want {
+		return nil, nil
+	}
+	return []Change{{Kind: "file", Target: p.name, Action: "update"}}, nil
+}
+func (p *filePhase) Act(context.Context) error {
+	p.acts++
+	if p.actErr != nil {
+		return p.actErr
+	}
+	*p.have = p.want
+	return nil
+}
+func (p *filePhase) Verify(context.Context) error {
+	if *p.have != p.want {
+		return errors.New("not converged")
+	}
+	return nil
+}
+func (p *filePhase) Warnings() []string { return p.warnings }
+
+func TestRunnerConvergesThenNoOps(t *testing.T) {
+	store := StateStore{Dir: t.TempDir()}
+	var a, b string
+	phases := []Phase{
+		&filePhase{name: "a", have: &a, want: "A", warnings: []string{"kernel refused x"}},
+		&filePhase{name: "b", have: &b, want: "B"},
+	}
+	r := &Runner{Store: store, Node: NodeInfo{Name: "n1"}}
+	for run, wantChanged := range []bool{true, false} {
+		if err := r.Run(context.Background(), phases); err != nil {
+			t.Fatalf("run %d: %v", run, err)
+		}
+		st, err := store.Load()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !st.AllDone() || st.Error != "" || st.Node.Name != "n1" || st.FinishedAt.IsZero() {
+			t.Fatalf("run %d: state %+v", run, st)
+		}
+		for _, ps := range st.Phases {
+			if ps.Changed != wantChanged {
+				t.Errorf("run %d phase %s: changed = %v, want %v", run, ps.Name, ps.Changed, wantChanged)
+			}
+		}
+		if got := st.Phase("a").Warnings; len(got) != 1 {
+			t.Errorf("run %d: warnings not recorded: %v", run, got)
+		}
+	}
+	if acts := phases[0].(*filePhase).acts; acts != 1 {
+		t.Errorf("phase a acted %d times over two runs, want 1", acts)
+	}
+}
+
+func TestRunnerStopsAtFailureAndResumes(t *testing.T) {
+	store := StateStore{Dir: t.TempDir()}
+	var a, b, c string
+	failing := &filePhase{name: "b", have: &b, want: "B", actErr: errors.New("disk on fire\nsecond line")}
+	phases := []Phase{
+		&filePhase{name: "a", have: &a, want: "A"},
+		failing,
+		&filePhase{name: "c", have: &c, want: "C"},
+	}
+	r := &Runner{Store: store}
+	err := r.Run(context.Background(), phases)
+	if !IsPhaseError(err) || err.Error() != "phase b: act: disk on fire" {
+		t.Fatalf("err = %v", err)
+	}
+	st, _ := store.Load()
+	wantStates := map[string]PhaseState{"a": PhaseDone, "b": PhaseFailed, "c": PhasePending}
+	for name, want := range wantStates {
+		if got := st.Phase(name).State; got != want {
+			t.Errorf("phase %s: %s, want %s", name, got, want)
+		}
+	}
+	if !strings.HasPrefix(st.Error, "phase b: act: disk on fire") || strings.Contains(st.Error, "\n") {
+		t.Errorf("state error = %q", st.Error)
+	}
+
+	failing.actErr = nil
+	if err := r.Run(context.Background(), phases); err != nil {
+		t.Fatalf("re-run: %v", err)
+	}
+	st, _ = store.Load()
+	if !st.AllDone() || st.Error != "" || st.Phase("a").Changed {
+		t.Fatalf("re-run did not converge cleanly: %+v", st)
+	}
+}
+
+func TestPlanChangesNothing(t *testing.T) {
+	var a string
+	p := &filePhase{name: "a", have: &a, want: "A"}
+	plan := Plan(context.Background(), []Phase{p})
+	if len(plan) != 1 || len(plan[0].Changes) != 1 || p.acts != 0 || a != "" {
+		t.Fatalf("plan = %+v, acts = %d", plan, p.acts)
+	}
+}
+
+func TestStateStoreRejectsCorruptFile(t *testing.T) {
+	store := StateStore{Dir: t.TempDir()}
+	if _, err := store.Update(func(*State) {}); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeRaw(store.Path(), "{not json"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Load(); err == nil || !strings.Contains(err.Error(), "corrupt") {
+		t.Fatalf("err = %v", err)
+	}
+}
