@@ -114,6 +114,9 @@ type ReadinessStatus struct {
 	Ready     bool      `json:"ready"`
 	Reason    string    `json:"reason,omitempty"`
 	CheckedAt time.Time `json:"checkedAt,omitzero"`
+	// Lifecycle is the Auto Scaling lifecycle result this instance reported
+	// (CONTINUE or ABANDON), once it has.
+	Lifecycle string `json:"lifecycle,omitempty"`
 }
 
 // Duration marshals as a Go duration string ("1.234s") for humans and as-is for tools.

@@ -1,0 +1,77 @@
+package cloud
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+
+	"github.com/nodeagent/nodeagent/config"
+)
+
+// Well-known objects under a cluster's state store.
+const (
+	ClusterConfigKey = "nodeagent/cluster.yaml"
+	GossipKeyKey     = "nodeagent/gossip.key"
+	CACertKey        = "pki/ca.crt"
+	CAKeyKey         = "pki/ca.key"
+)
+
+// ErrNotFound means the state store has no such object.
+var ErrNotFound = errors.New("not found in state store")
+
+// S3GetAPI is the S3 call the state store makes.
+type S3GetAPI interface {
+	GetObject(context.Context, *s3.GetObjectInput, ...func(*s3.Options)) (*s3.GetObjectOutput, error)
+}
+
+// StateStore reads the cluster's shared objects from s3://bucket/prefix.
+type StateStore struct {
+	S3     S3GetAPI
+	Bucket string
+	Prefix string
+}
+
+// NewStateStore parses an s3:// URL into a StateStore.
+func NewStateStore(c S3GetAPI, url string) (*StateStore, error) {
+	bucket, prefix, err := config.ParseS3URL(url)
+	if err != nil {
+		return nil, err
+	}
+	return &StateStore{S3: c, Bucket: bucket, Prefix: prefix}, nil
+}
+
+// Get reads one object; a missing one is ErrNotFound.
+func (s *StateStore) Get(ctx context.Context, key string) ([]byte, error) {
+	full := path.Join(s.Prefix, key)
+	out, err := s.S3.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(s.Bucket), Key: aws.String(full)})
+	if err != nil {
+		var nsk *types.NoSuchKey
+		if errors.As(err, &nsk) {
+			return nil, fmt.Errorf("s3://%s/%s: %w", s.Bucket, full, ErrNotFound)
+		}
+		return nil, fmt.Errorf("read s3://%s/%s: %w", s.Bucket, full, err)
+	}
+	defer out.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(out.Body, 8<<20))
+	if err != nil {
+		return nil, fmt.Errorf("read s3://%s/%s: %w", s.Bucket, full, err)
+	}
+	return b, nil
+}
+
+// CA loads the cluster CA from the state store (it satisfies pki's CA source).
+func (s *StateStore) CA(ctx context.Context) (certPEM, keyPEM []byte, err error) {
+	if certPEM, err = s.Get(ctx, CACertKey); err != nil {
+		return nil, nil, err
+	}
+	if keyPEM, err = s.Get(ctx, CAKeyKey); err != nil {
+		return nil, nil, err
+	}
+	return certPEM, keyPEM, nil
+}
