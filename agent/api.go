@@ -1,0 +1,143 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/nodeagent/nodeagent/bootstrap"
+)
+
+// DefaultSocket is the status API's unix socket.
+const DefaultSocket = "/run/nodeagent/nodeagent.sock"
+
+// ClusterMember is one node as the gossip ring sees it (`status --cluster`).
+type ClusterMember struct {
+	Name  string   `json:"name"`
+	IP    string   `json:"ip"`
+	Role  string   `json:"role"`
+	State string   `json:"state"`
+	Ready bool     `json:"ready"`
+	Names []string `json:"names,omitempty"`
+}
+
+// statusAPI serves /healthz, /readyz, /status, /cluster and /metrics over a root-only
+// unix socket: the state file is the source of truth, so a restarted daemon answers
+// with what happened before it.
+type statusAPI struct {
+	store   bootstrap.StateStore
+	metrics *metrics
+	cluster func() []ClusterMember // nil when gossip is off
+	log     *slog.Logger
+}
+
+func (a *statusAPI) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		st, err := a.store.Load()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		if !st.Readiness.Ready {
+			reason := st.Readiness.Reason
+			if reason == "" {
+				reason = "not ready"
+			}
+			http.Error(w, reason, http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		st, err := a.store.Load()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		writeJSON(w, st)
+	})
+	mux.HandleFunc("GET /cluster", func(w http.ResponseWriter, r *http.Request) {
+		if a.cluster == nil {
+			http.Error(w, "gossip is not running on this node", http.StatusNotFound)
+			return
+		}
+		writeJSON(w, a.cluster())
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// serve listens on the unix socket (mode 0600 in a 0700 directory) until ctx ends.
+func (a *statusAPI) serve(ctx context.Context, socket string) error {
+	if err := os.MkdirAll(filepath.Dir(socket), 0o700); err != nil {
+		return fmt.Errorf("status API: %w", err)
+	}
+	if err := os.Remove(socket); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("status API: remove stale socket: %w", err)
+	}
+	ln, err := net.Listen("unix", socket)
+	if err != nil {
+		return fmt.Errorf("status API: %w", err)
+	}
+	if err := os.Chmod(socket, 0o600); err != nil {
+		ln.Close()
+		return fmt.Errorf("status API: %w", err)
+	}
+	srv := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shut)
+	}()
+	a.log.Info("status API listening", "socket", socket)
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("status API: %w", err)
+	}
+	return nil
+}
+
+// queryAPI GETs path from the daemon's status API.
+func queryAPI(ctx context.Context, socket, path string, out any) error {
+	client := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+	}, Timeout: 10 * time.Second}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://nodeagent"+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("status API at %s: %w (is nodeagent.service running?)", socket, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("status API %s: %s: %s", path, resp.Status, msg)
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}

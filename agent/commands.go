@@ -1,0 +1,161 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"text/tabwriter"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/nodeagent/nodeagent/assets"
+	"github.com/nodeagent/nodeagent/bootstrap"
+	"github.com/nodeagent/nodeagent/cloud"
+	"github.com/nodeagent/nodeagent/config"
+)
+
+// ExitError carries a specific exit code for a command's failure.
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+func (e ExitError) Error() string { return e.Err.Error() }
+func (e ExitError) Unwrap() error { return e.Err }
+
+// Bootstrap boots the node: it loads and validates the config before touching the
+// host, runs every phase, and reports the outcome upward (state file, lifecycle
+// hook). It returns nil only when the node is ready.
+func Bootstrap(ctx context.Context, o Options) error {
+	log := o.log()
+	n, err := LoadNode(ctx, o, needIdentity)
+	if err != nil {
+		return err
+	}
+	log.Info("bootstrapping", "node", n.Name, "cluster", n.Config.Spec.Cluster.Name,
+		"role", n.Config.Spec.Role, "instance", n.Identity.InstanceID, "config", n.ConfigHash)
+	if err := saveEffectiveConfig(o, n.Config); err != nil {
+		return err
+	}
+	ps, err := buildPhases(ctx, o, n)
+	if err != nil {
+		return err
+	}
+	runner := &bootstrap.Runner{Store: o.store(), Log: log, Node: n.Info(), ConfigHash: n.ConfigHash}
+	timeout, _ := time.ParseDuration(n.Config.Spec.Readiness.Timeout)
+	runCtx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := runner.Run(runCtx, ps.phases); err != nil {
+		ps.readiness.abandon(ctx, err)
+		return err
+	}
+	return nil
+}
+
+// Plan prints what bootstrap would change and changes nothing. An invalid config
+// exits 1.
+func Plan(ctx context.Context, o Options, w io.Writer, format string) error {
+	n, err := LoadNode(ctx, o, identityIfAvailable)
+	if err != nil {
+		var verr config.ValidationError
+		if errors.As(err, &verr) {
+			return ExitError{Code: 1, Err: err}
+		}
+		return err
+	}
+	ps, err := buildPhases(ctx, o, n)
+	if err != nil {
+		return err
+	}
+	plan := bootstrap.Plan(ctx, ps.phases)
+	switch format {
+	case "json", "yaml":
+		b, err := json.MarshalIndent(plan, "", "  ")
+		if err == nil && format == "yaml" {
+			b, err = yaml.JSONToYAML(b)
+		}
+		if err != nil {
+			return err
+		}
+		_, err = w.Write(append(b, '\n'))
+		return err
+	}
+	fmt.Fprintf(w, "Plan for %s (%s, %s):\n", n.Name, n.Config.Spec.Cluster.Name, n.Config.Spec.Role)
+	total := 0
+	for _, p := range plan {
+		switch {
+		case p.Error != "":
+			fmt.Fprintf(w, "\n%s: cannot tell: %s\n", p.Name, p.Error)
+		case len(p.Changes) == 0:
+			fmt.Fprintf(w, "\n%s: up to date\n", p.Name)
+		default:
+			fmt.Fprintf(w, "\n%s:\n", p.Name)
+			for _, c := range p.Changes {
+				fmt.Fprintf(w, "  %s\n", c)
+			}
+			total += len(p.Changes)
+		}
+	}
+	fmt.Fprintf(w, "\n%d change(s).\n", total)
+	return nil
+}
+
+// Bake fetches and verifies every asset into the cache and installs the binaries,
+// starting nothing, so that an image built by Packer boots without network.
+func Bake(ctx context.Context, o Options) error {
+	raw, err := readConfigFile(o)
+	if err != nil {
+		return err
+	}
+	cfg, err := config.Parse(raw)
+	if err != nil {
+		return err
+	}
+	inst := &assets.Installer{Root: o.Root, HTTP: http.DefaultClient, Log: o.log()}
+	if awsCfg, err := cloud.LoadConfig(ctx); err == nil {
+		inst.S3 = cloud.NewS3(awsCfg)
+	}
+	if err := inst.Bake(ctx, cfg.Spec.Assets); err != nil {
+		return fmt.Errorf("bake: %w", err)
+	}
+	o.log().Info("baked assets", "count", len(cfg.Spec.Assets), "root", string(o.Root))
+	return nil
+}
+
+// ClusterStatus prints every node the gossip ring knows, as the local daemon sees it.
+func ClusterStatus(ctx context.Context, socket string, w io.Writer, format string) (int, error) {
+	var members []ClusterMember
+	if err := queryAPI(ctx, socket, "/cluster", &members); err != nil {
+		return StatusUnknown, err
+	}
+	allReady := len(members) > 0
+	for _, m := range members {
+		allReady = allReady && m.Ready && m.State == "alive"
+	}
+	code := StatusNotReady
+	if allReady {
+		code = StatusReady
+	}
+	switch format {
+	case "json", "yaml":
+		b, err := json.MarshalIndent(members, "", "  ")
+		if err == nil && format == "yaml" {
+			b, err = yaml.JSONToYAML(b)
+		}
+		if err != nil {
+			return StatusUnknown, err
+		}
+		_, err = w.Write(append(b, '\n'))
+		return code, err
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tROLE\tIP\tSTATE\tREADY")
+	for _, m := range members {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.Name, m.Role, m.IP, m.State, yesNo(m.Ready))
+	}
+	return code, tw.Flush()
+}

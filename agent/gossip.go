@@ -1,0 +1,124 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/nodeagent/nodeagent/cloud"
+	"github.com/nodeagent/nodeagent/gossip"
+)
+
+// gossipRunner is the daemon's seat in the cluster's gossip ring.
+type gossipRunner struct {
+	agent *gossip.Agent
+	mu    sync.Mutex
+	ready bool
+}
+
+// gossipEnabled: like kops, a cluster whose name ends in .k8s.local has no DNS and
+// relies on the ring for names.
+func gossipEnabled(cluster string) bool { return strings.HasSuffix(cluster, ".k8s.local") }
+
+func startGossip(ctx context.Context, o Options, n *Node, ps *phaseSet) (*gossipRunner, error) {
+	spec := n.Config.Spec
+	if !gossipEnabled(spec.Cluster.Name) {
+		return nil, nil
+	}
+	if n.AWS == nil {
+		return nil, errors.New("gossip: seeds come from EC2, but AWS is not configured")
+	}
+	key, err := gossipKey(ctx, o, n)
+	if err != nil {
+		return nil, err
+	}
+	ip := net.ParseIP(n.Identity.PrivateIP)
+	if ip == nil {
+		return nil, fmt.Errorf("gossip: no private IP in instance identity")
+	}
+	g, err := gossip.Start(ctx, gossip.Config{
+		ClusterName: spec.Cluster.Name, NodeName: n.Name, BindIP: ip, Port: spec.Gossip.Port, SecretKey: key,
+		Seeds:     &gossip.EC2Seeds{Client: cloud.NewEC2(*n.AWS), ClusterName: spec.Cluster.Name, Self: n.Identity.PrivateIP},
+		Records:   ps.gossipRecords(n, ip, false),
+		HostsFile: o.Root.Path("/etc/hosts"),
+		Log:       o.log().With("component", "gossip"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("gossip: %w", err)
+	}
+	return &gossipRunner{agent: g}, nil
+}
+
+// gossipKey reads the ring's key from the configured file, else the state store.
+func gossipKey(ctx context.Context, o Options, n *Node) ([]byte, error) {
+	if f := n.Config.Spec.Gossip.SecretKeyFile; f != "" {
+		b, err := os.ReadFile(o.Root.Path(f))
+		if err != nil {
+			return nil, fmt.Errorf("gossip key: %w", err)
+		}
+		return trimKey(b), nil
+	}
+	if n.Store == nil {
+		return nil, errors.New("gossip key: set spec.gossip.secretKeyFile or spec.cluster.stateStore")
+	}
+	b, err := n.Store.Get(ctx, cloud.GossipKeyKey)
+	if err != nil {
+		return nil, fmt.Errorf("gossip key: %w", err)
+	}
+	return trimKey(b), nil
+}
+
+// trimKey drops a trailing newline left by editors and `echo`.
+func trimKey(b []byte) []byte { return []byte(strings.TrimRight(string(b), "\r\n")) }
+
+func (g *gossipRunner) setReady(ready bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.ready == ready {
+		return
+	}
+	g.ready = ready
+	g.agent.SetReady(ready)
+}
+
+func (g *gossipRunner) members() []ClusterMember {
+	var out []ClusterMember
+	for _, m := range g.agent.Members() {
+		cm := ClusterMember{Name: m.Name, IP: m.IP.String(), Role: m.Role, State: m.State, Ready: m.Ready}
+		for name := range m.Names {
+			cm.Names = append(cm.Names, name)
+		}
+		out = append(out, cm)
+	}
+	return out
+}
+
+func (g *gossipRunner) stop() { g.agent.Shutdown() }
+
+// collector exports ring membership by state on /metrics.
+func (g *gossipRunner) collector() prometheus.Collector {
+	desc := prometheus.NewDesc("nodeagent_gossip_peers", "Gossip ring members by state.", []string{"state"}, nil)
+	return collectorFunc{desc: desc, collect: func(ch chan<- prometheus.Metric) {
+		counts := map[string]int{}
+		for _, m := range g.agent.Members() {
+			counts[m.State]++
+		}
+		for state, c := range counts {
+			ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, float64(c), state)
+		}
+	}}
+}
+
+type collectorFunc struct {
+	desc    *prometheus.Desc
+	collect func(chan<- prometheus.Metric)
+}
+
+func (c collectorFunc) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c collectorFunc) Collect(ch chan<- prometheus.Metric)  { c.collect(ch) }

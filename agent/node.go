@@ -1,0 +1,237 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"sigs.k8s.io/yaml"
+
+	"github.com/nodeagent/nodeagent/bootstrap"
+	"github.com/nodeagent/nodeagent/cloud"
+	"github.com/nodeagent/nodeagent/config"
+	"github.com/nodeagent/nodeagent/internal/fsutil"
+)
+
+// Options are the global settings every command shares.
+type Options struct {
+	// Root is the host filesystem root; every host path is resolved under it.
+	Root fsutil.Root
+	// StateDir holds state.json and the effective config (a host path, under Root).
+	StateDir string
+	// ConfigFile is a NodeConfig file ("-" for standard input); empty means EC2 user-data.
+	ConfigFile string
+	Stdin      io.Reader
+	Log        *slog.Logger
+}
+
+// DefaultStateDir is where state.json lives.
+const DefaultStateDir = "/var/lib/nodeagent"
+
+// effectiveConfigName is the config bootstrap ran with, kept for the daemon so that a
+// reboot reconciles against the same document without asking IMDS again.
+const effectiveConfigName = "config.yaml"
+
+func (o Options) stateDir() string {
+	d := o.StateDir
+	if d == "" {
+		d = DefaultStateDir
+	}
+	return o.Root.Path(d)
+}
+
+func (o Options) store() bootstrap.StateStore { return bootstrap.StateStore{Dir: o.stateDir()} }
+
+func (o Options) log() *slog.Logger {
+	if o.Log != nil {
+		return o.Log
+	}
+	return slog.Default()
+}
+
+// Node is everything the phases need to know about this machine.
+type Node struct {
+	Config     *config.NodeConfig
+	ConfigHash string
+	Identity   cloud.Identity
+	// Name is the Kubernetes node name.
+	Name string
+	// Labels are the node labels kubelet registers with.
+	Labels map[string]string
+	// AWS is nil when no AWS configuration could be loaded (plan, bake or config
+	// check on a machine that is not an instance).
+	AWS   *aws.Config
+	Store *cloud.StateStore
+}
+
+// IsControlPlane reports whether the node runs the control plane.
+func (n *Node) IsControlPlane() bool { return n.Config.Spec.Role == config.RoleControlPlane }
+
+// Info is the node as recorded in the state file.
+func (n *Node) Info() bootstrap.NodeInfo {
+	return bootstrap.NodeInfo{
+		Name: n.Name, Cluster: n.Config.Spec.Cluster.Name, Role: string(n.Config.Spec.Role),
+		InstanceID: n.Identity.InstanceID, InstanceType: n.Identity.InstanceType, Region: n.Identity.Region,
+		AvailabilityZone: n.Identity.AvailabilityZone, PrivateIP: n.Identity.PrivateIP,
+	}
+}
+
+// loadMode says how much of the node must be known.
+type loadMode int
+
+const (
+	// needIdentity: bootstrap and run must know who they are; no identity is an error.
+	needIdentity loadMode = iota
+	// identityIfAvailable: plan shows what it can even off EC2.
+	identityIfAvailable
+)
+
+// LoadNode reads the NodeConfig (file or user-data), merges the cluster config from
+// the state store, validates it, and learns the instance's identity. Nothing on the
+// host is touched.
+func LoadNode(ctx context.Context, o Options, mode loadMode) (*Node, error) {
+	n := &Node{}
+	awsCfg, awsErr := cloud.LoadConfig(ctx)
+	if awsErr == nil {
+		n.AWS = &awsCfg
+	}
+
+	var raw []byte
+	var err error
+	switch {
+	case o.ConfigFile == "-":
+		raw, err = io.ReadAll(io.LimitReader(o.Stdin, 1<<20))
+	case o.ConfigFile != "":
+		raw, err = os.ReadFile(o.ConfigFile)
+	default:
+		if n.AWS == nil {
+			return nil, fmt.Errorf("no --config given and AWS is not configured: %w", awsErr)
+		}
+		raw, err = cloud.FetchUserData(ctx, cloud.NewIMDS(*n.AWS))
+		if err == nil {
+			raw, err = config.ExtractUserData(raw)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+
+	var cluster []byte
+	if url := stateStoreURL(raw); url != "" {
+		if n.AWS == nil {
+			return nil, fmt.Errorf("spec.cluster.stateStore is %s but AWS is not configured: %w", url, awsErr)
+		}
+		if n.Store, err = cloud.NewStateStore(cloud.NewS3(*n.AWS), url); err != nil {
+			return nil, fmt.Errorf("spec.cluster.stateStore: %w", err)
+		}
+		cluster, err = n.Store.Get(ctx, cloud.ClusterConfigKey)
+		if err != nil && !errors.Is(err, cloud.ErrNotFound) {
+			return nil, fmt.Errorf("cluster config: %w", err)
+		}
+	}
+	if n.Config, err = config.Merge(cluster, raw); err != nil {
+		return nil, err
+	}
+	n.ConfigHash = hashConfig(n.Config)
+
+	if n.AWS != nil {
+		idCtx, cancel := context.WithTimeout(ctx, identityTimeout(mode))
+		n.Identity, err = cloud.FetchIdentity(idCtx, cloud.NewIMDS(*n.AWS))
+		cancel()
+	} else {
+		err = awsErr
+	}
+	if err != nil {
+		if mode == needIdentity {
+			return nil, fmt.Errorf("learn instance identity: %w", err)
+		}
+		o.log().Warn("instance identity unavailable; planning without it", "err", err)
+		n.Identity.Hostname, _ = os.Hostname()
+	}
+	n.Name = n.Identity.Hostname
+	if h := n.Config.Spec.Host.Hostname; h != "" {
+		n.Name = h
+	}
+	n.Labels = nodeLabels(n.Config, n.Identity)
+	return n, nil
+}
+
+func identityTimeout(mode loadMode) time.Duration {
+	if mode == needIdentity {
+		return 2 * time.Minute
+	}
+	return 5 * time.Second
+}
+
+// stateStoreURL peeks at spec.cluster.stateStore before the document is validated,
+// because the cluster config it points at may supply required fields.
+func stateStoreURL(raw []byte) string {
+	var peek struct {
+		Spec struct {
+			Cluster struct {
+				StateStore string `json:"stateStore"`
+			} `json:"cluster"`
+		} `json:"spec"`
+	}
+	if yaml.Unmarshal(raw, &peek) != nil {
+		return ""
+	}
+	return peek.Spec.Cluster.StateStore
+}
+
+func hashConfig(c *config.NodeConfig) string {
+	b, _ := json.Marshal(c)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
+}
+
+func nodeLabels(c *config.NodeConfig, id cloud.Identity) map[string]string {
+	labels := map[string]string{}
+	if id.AvailabilityZone != "" {
+		labels["topology.kubernetes.io/zone"] = id.AvailabilityZone
+	}
+	if id.Region != "" {
+		labels["topology.kubernetes.io/region"] = id.Region
+	}
+	if id.InstanceType != "" {
+		labels["node.kubernetes.io/instance-type"] = id.InstanceType
+	}
+	if c.Spec.Role == config.RoleControlPlane {
+		labels["node-role.kubernetes.io/control-plane"] = ""
+	}
+	for k, v := range c.Spec.Kubelet.NodeLabels {
+		labels[k] = v
+	}
+	return labels
+}
+
+// saveEffectiveConfig keeps the merged config for the daemon (0600: it may hold a
+// bootstrap token).
+func saveEffectiveConfig(o Options, c *config.NodeConfig) error {
+	b, err := yaml.Marshal(c)
+	if err != nil {
+		return fmt.Errorf("encode effective config: %w", err)
+	}
+	_, err = fsutil.WriteFileIfChanged(filepath.Join(o.stateDir(), effectiveConfigName), b, 0o600)
+	return err
+}
+
+func readConfigFile(o Options) ([]byte, error) {
+	if o.ConfigFile == "-" {
+		return io.ReadAll(io.LimitReader(o.Stdin, 1<<20))
+	}
+	b, err := os.ReadFile(o.ConfigFile)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return b, nil
+}

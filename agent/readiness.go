@@ -1,0 +1,158 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/nodeagent/nodeagent/bootstrap"
+	"github.com/nodeagent/nodeagent/cloud"
+)
+
+// readyCheck is one condition of readiness (units active, kubelet healthy, local
+// etcd members healthy).
+type readyCheck struct {
+	name string
+	fn   func(ctx context.Context) error
+}
+
+// readinessPhase is the last phase: it decides whether the node is ready, records
+// it, and completes the Auto Scaling lifecycle action once.
+type readinessPhase struct {
+	store      bootstrap.StateStore
+	checks     []readyCheck
+	hook       string // lifecycle hook; "" when none
+	instanceID string
+	asg        func() (cloud.AutoScalingAPI, error)
+	log        *slog.Logger
+}
+
+func (p *readinessPhase) Name() string { return "readiness" }
+
+// evaluate runs every check and returns the first failure as the reason.
+func (p *readinessPhase) evaluate(ctx context.Context) bootstrap.ReadinessStatus {
+	rs := bootstrap.ReadinessStatus{Ready: true, CheckedAt: time.Now().UTC()}
+	var reasons []string
+	for _, c := range p.checks {
+		cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		err := c.fn(cctx)
+		cancel()
+		if err != nil {
+			rs.Ready = false
+			reasons = append(reasons, c.name+": "+err.Error())
+		}
+	}
+	rs.Reason = strings.Join(reasons, "; ")
+	return rs
+}
+
+func (p *readinessPhase) Check(ctx context.Context) ([]bootstrap.Change, error) {
+	st, err := p.store.Load()
+	if err != nil {
+		return nil, err
+	}
+	now := p.evaluate(ctx)
+	var changes []bootstrap.Change
+	if now.Ready != st.Readiness.Ready {
+		changes = append(changes, bootstrap.Change{Kind: "readiness", Target: "node", Action: "update", Detail: fmt.Sprintf("ready=%v", now.Ready)})
+	}
+	if p.hook != "" && st.Readiness.Lifecycle == "" {
+		changes = append(changes, bootstrap.Change{Kind: "lifecycle", Target: p.hook, Action: "complete", Detail: cloud.LifecycleContinue})
+	}
+	return changes, nil
+}
+
+func (p *readinessPhase) Act(ctx context.Context) error {
+	rs, err := p.waitReady(ctx)
+	if err != nil {
+		return err
+	}
+	st, err := p.store.Load()
+	if err != nil {
+		return err
+	}
+	if p.hook != "" && st.Readiness.Lifecycle == "" {
+		if err := p.completeLifecycle(ctx, cloud.LifecycleContinue); err != nil {
+			return err
+		}
+		rs.Lifecycle = cloud.LifecycleContinue
+	} else {
+		rs.Lifecycle = st.Readiness.Lifecycle
+	}
+	_, err = p.store.Update(func(st *bootstrap.State) { st.Readiness = rs })
+	return err
+}
+
+// waitReady re-evaluates with backoff until ready or the context (bootstrap's
+// readiness timeout) ends: pods and units take a moment after their phases.
+func (p *readinessPhase) waitReady(ctx context.Context) (bootstrap.ReadinessStatus, error) {
+	delay := 500 * time.Millisecond
+	for {
+		rs := p.evaluate(ctx)
+		if rs.Ready {
+			return rs, nil
+		}
+		p.log.Info("node not ready yet", "reason", rs.Reason, "retry_in", delay)
+		select {
+		case <-ctx.Done():
+			_, _ = p.store.Update(func(st *bootstrap.State) { st.Readiness = rs })
+			return rs, fmt.Errorf("not ready: %s", rs.Reason)
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 10*time.Second)
+	}
+}
+
+func (p *readinessPhase) Verify(ctx context.Context) error {
+	st, err := p.store.Load()
+	if err != nil {
+		return err
+	}
+	if !st.Readiness.Ready {
+		return errors.New("not ready: " + st.Readiness.Reason)
+	}
+	return nil
+}
+
+// refresh re-evaluates readiness for the daemon and records it; it returns the result.
+func (p *readinessPhase) refresh(ctx context.Context) bootstrap.ReadinessStatus {
+	rs := p.evaluate(ctx)
+	_, _ = p.store.Update(func(st *bootstrap.State) {
+		rs.Lifecycle = st.Readiness.Lifecycle
+		st.Readiness = rs
+	})
+	return rs
+}
+
+// abandon tells Auto Scaling this launch failed, so the group replaces the instance
+// instead of waiting for the hook's timeout.
+func (p *readinessPhase) abandon(ctx context.Context, cause error) {
+	if p == nil || p.hook == "" {
+		return
+	}
+	st, err := p.store.Load()
+	if err != nil || st.Readiness.Lifecycle != "" {
+		return
+	}
+	if err := p.completeLifecycle(ctx, cloud.LifecycleAbandon); err != nil {
+		p.log.Error("could not abandon lifecycle action", "hook", p.hook, "err", err)
+		return
+	}
+	p.log.Warn("lifecycle action abandoned", "hook", p.hook, "cause", cause)
+	_, _ = p.store.Update(func(st *bootstrap.State) {
+		st.Readiness.Lifecycle = cloud.LifecycleAbandon
+		st.Readiness.Ready = false
+		st.Readiness.Reason = cause.Error()
+	})
+}
+
+func (p *readinessPhase) completeLifecycle(ctx context.Context, result string) error {
+	client, err := p.asg()
+	if err != nil {
+		return err
+	}
+	return cloud.CompleteLifecycleAction(ctx, client, p.hook, p.instanceID, result)
+}
