@@ -100,6 +100,10 @@ func Plan(ctx context.Context, o Options, w io.Writer, format string) error {
 			total += len(p.Changes)
 		}
 	}
+	if total == 0 {
+		fmt.Fprintln(w, "\nNo changes: the node is converged.")
+		return nil
+	}
 	fmt.Fprintf(w, "\n%d change(s).\n", total)
 	return nil
 }

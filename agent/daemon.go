@@ -89,6 +89,9 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 			result = "failed"
 			log.Error("reconcile failed", "err", err)
 		}
+		if g != nil {
+			g.setNames(ps.gossipNames(n))
+		}
 		m.reconciles.WithLabelValues(result).Inc()
 		m.lastReconcile.SetToCurrentTime()
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 
@@ -13,6 +14,7 @@ import (
 
 	"github.com/nodeagent/nodeagent/cloud"
 	"github.com/nodeagent/nodeagent/gossip"
+	"github.com/nodeagent/nodeagent/manifests"
 )
 
 // gossipRunner is the daemon's seat in the cluster's gossip ring.
@@ -20,6 +22,7 @@ type gossipRunner struct {
 	agent *gossip.Agent
 	mu    sync.Mutex
 	ready bool
+	names []string
 }
 
 // gossipEnabled: like kops, a cluster whose name ends in .k8s.local has no DNS and
@@ -45,7 +48,8 @@ func startGossip(ctx context.Context, o Options, n *Node, ps *phaseSet) (*gossip
 	g, err := gossip.Start(ctx, gossip.Config{
 		ClusterName: spec.Cluster.Name, NodeName: n.Name, BindIP: ip, Port: spec.Gossip.Port, SecretKey: key,
 		Seeds:     &gossip.EC2Seeds{Client: cloud.NewEC2(*n.AWS), ClusterName: spec.Cluster.Name, Self: n.Identity.PrivateIP},
-		Records:   ps.gossipRecords(n, ip, false),
+		Role:      string(spec.Role),
+		Names:     ps.gossipNames(n),
 		HostsFile: o.Root.Path("/etc/hosts"),
 		Log:       o.log().With("component", "gossip"),
 	})
@@ -87,13 +91,36 @@ func (g *gossipRunner) setReady(ready bool) {
 	g.agent.SetReady(ready)
 }
 
+// gossipNames are the names this node publishes besides its own: on a control
+// plane, the API name and one name per local etcd member (DESIGN.md).
+func (ps *phaseSet) gossipNames(n *Node) []string {
+	if !n.IsControlPlane() {
+		return nil
+	}
+	c := n.Config.Spec.Cluster.Name
+	names := []string{"api.internal." + c}
+	for _, m := range ps.etcdMembers() {
+		names = append(names, manifests.EtcdMemberHost(m.Cluster, m.Member, c))
+	}
+	return names
+}
+
+// setNames republishes this node's names (they change once volumes are claimed).
+func (g *gossipRunner) setNames(names []string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if slices.Equal(g.names, names) {
+		return
+	}
+	g.names = names
+	_ = g.agent.SetNames(names)
+}
+
 func (g *gossipRunner) members() []ClusterMember {
 	var out []ClusterMember
 	for _, m := range g.agent.Members() {
 		cm := ClusterMember{Name: m.Name, IP: m.IP.String(), Role: m.Role, State: m.State, Ready: m.Ready}
-		for name := range m.Names {
-			cm.Names = append(cm.Names, name)
-		}
+		cm.Names = append(cm.Names, m.Names...)
 		out = append(out, cm)
 	}
 	return out
@@ -121,4 +148,4 @@ type collectorFunc struct {
 }
 
 func (c collectorFunc) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
-func (c collectorFunc) Collect(ch chan<- prometheus.Metric)  { c.collect(ch) }
+func (c collectorFunc) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }

@@ -42,8 +42,6 @@ func newMetrics() *metrics {
 		lastReconcile: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "nodeagent_last_reconcile_timestamp_seconds", Help: "When the last reconcile run ended.",
 		}),
-			Name: "nodeagent_gossip_members", Help: "Gossip ring members by state.",
-		}, []string{"state"}),
 	}
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "nodeagent_build_info", Help: "Build of the running agent.",

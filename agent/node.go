@@ -205,9 +205,8 @@ func nodeLabels(c *config.NodeConfig, id cloud.Identity) map[string]string {
 	if id.InstanceType != "" {
 		labels["node.kubernetes.io/instance-type"] = id.InstanceType
 	}
-	if c.Spec.Role == config.RoleControlPlane {
-		labels["node-role.kubernetes.io/control-plane"] = ""
-	}
+	// Role labels (node-role.kubernetes.io/*) are not in the set a kubelet may put on
+	// its own node (NodeRestriction); as with kops, the control plane applies them.
 	for k, v := range c.Spec.Kubelet.NodeLabels {
 		labels[k] = v
 	}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -15,12 +16,12 @@ import (
 	"github.com/nodeagent/nodeagent/config"
 	"github.com/nodeagent/nodeagent/cri"
 	"github.com/nodeagent/nodeagent/etcd"
+	"github.com/nodeagent/nodeagent/host"
 	"github.com/nodeagent/nodeagent/kubelet"
 	"github.com/nodeagent/nodeagent/manifests"
 	"github.com/nodeagent/nodeagent/pki"
 	"github.com/nodeagent/nodeagent/systemd"
 	"github.com/nodeagent/nodeagent/volumes"
-	"github.com/nodeagent/nodeagent/host"
 )
 
 // phaseSet is the ordered boot of one node plus the handles the daemon needs.
@@ -29,7 +30,6 @@ type phaseSet struct {
 	volumes   *volumes.ClaimPhase // control plane only
 	readiness *readinessPhase
 	units     []string
-	pkiPaths  pki.Paths
 }
 
 // buildPhases assembles the phases for this node's role. Nothing runs here; AWS
@@ -60,11 +60,16 @@ func buildPhases(ctx context.Context, o Options, n *Node) (*phaseSet, error) {
 	}
 	ps.units = []string{runtimeUnit, "kubelet.service"}
 
-	var caPEM func(ctx context.Context) ([]byte, error)
 	caSource := caSourceFor(o, n)
+	// Without a CA the node cannot talk to an API server: kubelet runs standalone
+	// (static pods only). A bootstrap token means TLS bootstrap; a CA alone means
+	// the pki phase issues the kubelet's client certificate.
 	kubeconfig := kubelet.KubeconfigMode(kubelet.Standalone{})
-	if spec.Kubelet.BootstrapToken != "" {
+	switch {
+	case spec.Kubelet.BootstrapToken != "":
 		kubeconfig = kubelet.Bootstrap{}
+	case caSource != nil:
+		kubeconfig = kubelet.ClientCert{}
 	}
 	if n.IsControlPlane() {
 		if n.AWS == nil {
@@ -72,35 +77,41 @@ func buildPhases(ctx context.Context, o Options, n *Node) (*phaseSet, error) {
 		}
 		ps.volumes = volumes.NewClaimPhase(volumes.Options{
 			EC2: cloud.NewEC2(*n.AWS), Root: o.Root, ClusterName: spec.Cluster.Name,
-			InstanceID: n.Identity.InstanceID, AvailabilityZone: n.Identity.AvailabilityZone,
+			InstanceID: n.Identity.InstanceID, InstanceType: n.Identity.InstanceType, AvailabilityZone: n.Identity.AvailabilityZone,
 			EtcdClusters: spec.Etcd.Clusters, Log: log,
 		})
 		pkiPhase := pki.NewPhase(pki.Options{
 			Root: o.Root, CA: caSource, ClusterName: spec.Cluster.Name, NodeName: n.Name, NodeIP: nodeIP,
 			ServiceCIDR: spec.Networking.ServiceCIDR, Role: spec.Role, EtcdClusters: spec.Etcd.Clusters,
-			EtcdMember: ps.etcdMemberNames, Log: log,
+			EtcdMember: ps.etcdMemberNames, OmitKubeletKubeconfig: true, Log: log,
 		})
-		ps.pkiPaths = pki.DefaultPaths()
 		kubeconfig = kubelet.ClientCert{}
 		ps.phases = append(ps.phases, ps.volumes, pkiPhase)
 	} else if caSource != nil {
 		ps.phases = append(ps.phases, pki.NewPhase(pki.Options{
 			Root: o.Root, CA: caSource, ClusterName: spec.Cluster.Name, NodeName: n.Name, NodeIP: nodeIP,
-			ServiceCIDR: spec.Networking.ServiceCIDR, Role: spec.Role, Log: log,
+			ServiceCIDR: spec.Networking.ServiceCIDR, Role: spec.Role, OmitKubeletKubeconfig: true, Log: log,
 		}))
 	}
-	_ = caPEM
-	ps.phases = append(ps.phases,
-		manifests.NewPhase(manifests.Options{
+	// A standalone worker (no CA, so no API server it could reach) runs no static
+	// pods of ours: kube-proxy would have nothing to proxy for.
+	if caSource != nil || n.IsControlPlane() {
+		ps.phases = append(ps.phases, manifests.NewPhase(manifests.Options{
 			Root: o.Root, Config: n.Config, NodeName: n.Name, NodeIP: nodeIP, Etcd: ps.etcdMembers, Log: log,
-		}),
+		}))
+	}
+	ps.phases = append(ps.phases,
 		kubelet.NewPhase(kubelet.Options{
 			Root: o.Root, Config: n.Config, NodeName: n.Name, NodeIP: n.Identity.PrivateIP, Labels: n.Labels,
 			Kubeconfig: kubeconfig, Systemd: connect, Log: log,
 		}),
 	)
 	if n.IsControlPlane() {
-		ps.phases = append(ps.phases, etcd.NewHealthPhase(etcdHealthOptions(o, n, ps)))
+		// The member names are known only once the volumes phase has claimed its
+		// volumes, so the health phase is built when it runs.
+		ps.phases = append(ps.phases, &lazyPhase{name: "etcd-health", build: func() bootstrap.Phase {
+			return etcd.NewHealthPhase(etcdHealthOptions(o, n, ps))
+		}})
 	}
 	exe, err := os.Executable()
 	if err != nil {
@@ -108,7 +119,7 @@ func buildPhases(ctx context.Context, o Options, n *Node) (*phaseSet, error) {
 	}
 	ps.phases = append(ps.phases, systemd.NewUnitSetPhase("nodeagent-service", systemd.UnitSet{
 		Root: o.Root, Files: []systemd.File{systemd.NodeagentUnit(exe)}, Enable: []string{"nodeagent.service"},
-		Systemd: connect, Log: log,
+		Start: []string{"nodeagent.service"}, Systemd: connect, Log: log,
 	}))
 
 	ps.readiness = &readinessPhase{
@@ -173,6 +184,29 @@ func (ps *phaseSet) readyChecks(connect func(context.Context) (*systemd.Manager,
 	}
 }
 
+// etcdHealthOptions points the health phase at this node's local members.
+func etcdHealthOptions(o Options, n *Node, ps *phaseSet) etcd.HealthOptions {
+	return etcd.HealthOptions{
+		Root: o.Root, Log: o.log(),
+		Clusters: ps.localEtcdMembers(n),
+		TLS:      func(cluster string) (*tls.Config, error) { return pki.ClientTLS(o.Root, cluster) },
+	}
+}
+
+// localEtcdMembers lists this node's members with their local client URLs. The
+// member names come from the claimed volumes, so it is evaluated when called.
+func (ps *phaseSet) localEtcdMembers(n *Node) []etcd.Member {
+	names := ps.etcdMemberNames()
+	var out []etcd.Member
+	if n.Config.Spec.Etcd == nil {
+		return nil
+	}
+	for _, c := range n.Config.Spec.Etcd.Clusters {
+		out = append(out, etcd.Member{Cluster: c.Name, Name: names[c.Name], ClientURL: fmt.Sprintf("https://127.0.0.1:%d", c.ClientPort)})
+	}
+	return out
+}
+
 // caSourceFor picks where the cluster CA comes from: a file named in the config,
 // else the state store; nil when neither (a standalone worker).
 func caSourceFor(o Options, n *Node) pki.CASource {
@@ -188,3 +222,31 @@ func caSourceFor(o Options, n *Node) pki.CASource {
 type storeCA struct{ s *cloud.StateStore }
 
 func (c storeCA) Load(ctx context.Context) ([]byte, []byte, error) { return c.s.CA(ctx) }
+
+// lazyPhase builds its phase from state that earlier phases produce, each time it
+// is asked, so a re-run sees the current claims.
+type lazyPhase struct {
+	name  string
+	build func() bootstrap.Phase
+	last  bootstrap.Phase
+}
+
+func (p *lazyPhase) Name() string { return p.name }
+
+func (p *lazyPhase) phase() bootstrap.Phase {
+	p.last = p.build()
+	return p.last
+}
+
+func (p *lazyPhase) Check(ctx context.Context) ([]bootstrap.Change, error) {
+	return p.phase().Check(ctx)
+}
+func (p *lazyPhase) Act(ctx context.Context) error    { return p.phase().Act(ctx) }
+func (p *lazyPhase) Verify(ctx context.Context) error { return p.phase().Verify(ctx) }
+
+// Report passes the built phase's results on to the state file.
+func (p *lazyPhase) Report(st *bootstrap.State) {
+	if r, ok := p.last.(bootstrap.Reporter); ok {
+		r.Report(st)
+	}
+}

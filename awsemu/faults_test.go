@@ -1,0 +1,140 @@
+package awsemu
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
+	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	smithyhttp "github.com/aws/smithy-go/transport/http"
+
+	"github.com/nodeagent/nodeagent/cloud"
+)
+
+// TestFaultsExhaustRetries: at rate 1.0 every attempt fails, so the SDK's
+// standard retryer makes its three attempts and returns the service's error.
+func TestFaultsExhaustRetries(t *testing.T) {
+	r := Start(t, testWorld(t), Options{Seed: 7})
+	cfg := fastRetries(sdkConfig(t, r, ""))
+	calls := []struct {
+		service, action string
+		call            func() error
+	}{
+		{"ec2", "DescribeInstances", func() error {
+			_, err := cloud.NewEC2(cfg).DescribeInstances(ctx(t), &ec2.DescribeInstancesInput{})
+			return err
+		}},
+		{"s3", "GetObject", func() error {
+			_, err := cloud.NewS3(cfg).GetObject(ctx(t), &s3.GetObjectInput{Bucket: aws.String("state"), Key: aws.String("assets/kubelet")})
+			return err
+		}},
+		{"autoscaling", "DescribeAutoScalingInstances", func() error {
+			_, err := cloud.NewAutoScaling(cfg).DescribeAutoScalingInstances(ctx(t), &autoscaling.DescribeAutoScalingInstancesInput{})
+			return err
+		}},
+	}
+	cases := []struct {
+		name   string
+		faults Faults
+		want   map[string]string // service -> code
+		status map[string]int
+	}{
+		{"throttled", Faults{ThrottleRate: 1},
+			map[string]string{"ec2": "RequestLimitExceeded", "s3": "SlowDown", "autoscaling": "Throttling"},
+			map[string]int{"ec2": 503, "s3": 503, "autoscaling": 400}},
+		{"internal errors", Faults{ErrorRate: 1},
+			map[string]string{"ec2": "InternalError", "s3": "InternalError", "autoscaling": "InternalFailure"},
+			map[string]int{"ec2": 500, "s3": 500, "autoscaling": 500}},
+	}
+	for _, tc := range cases {
+		for _, c := range calls {
+			t.Run(tc.name+"/"+c.service, func(t *testing.T) {
+				r.E.SetFaults(c.service, tc.faults)
+				defer r.E.SetFaults(c.service, Faults{})
+				before := r.E.Calls(c.service, c.action)
+				err := c.call()
+				if apiCode(err) != tc.want[c.service] {
+					t.Fatalf("err = %v, want %s", err, tc.want[c.service])
+				}
+				var re *smithyhttp.ResponseError
+				if !errors.As(err, &re) || re.HTTPStatusCode() != tc.status[c.service] {
+					t.Errorf("HTTP status of %v, want %d", err, tc.status[c.service])
+				}
+				if n := r.E.Calls(c.service, c.action) - before; n != 3 {
+					t.Errorf("%d attempts reached the emulator, want the SDK's 3", n)
+				}
+			})
+		}
+	}
+	for _, c := range calls {
+		if err := c.call(); err != nil {
+			t.Errorf("%s after faults were cleared: %v", c.service, err)
+		}
+	}
+}
+
+// TestFaultRates: a partial rate hits about that fraction of requests and the
+// SDK's retries hide most of them.
+func TestFaultRates(t *testing.T) {
+	w := testWorld(t)
+	w.Faults = map[string]Faults{"ec2": {ThrottleRate: 0.3}}
+	r := Start(t, w, Options{Seed: 42})
+	cfg := fastRetries(sdkConfig(t, r, ""))
+	c := cloud.NewEC2(cfg)
+	const n = 100
+	failed := 0
+	for i := 0; i < n; i++ {
+		if _, err := c.DescribeVolumes(ctx(t), &ec2.DescribeVolumesInput{}); err != nil {
+			if apiCode(err) != "RequestLimitExceeded" {
+				t.Fatal(err)
+			}
+			failed++
+		}
+	}
+	attempts := r.E.Calls("ec2", "DescribeVolumes")
+	throttled := attempts - (n - failed)
+	frac := float64(throttled) / float64(attempts)
+	t.Logf("%d attempts, %d throttled (%.2f), %d calls failed after retries", attempts, throttled, frac, failed)
+	if frac < 0.18 || frac > 0.42 {
+		t.Errorf("throttled fraction %.2f, want about 0.3", frac)
+	}
+	if failed > 10 {
+		t.Errorf("%d of %d calls failed despite retries (0.3^3 predicts about 3)", failed, n)
+	}
+}
+
+func TestFaultLatency(t *testing.T) {
+	r := Start(t, testWorld(t), Options{})
+	r.E.SetFaults("ec2", Faults{Latency: 150 * time.Millisecond})
+	c := cloud.NewEC2(sdkConfig(t, r, ""))
+	start := time.Now()
+	if _, err := c.DescribeInstances(ctx(t), &ec2.DescribeInstancesInput{}); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d < 150*time.Millisecond {
+		t.Errorf("call took %v, want at least the 150ms latency", d)
+	}
+}
+
+func TestIMDSFaults(t *testing.T) {
+	r := Start(t, testWorld(t), Options{})
+	c := cloud.NewIMDS(fastRetries(sdkConfig(t, r, nitroID)))
+	r.E.SetFaults("imds", Faults{ErrorRate: 1})
+	_, err := cloud.FetchIdentity(ctx(t), c)
+	// The SDK's token provider wraps the HTTP error without exposing it.
+	if err == nil || !strings.Contains(err.Error(), "StatusCode: 500") {
+		t.Fatalf("FetchIdentity with failing IMDS = %v, want a 500", err)
+	}
+	if n := r.E.Calls("imds", "api/token"); n != 3 {
+		t.Errorf("%d token attempts, want the SDK's 3", n)
+	}
+	r.E.SetFaults("imds", Faults{})
+	if _, err := c.GetMetadata(ctx(t), &imds.GetMetadataInput{Path: "instance-id"}); err != nil {
+		t.Fatalf("after clearing faults: %v", err)
+	}
+}

@@ -1,0 +1,161 @@
+package cloud_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nodeagent/nodeagent/awsemu"
+	"github.com/nodeagent/nodeagent/cloud"
+)
+
+// These tests run the cloud package's real SDK clients, configured only through
+// the standard AWS_* environment, against the wire-level emulator.
+
+const (
+	cpID     = "i-0123456789abcdef0"
+	workerID = "i-0123456789abcdef1"
+	userData = "apiVersion: nodeagent.io/v1alpha1\nkind: NodeConfig\n"
+)
+
+func emuWorld() *awsemu.World {
+	return &awsemu.World{
+		Region: "eu-west-1",
+		Instances: []awsemu.Instance{
+			{ID: cpID, Type: "m5.large", AvailabilityZone: "eu-west-1b", PrivateIP: "10.1.2.3", UserData: userData, AutoScalingGroup: "cp-b"},
+			{ID: workerID, Type: "t3.medium", AvailabilityZone: "eu-west-1a", PrivateIP: "10.1.1.9", Hostname: "ip-10-1-1-9.eu-west-1.compute.internal other.name"},
+		},
+		Buckets: map[string]map[string]string{
+			"kops-state": {
+				"proyecto.k8s.local/" + cloud.ClusterConfigKey: "name: proyecto.k8s.local\n",
+				"proyecto.k8s.local/" + cloud.CACertKey:        "-----BEGIN CERTIFICATE-----\n",
+				"proyecto.k8s.local/" + cloud.CAKeyKey:         "-----BEGIN PRIVATE KEY-----\n",
+			},
+		},
+		LifecycleHooks: []awsemu.LifecycleHook{{AutoScalingGroup: "cp-b", Name: "nodeagent-ready"}},
+	}
+}
+
+func loadConfig(t *testing.T, r *awsemu.Running, instanceID string) context.Context {
+	t.Helper()
+	r.Setenv(t, instanceID)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestFetchIdentityAgainstEmulator(t *testing.T) {
+	r := awsemu.Start(t, emuWorld(), awsemu.Options{})
+	cases := []struct {
+		instance string
+		want     cloud.Identity
+	}{
+		{cpID, cloud.Identity{InstanceID: cpID, InstanceType: "m5.large", Region: "eu-west-1", AvailabilityZone: "eu-west-1b", PrivateIP: "10.1.2.3", Hostname: "ip-10-1-2-3.eu-west-1.compute.internal"}},
+		// A local-hostname listing several names yields the first.
+		{workerID, cloud.Identity{InstanceID: workerID, InstanceType: "t3.medium", Region: "eu-west-1", AvailabilityZone: "eu-west-1a", PrivateIP: "10.1.1.9", Hostname: "ip-10-1-1-9.eu-west-1.compute.internal"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.instance, func(t *testing.T) {
+			ctx := loadConfig(t, r, tc.instance)
+			// No AWS_REGION: LoadConfig must learn it from IMDS, as on EC2.
+			t.Setenv("AWS_REGION", "")
+			cfg, err := cloud.LoadConfig(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.Region != "eu-west-1" {
+				t.Errorf("region from IMDS = %q", cfg.Region)
+			}
+			id, err := cloud.FetchIdentity(ctx, cloud.NewIMDS(cfg))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if id != tc.want {
+				t.Errorf("identity = %+v, want %+v", id, tc.want)
+			}
+		})
+	}
+}
+
+func TestFetchUserDataAgainstEmulator(t *testing.T) {
+	r := awsemu.Start(t, emuWorld(), awsemu.Options{})
+	cases := []struct {
+		instance string
+		want     string
+		wantErr  error
+	}{
+		{cpID, userData, nil},
+		{workerID, "", cloud.ErrNoUserData},
+	}
+	for _, tc := range cases {
+		t.Run(tc.instance, func(t *testing.T) {
+			ctx := loadConfig(t, r, tc.instance)
+			cfg, err := cloud.LoadConfig(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := cloud.FetchUserData(ctx, cloud.NewIMDS(cfg))
+			if !errors.Is(err, tc.wantErr) || string(b) != tc.want {
+				t.Fatalf("FetchUserData = %q, %v; want %q, %v", b, err, tc.want, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestStateStoreAgainstEmulator(t *testing.T) {
+	r := awsemu.Start(t, emuWorld(), awsemu.Options{})
+	ctx := loadConfig(t, r, cpID)
+	cfg, err := cloud.LoadConfig(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := cloud.NewStateStore(cloud.NewS3(cfg), "s3://kops-state/proyecto.k8s.local")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := store.Get(ctx, cloud.ClusterConfigKey)
+	if err != nil || string(b) != "name: proyecto.k8s.local\n" {
+		t.Fatalf("Get cluster config = %q, %v", b, err)
+	}
+	if _, err := store.Get(ctx, cloud.GossipKeyKey); !errors.Is(err, cloud.ErrNotFound) {
+		t.Fatalf("Get of a missing key = %v, want ErrNotFound", err)
+	}
+	cert, key, err := store.CA(ctx)
+	if err != nil || !strings.Contains(string(cert), "CERTIFICATE") || !strings.Contains(string(key), "PRIVATE KEY") {
+		t.Fatalf("CA = %q, %q, %v", cert, key, err)
+	}
+	missing, err := cloud.NewStateStore(cloud.NewS3(cfg), "s3://no-such-bucket/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := missing.Get(ctx, cloud.ClusterConfigKey); err == nil || errors.Is(err, cloud.ErrNotFound) {
+		t.Fatalf("a missing bucket must be an error, not ErrNotFound: %v", err)
+	}
+}
+
+func TestCompleteLifecycleActionAgainstEmulator(t *testing.T) {
+	r := awsemu.Start(t, emuWorld(), awsemu.Options{})
+	ctx := loadConfig(t, r, cpID)
+	cfg, err := cloud.LoadConfig(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := cloud.NewAutoScaling(cfg)
+	if err := cloud.CompleteLifecycleAction(ctx, c, "nodeagent-ready", cpID, cloud.LifecycleContinue); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.E.LifecycleResults()[cpID]; got != cloud.LifecycleContinue {
+		t.Errorf("recorded result %q, want CONTINUE", got)
+	}
+	if err := cloud.CompleteLifecycleAction(ctx, c, "nodeagent-ready", workerID, cloud.LifecycleContinue); err == nil || !strings.Contains(err.Error(), "no Auto Scaling group") {
+		t.Errorf("instance outside any group: %v", err)
+	}
+	if err := cloud.CompleteLifecycleAction(ctx, c, "wrong-hook", cpID, cloud.LifecycleContinue); err == nil || !strings.Contains(err.Error(), "ValidationError") {
+		t.Errorf("unknown hook: %v", err)
+	}
+	if n := r.E.Calls("autoscaling", "CompleteLifecycleAction"); n != 2 {
+		t.Errorf("CompleteLifecycleAction calls = %d, want 2", n)
+	}
+}

@@ -1,0 +1,131 @@
+//go:build e2e
+
+// Package e2e boots real nodes: Debian machines with systemd in systemd-nspawn,
+// the agent binary inside, the wire-level AWS emulator outside, real containerd,
+// runc and kubelet binaries as verified assets. Run with `make e2e`.
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/nodeagent/nodeagent/awsemu"
+	"github.com/nodeagent/nodeagent/bootstrap"
+	"github.com/nodeagent/nodeagent/internal/nspawn"
+	"github.com/nodeagent/nodeagent/internal/testenv"
+)
+
+var (
+	agentBin = flag.String("agent", "", "nodeagent binary to test (default: built from ./cmd/nodeagent)")
+	verbose  = flag.Bool("console", false, "copy machine consoles to the test log")
+)
+
+// builtAgent is the binary under test, built once per run.
+var builtAgent string
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if err := nspawn.Available(""); err != nil {
+		println("e2e: " + err.Error())
+		os.Exit(1)
+	}
+	code := func() int {
+		if *agentBin != "" {
+			builtAgent = *agentBin
+			return m.Run()
+		}
+		dir, err := os.MkdirTemp("", "nodeagent-e2e-bin")
+		if err != nil {
+			println(err.Error())
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		builtAgent = filepath.Join(dir, "nodeagent")
+		_, file, _, _ := runtime.Caller(0)
+		cmd := exec.Command("go", "build", "-trimpath", "-o", builtAgent, "./cmd/nodeagent")
+		cmd.Dir = filepath.Dir(filepath.Dir(file))
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			println("build nodeagent: " + err.Error() + "\n" + string(out))
+			return 1
+		}
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+// startEnv starts the emulator with the worker binaries and closes it with the test.
+func startEnv(t testing.TB, w *awsemu.World) *testenv.Env {
+	t.Helper()
+	bins, err := testenv.WorkerBinaries("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env, err := testenv.Start(testenv.Options{Binaries: bins, Log: slog.New(slog.NewTextHandler(testWriter{t}, nil))}, w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Close() })
+	return env
+}
+
+// bootNode boots an instance's machine; it is removed when the test ends.
+func bootNode(t testing.TB, env *testenv.Env, inst awsemu.Instance) *testenv.Node {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var console io.Writer
+	if *verbose {
+		console = testWriter{t}
+	}
+	n, err := testenv.BootNode(ctx, env, inst, builtAgent, console)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := n.Close(); err != nil {
+			t.Errorf("close node: %v", err)
+		}
+	})
+	return n
+}
+
+// agent runs the agent in the node and logs its stderr.
+func agent(t testing.TB, n *testenv.Node, args ...string) (stdout []byte, code int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	out, errOut, code, err := n.Agent(ctx, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("nodeagent %v: exit %d\n%s", args, code, errOut)
+	return out, code
+}
+
+// status reads `nodeagent status -o json` from the node.
+func status(t testing.TB, n *testenv.Node) (*bootstrap.State, int) {
+	t.Helper()
+	out, code := agent(t, n, "status", "-o", "json")
+	var st bootstrap.State
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatalf("status -o json is not a State: %v\n%s", err, out)
+	}
+	return &st, code
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(p))
+	return len(p), nil
+}

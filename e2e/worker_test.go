@@ -1,0 +1,274 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nodeagent/nodeagent/awsemu"
+	"github.com/nodeagent/nodeagent/bootstrap"
+	"github.com/nodeagent/nodeagent/config"
+	"github.com/nodeagent/nodeagent/internal/testenv"
+	"github.com/nodeagent/nodeagent/systemd"
+)
+
+const cluster = "e2e.example.com"
+
+func workerInstance(t testing.TB, id string, userData []byte) awsemu.Instance {
+	t.Helper()
+	ip, err := testenv.HostIP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return awsemu.Instance{
+		ID: id, Type: "m5.large", AvailabilityZone: "us-east-1a", PrivateIP: ip, State: "running",
+		Tags:     map[string]string{"KubernetesCluster": cluster, "kubernetes.io/cluster/" + cluster: "owned"},
+		UserData: string(userData),
+	}
+}
+
+func workerUserData(t testing.TB, env *testenv.Env, extra func(*config.NodeConfig)) []byte {
+	t.Helper()
+	ud, err := testenv.UserData(testenv.NodeSpec{
+		Cluster: cluster, Role: config.RoleNode, Runtime: config.RuntimeContainerd,
+		Assets: env.Assets, Kubelet: testenv.ContainerKubeletConfig(), Extra: extra,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ud
+}
+
+// TestWorkerBoot is the whole worker story: user-data over IMDSv2 → every phase
+// done → containerd and kubelet active under the node's systemd → kubelet
+// healthy; then a re-run changes nothing, and a corrupt asset is refused.
+func TestWorkerBoot(t *testing.T) {
+	env := startEnv(t, &awsemu.World{})
+	n := bootNode(t, env, workerInstance(t, "i-0e2e0worker00001", workerUserData(t, env, nil)))
+
+	start := time.Now()
+	if _, code := agent(t, n, "bootstrap"); code != 0 {
+		st, _ := status(t, n)
+		t.Fatalf("bootstrap exit %d; state error: %s", code, st.Error)
+	}
+	t.Logf("first bootstrap: %s", time.Since(start))
+
+	st, code := status(t, n)
+	if code != 0 {
+		t.Errorf("status exit %d, want 0 (ready); reason %q", code, st.Readiness.Reason)
+	}
+	for _, p := range st.Phases {
+		if p.State != bootstrap.PhaseDone {
+			t.Errorf("phase %s is %s (%s)", p.Name, p.State, p.Error)
+		}
+	}
+	for _, want := range []string{"host-prep", "assets", "container-runtime", "kubelet", "nodeagent-service", "readiness"} {
+		if st.Phase(want) == nil {
+			t.Errorf("phase %s missing from status", want)
+		}
+	}
+	if st.Node.InstanceID != n.InstanceID || st.Node.Role != string(config.RoleNode) {
+		t.Errorf("status node = %+v", st.Node)
+	}
+
+	t.Run("units active over D-Bus", func(t *testing.T) {
+		t.Setenv("DBUS_SYSTEM_BUS_ADDRESS", n.M.BusAddress())
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		m, err := systemd.Connect(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		for _, u := range []string{"containerd.service", "kubelet.service", "nodeagent.service"} {
+			us, err := m.UnitState(ctx, u)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if us.ActiveState != "active" || us.UnitFileState != "enabled" {
+				t.Errorf("%s: active=%s/%s file=%s", u, us.ActiveState, us.SubState, us.UnitFileState)
+			}
+		}
+	})
+
+	t.Run("kubelet healthz", func(t *testing.T) {
+		resp, err := http.Get("http://127.0.0.1:10248/healthz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 || strings.TrimSpace(string(body)) != "ok" {
+			t.Errorf("healthz: %d %q", resp.StatusCode, body)
+		}
+	})
+
+	t.Run("files and modes", func(t *testing.T) {
+		for _, f := range []struct {
+			path string
+			mode os.FileMode
+		}{
+			{"/var/lib/nodeagent/state.json", 0o644},
+			{"/usr/local/bin/kubelet", 0o755},
+			{"/usr/local/bin/containerd", 0o755},
+			{"/etc/sysctl.d/99-nodeagent.conf", 0o644},
+			{"/etc/modules-load.d/nodeagent.conf", 0o644},
+			{"/etc/containerd/config.toml", 0o644},
+			{"/var/lib/kubelet/config.yaml", 0o644},
+			{"/etc/systemd/system/kubelet.service", 0o644},
+			{"/etc/systemd/system/containerd.service", 0o644},
+			{"/etc/systemd/system/nodeagent.service", 0o644},
+		} {
+			fi, err := os.Stat(n.M.Path(f.path))
+			if err != nil {
+				t.Error(err)
+				continue
+			}
+			if fi.Mode().Perm() != f.mode {
+				t.Errorf("%s: mode %o, want %o", f.path, fi.Mode().Perm(), f.mode)
+			}
+		}
+		for _, a := range env.Assets {
+			if _, err := os.Stat(n.M.Path("/var/cache/nodeagent/assets/" + a.SHA256)); err != nil {
+				t.Errorf("asset %s not cached by hash: %v", a.Name, err)
+			}
+		}
+		cfg, _ := os.ReadFile(n.M.Path("/etc/containerd/config.toml"))
+		if !strings.Contains(string(cfg), "SystemdCgroup = true") {
+			t.Errorf("containerd config lacks SystemdCgroup = true")
+		}
+		kc, _ := os.ReadFile(n.M.Path("/var/lib/kubelet/config.yaml"))
+		for _, want := range []string{"cgroupDriver: systemd", "staticPodPath: /etc/kubernetes/manifests", "failSwapOn: false"} {
+			if !strings.Contains(string(kc), want) {
+				t.Errorf("kubelet config lacks %q", want)
+			}
+		}
+	})
+
+	t.Run("second run is a no-op", func(t *testing.T) {
+		kubeletBefore, _ := os.Stat(n.M.Path("/usr/local/bin/kubelet"))
+		s3Before := env.Emu.Calls(awsemu.ServiceS3, "GetObject")
+		start := time.Now()
+		if _, code := agent(t, n, "bootstrap"); code != 0 {
+			t.Fatalf("second bootstrap exit %d", code)
+		}
+		t.Logf("no-op bootstrap: %s", time.Since(start))
+		st, _ := status(t, n)
+		for _, p := range st.Phases {
+			if p.Changed && p.Name != "readiness" {
+				t.Errorf("phase %s changed on a re-run: %v", p.Name, p.Changes)
+			}
+		}
+		kubeletAfter, _ := os.Stat(n.M.Path("/usr/local/bin/kubelet"))
+		if !kubeletAfter.ModTime().Equal(kubeletBefore.ModTime()) {
+			t.Errorf("kubelet binary rewritten on a no-op run")
+		}
+		if got := env.Emu.Calls(awsemu.ServiceS3, "GetObject") - s3Before; got != 0 {
+			t.Errorf("no-op run fetched %d objects from S3", got)
+		}
+	})
+
+	t.Run("plan on a converged node", func(t *testing.T) {
+		out, code := agent(t, n, "plan")
+		if code != 0 {
+			t.Fatalf("plan exit %d", code)
+		}
+		if !strings.Contains(string(out), "No changes") {
+			t.Errorf("plan on a converged node:\n%s", out)
+		}
+	})
+
+	t.Run("hash mismatch refused, binary kept", func(t *testing.T) {
+		before, err := os.ReadFile(n.M.Path("/usr/local/bin/kubelet"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		bad := workerUserData(t, env, func(c *config.NodeConfig) {
+			for i := range c.Spec.Assets {
+				if c.Spec.Assets[i].Name == "kubelet" {
+					// A different, valid-looking hash: the mirrors serve a file that no longer matches.
+					c.Spec.Assets[i].SHA256 = strings.Repeat("ab", 32)
+				}
+			}
+		})
+		if err := os.WriteFile(n.M.Path("/root/bad.yaml"), bad, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, code := agent(t, n, "bootstrap", "--config", "/root/bad.yaml")
+		if code == 0 {
+			t.Fatal("bootstrap with a mismatching hash succeeded")
+		}
+		st, _ := status(t, n)
+		if p := st.Phase("assets"); p == nil || p.State != bootstrap.PhaseFailed || !strings.Contains(p.Error, "sha256") {
+			t.Errorf("assets phase after a mismatch: %+v", p)
+		}
+		after, _ := os.ReadFile(n.M.Path("/usr/local/bin/kubelet"))
+		if string(after) != string(before) {
+			t.Errorf("installed kubelet changed after a refused asset")
+		}
+	})
+}
+
+// TestBadUserData: invalid user-data is refused with every problem named, before
+// anything on the host changes.
+func TestBadUserData(t *testing.T) {
+	env := startEnv(t, &awsemu.World{})
+	ud := []byte("apiVersion: nodeagent.io/v1alpha1\nkind: NodeConfig\nspec:\n  cluster: {name: Bad_Name}\n  role: Worker\n  kubernetesVersion: v1.34.4\n  containerRuntime: podman\n  assets: [{name: kubelet, urls: [ftp://x/kubelet], sha256: nothex}]\n")
+	n := bootNode(t, env, workerInstance(t, "i-0e2e0baduserdata", ud))
+	_, code := agent(t, n, "bootstrap")
+	if code == 0 {
+		t.Fatal("bootstrap accepted bad user-data")
+	}
+	_, errOut, _, _ := n.Agent(context.Background(), "bootstrap")
+	for _, want := range []string{"spec.cluster.name", "spec.role", "spec.containerRuntime", "spec.assets[0].sha256", "spec.assets[0].urls[0]"} {
+		if !strings.Contains(string(errOut), want) {
+			t.Errorf("error does not name %s:\n%s", want, errOut)
+		}
+	}
+	for _, p := range []string{"/etc/sysctl.d/99-nodeagent.conf", "/etc/modules-load.d/nodeagent.conf", "/usr/local/bin/kubelet", "/etc/systemd/system/kubelet.service", "/var/cache/nodeagent/assets"} {
+		if _, err := os.Stat(n.M.Path(p)); err == nil {
+			t.Errorf("%s exists after refused user-data: the host was touched", p)
+		}
+	}
+}
+
+// TestThrottledS3 boots a worker whose only asset source and cluster config are in
+// an S3 that throttles 30% of requests: the SDK's retries carry it through.
+func TestThrottledS3(t *testing.T) {
+	env := startEnv(t, &awsemu.World{
+		Buckets: map[string]map[string]string{"state": {
+			cluster + "/nodeagent/cluster.yaml": "apiVersion: nodeagent.io/v1alpha1\nkind: NodeConfig\nspec:\n  kubelet:\n    nodeLabels: {from-state-store: \"yes\"}\n",
+		}},
+	})
+	env.Emu.SetFaults(awsemu.ServiceS3, awsemu.Faults{ThrottleRate: 0.3})
+	ud := workerUserData(t, env, func(c *config.NodeConfig) {
+		c.Spec.Cluster.StateStore = "s3://state/" + cluster
+		for i := range c.Spec.Assets {
+			var s3only []string
+			for _, u := range c.Spec.Assets[i].URLs {
+				if strings.HasPrefix(u, "s3://") {
+					s3only = append(s3only, u)
+				}
+			}
+			c.Spec.Assets[i].URLs = s3only
+		}
+	})
+	n := bootNode(t, env, workerInstance(t, "i-0e2e0throttled01", ud))
+	if _, code := agent(t, n, "bootstrap"); code != 0 {
+		st, _ := status(t, n)
+		t.Fatalf("bootstrap with 30%% S3 throttling: exit %d: %s", code, st.Error)
+	}
+	if got := env.Emu.Calls(awsemu.ServiceS3, "GetObject"); got <= 5 {
+		t.Errorf("only %d S3 GetObject calls: were the assets fetched from S3?", got)
+	}
+	dropin, _ := os.ReadFile(n.M.Path("/etc/systemd/system/kubelet.service.d/10-nodeagent.conf"))
+	if !strings.Contains(string(dropin), "from-state-store=yes") {
+		t.Errorf("cluster config from the state store not merged: kubelet drop-in:\n%s", dropin)
+	}
+}

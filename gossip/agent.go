@@ -1,0 +1,493 @@
+package gossip
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Tuning overrides memberlist's timings; a zero field keeps DefaultTuning's value.
+type Tuning struct {
+	ProbeInterval       time.Duration
+	ProbeTimeout        time.Duration
+	GossipInterval      time.Duration
+	GossipNodes         int
+	SuspicionMult       int
+	RetransmitMult      int
+	PushPullInterval    time.Duration
+	GossipToTheDeadTime time.Duration
+	TCPTimeout          time.Duration
+}
+
+// DefaultTuning is memberlist's LAN profile adjusted for a VPC ring of up to a few
+// thousand nodes, aiming at: names of a new node everywhere within seconds, a dead
+// node's names gone everywhere within ~5 s at N=1000, and under 2 KB/s per node when
+// nothing changes. The reasoning, with N=1000 (memberlist scales by log N):
+//
+//   - ProbeInterval 500ms, ProbeTimeout 300ms: each node probes one peer per
+//     interval, so a dead node is first probed within about one interval. VPC round
+//     trips are well under 1 ms; 300 ms still leaves room for a loaded node. A probe
+//     is one ~150-byte ping and ack, about 0.6 KB/s per node: the main steady cost.
+//   - SuspicionMult 2: the suspicion timeout is SuspicionMult·log10(N)·ProbeInterval
+//     = 2·3·0.5 s = 3 s at N=1000 (1 s at N≤10). With 2, memberlist's Lifeguard
+//     expects no extra confirmations (k = mult-2 = 0), so the timeout is that minimum
+//     rather than up to SuspicionMaxTimeoutMult times it. Detection (~0.5–1 s) +
+//     3 s + gossip of the dead message (~1 s) ≈ 5 s. A falsely suspected node hears
+//     the suspicion with the next probe and refutes it well within 3 s.
+//   - GossipInterval 200ms, GossipNodes 4: a change reaches log5(1000) ≈ 4–5 hops,
+//     about a second. Gossip sends nothing when no message is queued, so the steady
+//     cost is zero.
+//   - RetransmitMult 4: each node relays a message 4·ceil(log10(N+1)) = 16 times; the
+//     chance a given node never hears it is about e^-16. Lower saves little, since
+//     this cost is paid only on change.
+//   - PushPullInterval 60s: the full-state exchange (anti-entropy) is the one cost
+//     that grows with N. memberlist scales it by ceil(log2(N/32))+1 = 6 at N=1000, one
+//     exchange every 6 minutes of ~100 B per member before compression; each node
+//     starts one and answers about one, so ~0.5 KB/s at N=1000. Joins and seed
+//     refreshes do full exchanges anyway, so repairs do not wait for it.
+//   - GossipToTheDeadTime 30s and TCPTimeout 5s: LAN defaults; 5 s bounds a join to an
+//     unreachable seed.
+func DefaultTuning() Tuning {
+	return Tuning{
+		ProbeInterval:       500 * time.Millisecond,
+		ProbeTimeout:        300 * time.Millisecond,
+		GossipInterval:      200 * time.Millisecond,
+		GossipNodes:         4,
+		SuspicionMult:       2,
+		RetransmitMult:      4,
+		PushPullInterval:    60 * time.Second,
+		GossipToTheDeadTime: 30 * time.Second,
+		TCPTimeout:          5 * time.Second,
+	}
+}
+
+func (t Tuning) withDefaults() Tuning {
+	d := DefaultTuning()
+	set := func(v *time.Duration, def time.Duration) {
+		if *v <= 0 {
+			*v = def
+		}
+	}
+	seti := func(v *int, def int) {
+		if *v <= 0 {
+			*v = def
+		}
+	}
+	set(&t.ProbeInterval, d.ProbeInterval)
+	set(&t.ProbeTimeout, d.ProbeTimeout)
+	set(&t.GossipInterval, d.GossipInterval)
+	seti(&t.GossipNodes, d.GossipNodes)
+	seti(&t.SuspicionMult, d.SuspicionMult)
+	seti(&t.RetransmitMult, d.RetransmitMult)
+	set(&t.PushPullInterval, d.PushPullInterval)
+	set(&t.GossipToTheDeadTime, d.GossipToTheDeadTime)
+	set(&t.TCPTimeout, d.TCPTimeout)
+	return t
+}
+
+// ValidateKey checks a ring key's length: memberlist uses it as an AES key.
+func ValidateKey(key []byte) error {
+	switch len(key) {
+	case 16, 24, 32:
+		return nil
+	}
+	return fmt.Errorf("gossip secret key is %d bytes, want 16, 24 or 32", len(key))
+}
+
+func newAgent(c Config) (*Agent, error) {
+	if c.ClusterName == "" {
+		return nil, errors.New("gossip: cluster name is empty")
+	}
+	if !validHostName(c.NodeName) {
+		return nil, fmt.Errorf("gossip: node name %q is not a valid host name", c.NodeName)
+	}
+	if c.BindIP == nil || c.BindIP.IsUnspecified() {
+		return nil, errors.New("gossip: no bind IP (use NodeIP to find it)")
+	}
+	if err := ValidateKey(c.SecretKey); err != nil {
+		return nil, fmt.Errorf("gossip: %w", err)
+	}
+	if c.Port == 0 {
+		c.Port = DefaultPort
+	}
+	if c.Port < 0 || c.Port > 65535 {
+		return nil, fmt.Errorf("gossip: port %d out of range", c.Port)
+	}
+	if c.SeedRefresh <= 0 {
+		c.SeedRefresh = DefaultSeedRefresh
+	}
+	if c.Log == nil {
+		c.Log = slog.Default()
+	}
+	tune := DefaultTuning()
+	if c.Tuning != nil {
+		tune = c.Tuning.withDefaults()
+	}
+	a := &Agent{
+		cfg:          c,
+		log:          c.Log,
+		tune:         tune,
+		ready:        c.Ready,
+		role:         c.Role,
+		names:        normalizeNames(c.Names),
+		view:         map[string]*viewMember{},
+		metaChanged:  make(chan struct{}, 1),
+		hostsChanged: make(chan struct{}, 1),
+		stop:         make(chan struct{}),
+	}
+	if err := a.encodeLocked(); err != nil {
+		return nil, fmt.Errorf("gossip: %w", err)
+	}
+	return a, nil
+}
+
+// viewMember is one node as the events reported it.
+type viewMember struct {
+	Member
+	port    int
+	leaving bool
+	at      time.Time // of the last state change
+}
+
+// departedKeep bounds how long a dead member is still listed in Members.
+const departedKeep = 24 * time.Hour
+
+func (a *Agent) start(ctx context.Context) error {
+	c := a.cfg
+	lw := newLogWriter(a.log, a.recordReject)
+	a.lw = lw
+	mlLog := log.New(lw, "", 0)
+
+	nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
+		BindAddrs: []string{c.BindIP.String()},
+		BindPort:  c.Port,
+		Logger:    mlLog,
+	})
+	if err != nil {
+		return fmt.Errorf("gossip: listen on %s: %w", net.JoinHostPort(c.BindIP.String(), strconv.Itoa(c.Port)), err)
+	}
+	a.tr = newCountingTransport(nt)
+
+	keyring, err := memberlist.NewKeyring(nil, c.SecretKey)
+	if err != nil {
+		a.tr.Shutdown()
+		return fmt.Errorf("gossip: keyring: %w", err)
+	}
+
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = c.NodeName
+	mc.BindAddr = c.BindIP.String()
+	mc.BindPort = c.Port
+	mc.AdvertiseAddr = c.BindIP.String()
+	mc.AdvertisePort = c.Port
+	mc.Transport = a.tr
+	mc.Keyring = keyring
+	// The label is authenticated with every packet: two clusters that share a VPC
+	// (and, by a copied key file, a key) still never merge.
+	mc.Label = "nodeagent/" + c.ClusterName
+	mc.Logger = mlLog
+	mc.Delegate = (*delegate)(a)
+	mc.Events = (*events)(a)
+	mc.ProbeInterval = a.tune.ProbeInterval
+	mc.ProbeTimeout = a.tune.ProbeTimeout
+	mc.GossipInterval = a.tune.GossipInterval
+	mc.GossipNodes = a.tune.GossipNodes
+	mc.SuspicionMult = a.tune.SuspicionMult
+	mc.RetransmitMult = a.tune.RetransmitMult
+	mc.PushPullInterval = a.tune.PushPullInterval
+	mc.GossipToTheDeadTime = a.tune.GossipToTheDeadTime
+	mc.TCPTimeout = a.tune.TCPTimeout
+	// memberlist compresses with LZW, which allocates and zeroes a 64 KB table
+	// for every message it compresses: in the scale test that was the largest
+	// CPU cost, for packets of 100–300 bytes that barely shrink. Only the
+	// push/pull exchange would gain, and it fits the bandwidth budget as is.
+	mc.EnableCompression = false
+	// A restarted instance gets a new private IP but keeps no name; a replaced
+	// node with the same name may take over at once.
+	mc.DeadNodeReclaimTime = time.Second
+
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		a.tr.Shutdown()
+		return fmt.Errorf("gossip: start memberlist: %w", err)
+	}
+	a.ml = ml
+
+	if c.HostsFile != "" {
+		a.wg.Add(1)
+		go a.hostsLoop()
+		a.signalHosts()
+	}
+	a.wg.Add(2)
+	go a.metaLoop()
+	// The agent outlives the caller's context (often a start-up deadline); it
+	// runs until Shutdown, which cancels its seed look-ups.
+	seedCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	go func() {
+		<-a.stop
+		cancel()
+	}()
+	go func() {
+		defer a.wg.Done()
+		defer cancel()
+		a.seedLoop(seedCtx)
+	}()
+	a.log.Info("gossip started", "node", c.NodeName, "addr", net.JoinHostPort(c.BindIP.String(), strconv.Itoa(c.Port)),
+		"cluster", c.ClusterName)
+	return nil
+}
+
+// encodeLocked refreshes a.meta from ready/role/names; a.mu must be held.
+func (a *Agent) encodeLocked() error {
+	b, err := encodeMeta(metadata{Ready: a.ready, Leaving: a.leaving, Role: a.role, Names: a.names}, a.cfg.ClusterName)
+	if err != nil {
+		return err
+	}
+	a.meta = b
+	return nil
+}
+
+func (a *Agent) signalMeta() {
+	select {
+	case a.metaChanged <- struct{}{}:
+	default:
+	}
+}
+
+func (a *Agent) signalHosts() {
+	select {
+	case a.hostsChanged <- struct{}{}:
+	default:
+	}
+}
+
+// metaLoop announces metadata changes. UpdateNode waits until the new alive
+// message has been handed to peers, so it runs here rather than in SetReady; a
+// burst of changes coalesces into one announcement of the latest state.
+func (a *Agent) metaLoop() {
+	defer a.wg.Done()
+	for {
+		select {
+		case <-a.stop:
+			return
+		case <-a.metaChanged:
+		}
+		if err := a.ml.UpdateNode(5 * time.Second); err != nil {
+			// The update is queued all the same; push/pull delivers it if
+			// gossip does not.
+			a.log.Debug("gossip metadata update not yet acknowledged", "err", err)
+		}
+		a.signalHosts()
+	}
+}
+
+// recordReject notes traffic refused for a key mismatch (or a foreign cluster's
+// label), for Status.
+func (a *Agent) recordReject(addr, reason string) {
+	if addr == "" {
+		addr = "unknown address"
+	}
+	a.keyRejects.Add(1)
+	a.statusMu.Lock()
+	a.lastKeyError = fmt.Sprintf("rejected gossip from %s: %s", addr, reason)
+	a.lastKeyAt = time.Now()
+	a.statusMu.Unlock()
+}
+
+// seedLoop joins seeds at start, retrying with backoff until some join
+// succeeds, then every SeedRefresh joins seeds that are not alive members, so
+// that a ring split by a partition, or started as several islands, merges again.
+func (a *Agent) seedLoop(ctx context.Context) {
+	if a.cfg.Seeds == nil {
+		a.joined.Store(true)
+		return
+	}
+	backoff := time.Second
+	for {
+		ok := a.joinSeeds(ctx)
+		var wait time.Duration
+		if ok {
+			backoff = time.Second
+			// Every node asks EC2 for seeds: 1000 nodes every 30 s would be
+			// 33 DescribeInstances calls a second, enough to be throttled. Stretch
+			// the interval with the ring's size so the cluster as a whole asks about
+			// once a second; a partition still heals fast because any one node of
+			// either side that finds the other side merges both sides.
+			scale := (a.ml.NumMembers() + 31) / 32
+			wait = a.cfg.SeedRefresh * time.Duration(max(1, scale))
+		} else {
+			wait = backoff
+			backoff = min(backoff*2, a.cfg.SeedRefresh)
+		}
+		wait = jitter(wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-a.stop:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// jitter spreads d by ±20% so nodes started together do not refresh together.
+func jitter(d time.Duration) time.Duration {
+	return d + time.Duration((rand.Float64()*0.4-0.2)*float64(d))
+}
+
+// maxJoinPerRefresh bounds one refresh: a single successful full-state exchange
+// merges two sides, so trying a few of the missing seeds is enough, and it keeps a
+// refresh from walking hundreds of unreachable addresses.
+const maxJoinPerRefresh = 3
+
+// joinSeeds reports whether the node is (still) part of a ring: a join
+// succeeded, or there is nobody to join.
+func (a *Agent) joinSeeds(ctx context.Context) bool {
+	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	seeds, err := a.cfg.Seeds.Seeds(lctx)
+	cancel()
+	if err != nil {
+		a.setJoinError(fmt.Errorf("list seeds: %w", err))
+		a.log.Warn("list gossip seeds", "err", err)
+		return a.joined.Load()
+	}
+	self := net.JoinHostPort(a.cfg.BindIP.String(), strconv.Itoa(a.cfg.Port))
+	alive := map[string]bool{}
+	a.mu.Lock()
+	for _, v := range a.view {
+		if v.State == StateAlive {
+			alive[net.JoinHostPort(v.IP.String(), strconv.Itoa(v.port))] = true
+		}
+	}
+	a.mu.Unlock()
+	var missing []string
+	for _, s := range seeds {
+		addr := withPort(s, a.cfg.Port)
+		if addr != self && !alive[addr] {
+			missing = append(missing, addr)
+		}
+	}
+	if len(missing) == 0 {
+		// Alone with no seeds (the first node), or already connected to all.
+		a.joined.Store(true)
+		a.setJoinError(nil)
+		return true
+	}
+	rand.Shuffle(len(missing), func(i, j int) { missing[i], missing[j] = missing[j], missing[i] })
+	missing = missing[:min(len(missing), maxJoinPerRefresh)]
+	n, err := a.ml.Join(missing)
+	if n > 0 {
+		if !a.joined.Load() {
+			a.log.Info("joined gossip ring", "via", missing[:n], "members", a.ml.NumMembers())
+		}
+		a.joined.Store(true)
+		a.setJoinError(nil)
+		return true
+	}
+	if err == nil {
+		err = errors.New("no seed answered")
+	}
+	if isKeyMismatch(err.Error()) {
+		a.recordReject(missing[0], "encryption key mismatch: the seed refused our key, or we refused its reply")
+		err = fmt.Errorf("join %v: encryption key mismatch: %w", missing, err)
+	} else {
+		err = fmt.Errorf("join %v: %w", missing, err)
+	}
+	a.setJoinError(err)
+	a.log.Warn("join gossip seeds", "err", err)
+	return a.joined.Load() && a.ml.NumMembers() > 1
+}
+
+func (a *Agent) setJoinError(err error) {
+	a.statusMu.Lock()
+	defer a.statusMu.Unlock()
+	a.lastJoinError = ""
+	if err != nil {
+		a.lastJoinError = err.Error()
+	}
+}
+
+// withPort adds the ring's port to a bare IP seed.
+func withPort(seed string, port int) string {
+	if _, _, err := net.SplitHostPort(seed); err == nil {
+		return seed
+	}
+	return net.JoinHostPort(seed, strconv.Itoa(port))
+}
+
+// delegate hands memberlist this node's metadata; the ring carries no other
+// user state.
+type delegate Agent
+
+func (d *delegate) NodeMeta(limit int) []byte {
+	a := (*Agent)(d)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.meta) > limit { // encodeMeta already enforces memberlist's limit
+		return nil
+	}
+	return append([]byte(nil), a.meta...)
+}
+
+func (d *delegate) NotifyMsg([]byte)                           {}
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (d *delegate) LocalState(join bool) []byte                { return nil }
+func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
+
+// events keeps a.view and triggers hosts rewrites. memberlist calls these with
+// its node lock held: they copy what they need and never call back into it.
+type events Agent
+
+func (e *events) NotifyJoin(n *memberlist.Node) {
+	a := (*Agent)(e)
+	a.observe(n, StateAlive)
+	a.log.Debug("gossip member joined", "node", n.Name, "addr", n.Addr.String())
+}
+
+func (e *events) NotifyUpdate(n *memberlist.Node) {
+	(*Agent)(e).observe(n, StateAlive)
+}
+
+func (e *events) NotifyLeave(n *memberlist.Node) {
+	a := (*Agent)(e)
+	v := a.observe(n, StateDead)
+	a.log.Info("gossip member gone", "node", n.Name, "addr", n.Addr.String(), "state", v.State)
+}
+
+// observe records a node's address, metadata and state. Metadata it cannot
+// decode (a newer agent, a corrupt peer) leaves Role and Names empty, so nothing
+// unsafe reaches the hosts file.
+func (a *Agent) observe(n *memberlist.Node, state string) viewMember {
+	v := viewMember{
+		Member: Member{Name: n.Name, IP: append(net.IP(nil), n.Addr...), State: state},
+		port:   int(n.Port),
+		at:     time.Now(),
+	}
+	md, err := decodeMeta(n.Meta, a.cfg.ClusterName)
+	if err != nil {
+		a.log.Warn("ignoring gossip member's names", "node", n.Name, "err", err)
+	} else {
+		v.Role, v.Ready, v.Names, v.leaving = md.Role, md.Ready, md.Names, md.Leaving
+	}
+	if state == StateDead && v.leaving {
+		v.State = StateLeft
+	}
+	a.mu.Lock()
+	for name, old := range a.view {
+		if old.State != StateAlive && v.at.Sub(old.at) > departedKeep {
+			delete(a.view, name)
+		}
+	}
+	a.view[n.Name] = &v
+	a.mu.Unlock()
+	a.signalHosts()
+	return v
+}

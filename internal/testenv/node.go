@@ -1,0 +1,135 @@
+package testenv
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os/exec"
+	"syscall"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/nodeagent/nodeagent/awsemu"
+	"github.com/nodeagent/nodeagent/config"
+	"github.com/nodeagent/nodeagent/internal/nspawn"
+)
+
+// AgentPath is where the agent binary is put inside a node, as packer/ bakes it.
+const AgentPath = "/usr/local/bin/nodeagent"
+
+// ContainerKubeletConfig are the KubeletConfiguration overrides a kubelet needs
+// to run inside a systemd-nspawn container on this kind of host (see
+// internal/nspawn/README.md). They travel as ordinary user overrides in the
+// NodeConfig (spec.kubelet.config), exactly as a user would set them.
+func ContainerKubeletConfig() map[string]any {
+	return map[string]any{
+		// A container shares the host's swap; the agent cannot turn it off.
+		"failSwapOn": false,
+		// Ephemeral-storage accounting wants the root filesystem's real device.
+		"localStorageCapacityIsolation": false,
+		// The host's kernel settings are not the container's to protect.
+		"protectKernelDefaults": false,
+	}
+}
+
+// NodeSpec describes the user-data of one node.
+type NodeSpec struct {
+	Cluster  string
+	Role     config.Role
+	Runtime  config.Runtime
+	Assets   []config.Asset
+	Kubelet  map[string]any
+	Hostname string
+	// Extra is applied to the config last (for failure cases and variations).
+	Extra func(*config.NodeConfig)
+}
+
+// UserData renders a NodeConfig as the YAML a launch template would carry.
+func UserData(s NodeSpec) ([]byte, error) {
+	c := config.NodeConfig{APIVersion: config.APIVersion, Kind: config.Kind}
+	c.Spec.Cluster.Name = s.Cluster
+	c.Spec.Role = s.Role
+	c.Spec.KubernetesVersion = "v1.34.4"
+	c.Spec.ContainerRuntime = s.Runtime
+	c.Spec.Assets = SortedAssets(s.Assets)
+	c.Spec.Kubelet.Config = s.Kubelet
+	c.Spec.Host.Hostname = s.Hostname
+	if s.Extra != nil {
+		s.Extra(&c)
+	}
+	return yaml.Marshal(c)
+}
+
+// Node is one emulated EC2 instance: a booted nspawn machine holding the agent
+// binary, with the environment that points the agent at the emulator.
+type Node struct {
+	M          *nspawn.Machine
+	InstanceID string
+	Env        []string
+}
+
+// BootNode registers the instance with the emulator, boots its machine and copies
+// the agent binary in. The caller closes the node.
+func BootNode(ctx context.Context, e *Env, inst awsemu.Instance, agentBin string, console io.Writer) (*Node, error) {
+	e.Emu.AddInstance(inst)
+	env, err := e.AWSEnv(inst.ID)
+	if err != nil {
+		return nil, err
+	}
+	m, err := nspawn.Boot(ctx, nspawn.Options{Name: inst.ID, Log: console})
+	if err != nil {
+		return nil, err
+	}
+	if err := m.CopyIn(ctx, agentBin, AgentPath, 0o755); err != nil {
+		m.Close()
+		return nil, err
+	}
+	return &Node{M: m, InstanceID: inst.ID, Env: env}, nil
+}
+
+// Result is one run of the agent inside a node.
+type Result struct {
+	Stdout, Stderr []byte
+	Code           int
+	Wall           time.Duration
+	// CPU is user + system time of the agent and every process it waited for;
+	// MaxRSS its peak resident set (the largest of them), in bytes.
+	CPU    time.Duration
+	MaxRSS int64
+}
+
+// Run runs `nodeagent args...` inside the node; err is set only when it could
+// not run at all (a non-zero exit is Result.Code).
+func (n *Node) Run(ctx context.Context, args ...string) (Result, error) {
+	var o, e bytes.Buffer
+	cmd := n.M.Command(ctx, n.Env, append([]string{AgentPath}, args...)...)
+	cmd.Stdout, cmd.Stderr = &o, &e
+	start := time.Now()
+	err := cmd.Run()
+	r := Result{Wall: time.Since(start), Code: -1}
+	if ps := cmd.ProcessState; ps != nil {
+		r.Code = ps.ExitCode()
+		r.CPU = ps.UserTime() + ps.SystemTime()
+		if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
+			r.MaxRSS = ru.Maxrss * 1024
+		}
+	}
+	r.Stdout, r.Stderr = o.Bytes(), e.Bytes()
+	var exit *exec.ExitError
+	if err != nil && !errors.As(err, &exit) {
+		return r, fmt.Errorf("run agent in %s: %w", n.InstanceID, err)
+	}
+	return r, nil
+}
+
+// Agent is Run for callers that want only the output and exit code.
+func (n *Node) Agent(ctx context.Context, args ...string) (stdout, stderr []byte, code int, err error) {
+	r, err := n.Run(ctx, args...)
+	return r.Stdout, r.Stderr, r.Code, err
+}
+
+// Close powers the machine off and removes it.
+func (n *Node) Close() error { return n.M.Close() }

@@ -1,0 +1,260 @@
+//go:build e2e
+
+package systemd
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nodeagent/nodeagent/internal/fsutil"
+	"github.com/nodeagent/nodeagent/systemd/systemdtest"
+)
+
+// connect dials the container's bus, retrying while dbus and systemd finish
+// starting (the socket exists before the broker accepts).
+func connect(t *testing.T, ctx context.Context) *Manager {
+	t.Helper()
+	var last error
+	for ctx.Err() == nil {
+		m, err := Connect(ctx)
+		if err == nil {
+			if _, err = m.UnitState(ctx, "basic.target"); err == nil {
+				return m
+			}
+			m.Close()
+		}
+		last = err
+		time.Sleep(250 * time.Millisecond)
+	}
+	t.Fatalf("connect to the container's systemd: %v", last)
+	return nil
+}
+
+func writeUnit(t *testing.T, mc *systemdtest.Machine, name, content string) {
+	t.Helper()
+	p := filepath.Join(mc.Dir, "etc/systemd/system", name)
+	if err := fsutil.WriteFileAtomic(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func mainPID(t *testing.T, ctx context.Context, m *Manager, unit string) uint32 {
+	t.Helper()
+	p, err := m.conn.GetUnitTypePropertyContext(ctx, unit, "Service", "MainPID")
+	if err != nil {
+		t.Fatalf("MainPID of %s: %v", unit, err)
+	}
+	pid, _ := p.Value.Value().(uint32)
+	return pid
+}
+
+func TestE2EManager(t *testing.T) {
+	mc := systemdtest.Boot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	m := connect(t, ctx)
+	defer m.Close()
+
+	writeUnit(t, mc, "na-sleep.service", `[Unit]
+Description=nodeagent e2e sleeper
+[Service]
+Type=simple
+ExecStart=/bin/sleep infinity
+[Install]
+WantedBy=multi-user.target
+`)
+	writeUnit(t, mc, "na-false.service", `[Unit]
+Description=nodeagent e2e unit that exits 1 at once
+[Service]
+Type=simple
+ExecStart=/bin/false
+`)
+	writeUnit(t, mc, "na-oneshot-false.service", `[Unit]
+Description=nodeagent e2e oneshot that fails
+[Service]
+Type=oneshot
+ExecStart=/bin/false
+`)
+
+	// Before the reload systemd has not seen the files.
+	st, err := m.UnitState(ctx, "na-sleep.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("before reload: %+v (systemd loads a unit it has not seen from disk on first use)", st)
+	if err := m.Reload(ctx); err != nil {
+		t.Fatalf("Reload: %v", err)
+	}
+	st, err = m.UnitState(ctx, "na-sleep.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.LoadState != "loaded" || st.UnitFileState != "disabled" || st.ActiveState != "inactive" {
+		t.Fatalf("after reload: got %+v, want loaded/disabled/inactive", st)
+	}
+
+	if err := m.Enable(ctx, "na-sleep.service"); err != nil {
+		t.Fatalf("Enable: %v", err)
+	}
+	if _, err := os.Lstat(filepath.Join(mc.Dir, "etc/systemd/system/multi-user.target.wants/na-sleep.service")); err != nil {
+		t.Fatalf("Enable made no wants symlink: %v", err)
+	}
+	st, _ = m.UnitState(ctx, "na-sleep.service")
+	if st.UnitFileState != "enabled" {
+		t.Fatalf("after Enable: UnitFileState %q, want enabled", st.UnitFileState)
+	}
+
+	start := time.Now()
+	if err := m.Start(ctx, "na-sleep.service"); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	t.Logf("Start took %v", time.Since(start).Round(time.Millisecond))
+	st, _ = m.UnitState(ctx, "na-sleep.service")
+	if st.ActiveState != "active" || st.SubState != "running" {
+		t.Fatalf("after Start: %+v, want active/running", st)
+	}
+	pid1 := mainPID(t, ctx, m, "na-sleep.service")
+	if pid1 == 0 {
+		t.Fatal("running unit has no MainPID")
+	}
+
+	if err := m.Restart(ctx, "na-sleep.service"); err != nil {
+		t.Fatalf("Restart: %v", err)
+	}
+	pid2 := mainPID(t, ctx, m, "na-sleep.service")
+	if pid2 == 0 || pid2 == pid1 {
+		t.Fatalf("Restart kept MainPID %d (before %d)", pid2, pid1)
+	}
+
+	// A simple service whose binary exits 1: the start job is "done" (the fork
+	// worked), so only watching the state catches the failure.
+	err = m.Start(ctx, "na-false.service")
+	if err == nil {
+		t.Fatal("Start of a unit running /bin/false succeeded")
+	}
+	for _, want := range []string{"start na-false.service: unit failed (failed/failed, result=exit-code)"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("Start error %q does not mention %q", err, want)
+		}
+	}
+	t.Logf("simple failing unit: %v", err)
+
+	// A oneshot fails its start job itself.
+	err = m.Start(ctx, "na-oneshot-false.service")
+	if err == nil {
+		t.Fatal("Start of a failing oneshot succeeded")
+	}
+	for _, want := range []string{"start na-oneshot-false.service: job failed (failed/failed, result=exit-code)"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("Start error %q does not mention %q", err, want)
+		}
+	}
+	t.Logf("oneshot failing unit: %v", err)
+
+	// A unit that does not exist.
+	err = m.Start(ctx, "na-missing.service")
+	if err == nil || !strings.Contains(err.Error(), "na-missing.service") {
+		t.Fatalf("Start of a missing unit: %v", err)
+	}
+	t.Logf("missing unit: %v", err)
+
+	// Start is bounded by ctx: a unit stuck activating fails when ctx ends.
+	writeUnit(t, mc, "na-slow.service", `[Service]
+Type=notify
+ExecStart=/bin/sleep infinity
+TimeoutStartSec=infinity
+`)
+	if err := m.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	short, cancelShort := context.WithTimeout(ctx, 2*time.Second)
+	err = m.Start(short, "na-slow.service")
+	cancelShort()
+	if err == nil || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "activating/start") {
+		t.Fatalf("Start of a never-ready notify unit: %v, want deadline exceeded", err)
+	}
+	t.Logf("slow unit: %v", err)
+}
+
+// TestE2EUnitSetPhase runs the phase the agent uses against real systemd: a
+// first run writes, enables and starts; a second finds nothing to do; changing a
+// unit's config file restarts exactly that unit.
+func TestE2EUnitSetPhase(t *testing.T) {
+	mc := systemdtest.Boot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	m := connect(t, ctx)
+	defer m.Close()
+
+	conf := File{Path: "/etc/na-demo/demo.conf", Content: []byte("v1\n"), Mode: 0o644, Unit: "na-demo.service"}
+	files := func(c File) []File {
+		return []File{
+			{Path: UnitDir + "/na-demo.service", Mode: 0o644, Content: []byte(`[Service]
+ExecStart=/bin/sh -c 'cat /etc/na-demo/demo.conf; exec sleep infinity'
+[Install]
+WantedBy=multi-user.target
+`)},
+			{Path: UnitDir + "/na-other.service", Mode: 0o644, Content: []byte(`[Service]
+ExecStart=/bin/sleep infinity
+[Install]
+WantedBy=multi-user.target
+`)},
+			c,
+		}
+	}
+	us := UnitSet{
+		Root:    fsutil.Root(mc.Dir),
+		Files:   files(conf),
+		Enable:  []string{"na-demo.service", "na-other.service"},
+		Start:   []string{"na-demo.service", "na-other.service"},
+		Systemd: Connect,
+	}
+	p := NewUnitSetPhase("demo", us)
+	changes, err := p.Check(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(changes) != 3+4 { // 3 files; enable and start for 2 units
+		t.Fatalf("first Check: %d changes, want 7: %v", len(changes), changes)
+	}
+	if err := p.Act(ctx); err != nil {
+		t.Fatalf("Act: %v", err)
+	}
+	if err := p.Verify(ctx); err != nil {
+		t.Fatalf("Verify: %v", err)
+	}
+	if changes, err := p.Check(ctx); err != nil || len(changes) != 0 {
+		t.Fatalf("Check after Act: %v %v, want converged", changes, err)
+	}
+	demoPID, otherPID := mainPID(t, ctx, m, "na-demo.service"), mainPID(t, ctx, m, "na-other.service")
+
+	conf.Content = []byte("v2\n")
+	p.SetFiles(files(conf))
+	changes, err = p.Check(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"update file /etc/na-demo/demo.conf", "restart unit na-demo.service (its files changed)"}
+	if got := changeStrings(changes); strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Fatalf("Check after config change: %q, want %q", got, want)
+	}
+	if err := p.Act(ctx); err != nil {
+		t.Fatalf("Act: %v", err)
+	}
+	if got := mainPID(t, ctx, m, "na-demo.service"); got == demoPID {
+		t.Errorf("na-demo.service was not restarted (MainPID still %d)", got)
+	}
+	if got := mainPID(t, ctx, m, "na-other.service"); got != otherPID {
+		t.Errorf("na-other.service was restarted (MainPID %d → %d) though its files did not change", otherPID, got)
+	}
+	b, err := os.ReadFile(filepath.Join(mc.Dir, "etc/na-demo/demo.conf"))
+	if err != nil || !bytes.Equal(b, []byte("v2\n")) {
+		t.Fatalf("config on disk: %q %v", b, err)
+	}
+}
