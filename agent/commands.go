@@ -119,7 +119,7 @@ func Bake(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	inst := &assets.Installer{Root: o.Root, HTTP: http.DefaultClient, Log: o.log()}
+	inst := &assets.Installer{Root: o.Root, HTTP: &http.Client{Timeout: 10 * time.Minute}, Log: o.log()}
 	if awsCfg, err := cloud.LoadConfig(ctx); err == nil {
 		inst.S3 = cloud.NewS3(awsCfg)
 	}

@@ -130,7 +130,7 @@ func buildPhases(ctx context.Context, o Options, n *Node) (*phaseSet, error) {
 			}
 			return cloud.NewAutoScaling(*n.AWS), nil
 		},
-		checks: ps.readyChecks(connect),
+		checks: append([]readyCheck{{name: "phases", fn: phasesDone(o.store())}}, ps.readyChecks(connect)...),
 	}
 	ps.phases = append(ps.phases, ps.readiness)
 	return ps, nil

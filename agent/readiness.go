@@ -127,26 +127,49 @@ func (p *readinessPhase) refresh(ctx context.Context) bootstrap.ReadinessStatus 
 	return rs
 }
 
-// abandon tells Auto Scaling this launch failed, so the group replaces the instance
-// instead of waiting for the hook's timeout.
+// abandon records that the run failed, so the node is not ready, and tells Auto
+// Scaling the launch failed (when a hook is configured and not yet completed), so
+// the group replaces the instance instead of waiting for the hook's timeout.
 func (p *readinessPhase) abandon(ctx context.Context, cause error) {
-	if p == nil || p.hook == "" {
+	if p == nil {
 		return
 	}
 	st, err := p.store.Load()
-	if err != nil || st.Readiness.Lifecycle != "" {
+	if err != nil {
 		return
 	}
-	if err := p.completeLifecycle(ctx, cloud.LifecycleAbandon); err != nil {
-		p.log.Error("could not abandon lifecycle action", "hook", p.hook, "err", err)
-		return
+	lifecycle := st.Readiness.Lifecycle
+	if p.hook != "" && lifecycle == "" {
+		if err := p.completeLifecycle(ctx, cloud.LifecycleAbandon); err != nil {
+			p.log.Error("could not abandon lifecycle action", "hook", p.hook, "err", err)
+		} else {
+			p.log.Warn("lifecycle action abandoned", "hook", p.hook, "cause", cause)
+			lifecycle = cloud.LifecycleAbandon
+		}
 	}
-	p.log.Warn("lifecycle action abandoned", "hook", p.hook, "cause", cause)
 	_, _ = p.store.Update(func(st *bootstrap.State) {
-		st.Readiness.Lifecycle = cloud.LifecycleAbandon
-		st.Readiness.Ready = false
-		st.Readiness.Reason = cause.Error()
+		st.Readiness = bootstrap.ReadinessStatus{Ready: false, Reason: cause.Error(), CheckedAt: time.Now().UTC(), Lifecycle: lifecycle}
 	})
+}
+
+// phasesDone is the first condition of readiness: every phase before readiness
+// finished its last run.
+func phasesDone(store bootstrap.StateStore) func(context.Context) error {
+	return func(context.Context) error {
+		st, err := store.Load()
+		if err != nil {
+			return err
+		}
+		for _, ph := range st.Phases {
+			if ph.Name == "readiness" {
+				continue
+			}
+			if ph.State != bootstrap.PhaseDone && ph.State != bootstrap.PhaseSkipped {
+				return fmt.Errorf("phase %s is %s", ph.Name, ph.State)
+			}
+		}
+		return nil
+	}
 }
 
 func (p *readinessPhase) completeLifecycle(ctx context.Context, result string) error {

@@ -286,7 +286,7 @@ var instanceFilters = map[string]func(in *instance, values []string) bool{
 	"instance-type":       func(in *instance, v []string) bool { return matchAny(v, in.Type) },
 	"availability-zone":   func(in *instance, v []string) bool { return matchAny(v, in.AvailabilityZone) },
 	"private-ip-address":  func(in *instance, v []string) bool { return matchAny(v, in.PrivateIP) },
-	"private-dns-name":    func(in *instance, v []string) bool { return matchAny(v, in.Hostname) },
+	"private-dns-name":    func(in *instance, v []string) bool { return matchAny(v, firstName(in.Hostname)) },
 	"image-id":            func(in *instance, v []string) bool { return matchAny(v, in.ImageID) },
 	"reservation-id":      func(in *instance, v []string) bool { return matchAny(v, in.reservation) },
 }
@@ -386,7 +386,7 @@ func (e *Emulator) renderInstance(in *instance) ec2Instance {
 		InstanceID:         in.ID,
 		ImageID:            in.ImageID,
 		State:              ec2InstanceState{stateCodes[in.State], in.State},
-		PrivateDNSName:     in.Hostname,
+		PrivateDNSName:     firstName(in.Hostname),
 		InstanceType:       in.Type,
 		LaunchTime:         in.launched.Format(ec2TimeFormat),
 		Placement:          ec2Placement{in.AvailabilityZone, "default"},
@@ -819,4 +819,13 @@ outer:
 		return nil, aerr
 	}
 	return describeTagsResponse{Xmlns: ec2XMLNS, RequestID: req.id, Tags: itemSet[ec2TagDescription]{Items: matched[start:end]}, NextToken: next}, nil
+}
+
+// firstName: an instance's local-hostname may list several names (DHCP option
+// sets), but its private DNS name is the first alone.
+func firstName(hostname string) string {
+	if f := strings.Fields(hostname); len(f) > 0 {
+		return f[0]
+	}
+	return ""
 }

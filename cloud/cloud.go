@@ -9,8 +9,10 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
@@ -18,10 +20,23 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 )
 
+// RetryMaxAttempts is how many times one AWS call is tried before its error is
+// returned.
+const RetryMaxAttempts = 8
+
 // LoadConfig loads the SDK configuration. When no region is configured it is taken
 // from instance metadata, as on any EC2 instance.
 func LoadConfig(ctx context.Context) (aws.Config, error) {
-	cfg, err := awsconfig.LoadDefaultConfig(ctx, awsconfig.WithEC2IMDSRegion())
+	cfg, err := awsconfig.LoadDefaultConfig(ctx, awsconfig.WithEC2IMDSRegion(),
+		// A node boots once and must not give up on a busy account: a whole
+		// Auto Scaling group booting together throttles EC2 and S3. The SDK's 3
+		// attempts are too few; its standard backoff with jitter stays.
+		awsconfig.WithRetryer(func() aws.Retryer {
+			return retry.NewStandard(func(o *retry.StandardOptions) {
+				o.MaxAttempts = RetryMaxAttempts
+				o.MaxBackoff = 20 * time.Second
+			})
+		}))
 	if err != nil {
 		return aws.Config{}, fmt.Errorf("load AWS config: %w", err)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/nodeagent/nodeagent/bootstrap"
 	"github.com/nodeagent/nodeagent/config"
 	"github.com/nodeagent/nodeagent/internal/testenv"
+	"github.com/nodeagent/nodeagent/pki"
 	"github.com/nodeagent/nodeagent/systemd"
 )
 
@@ -55,7 +56,7 @@ func TestWorkerBoot(t *testing.T) {
 	start := time.Now()
 	if _, code := agent(t, n, "bootstrap"); code != 0 {
 		st, _ := status(t, n)
-		t.Fatalf("bootstrap exit %d; state error: %s", code, st.Error)
+		t.Fatalf("bootstrap exit %d; state error: %s\n%s", code, st.Error, n.Journal(context.Background(), "nodeagent.service"))
 	}
 	t.Logf("first bootstrap: %s", time.Since(start))
 
@@ -204,7 +205,10 @@ func TestWorkerBoot(t *testing.T) {
 		if code == 0 {
 			t.Fatal("bootstrap with a mismatching hash succeeded")
 		}
-		st, _ := status(t, n)
+		st, code := status(t, n)
+		if code != 1 || st.Readiness.Ready {
+			t.Errorf("status after a failed run: exit %d ready=%v, want exit 1, not ready", code, st.Readiness.Ready)
+		}
 		if p := st.Phase("assets"); p == nil || p.State != bootstrap.PhaseFailed || !strings.Contains(p.Error, "sha256") {
 			t.Errorf("assets phase after a mismatch: %+v", p)
 		}
@@ -241,9 +245,15 @@ func TestBadUserData(t *testing.T) {
 // TestThrottledS3 boots a worker whose only asset source and cluster config are in
 // an S3 that throttles 30% of requests: the SDK's retries carry it through.
 func TestThrottledS3(t *testing.T) {
+	caCert, caKey, err := pki.GenerateCA("kubernetes-ca", 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
 	env := startEnv(t, &awsemu.World{
 		Buckets: map[string]map[string]string{"state": {
 			cluster + "/nodeagent/cluster.yaml": "apiVersion: nodeagent.io/v1alpha1\nkind: NodeConfig\nspec:\n  kubelet:\n    nodeLabels: {from-state-store: \"yes\"}\n",
+			cluster + "/pki/ca.crt":             string(caCert),
+			cluster + "/pki/ca.key":             string(caKey),
 		}},
 	})
 	env.Emu.SetFaults(awsemu.ServiceS3, awsemu.Faults{ThrottleRate: 0.3})
@@ -262,10 +272,25 @@ func TestThrottledS3(t *testing.T) {
 	n := bootNode(t, env, workerInstance(t, "i-0e2e0throttled01", ud))
 	if _, code := agent(t, n, "bootstrap"); code != 0 {
 		st, _ := status(t, n)
-		t.Fatalf("bootstrap with 30%% S3 throttling: exit %d: %s", code, st.Error)
+		t.Fatalf("bootstrap with 30%% S3 throttling: exit %d: %s\n%s", code, st.Error, n.Journal(context.Background(), "nodeagent.service"))
 	}
 	if got := env.Emu.Calls(awsemu.ServiceS3, "GetObject"); got <= 5 {
 		t.Errorf("only %d S3 GetObject calls: were the assets fetched from S3?", got)
+	}
+	// With the cluster CA from the state store the worker gets its kubelet client
+	// certificate and kube-proxy's kubeconfig, and the key never leaves 0600.
+	for path, mode := range map[string]os.FileMode{
+		"/etc/kubernetes/pki/ca.crt":                0o644,
+		"/var/lib/kubelet/pki/kubelet-client.key":   0o600,
+		"/etc/kubernetes/kube-proxy.conf":           0o600,
+		"/etc/kubernetes/manifests/kube-proxy.yaml": 0o600,
+	} {
+		fi, err := os.Stat(n.M.Path(path))
+		if err != nil {
+			t.Error(err)
+		} else if fi.Mode().Perm() != mode {
+			t.Errorf("%s: mode %o, want %o", path, fi.Mode().Perm(), mode)
+		}
 	}
 	dropin, _ := os.ReadFile(n.M.Path("/etc/systemd/system/kubelet.service.d/10-nodeagent.conf"))
 	if !strings.Contains(string(dropin), "from-state-store=yes") {

@@ -83,7 +83,10 @@ func (w *logWriter) line(s string) {
 	switch {
 	case isKeyMismatch(s):
 		reason = "encryption key mismatch"
-	case strings.Contains(s, "unacceptable label"):
+	case strings.Contains(s, "unacceptable label") && !strings.Contains(s, `label ""`):
+		// An empty label is also what memberlist reports for a connection closed
+		// before its first byte (a peer's dial that timed out after the kernel
+		// accepted it), so only a named foreign label counts.
 		reason = "cluster label mismatch (a node of another cluster)"
 	}
 	if reason != "" && addr != "" {

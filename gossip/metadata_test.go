@@ -143,6 +143,7 @@ func TestLogWriter(t *testing.T) {
 		"[ERR] memberlist: failed to receive: encryption is configured but remote state is not encrypted from=10.0.0.8:5555",
 		"[ERR] memberlist: discarding packet with unacceptable label \"nodeagent/other\": from=10.0.0.9:3999",
 		"[DEBUG] memberlist: Stream connection from=10.0.0.2:1111",
+		`[ERR] memberlist: discarding stream with unacceptable label "": from=10.0.0.3:2222`, // an aborted dial, not a foreign node
 	}
 	for _, l := range lines {
 		w.Write([]byte(l + "\n"))

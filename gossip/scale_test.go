@@ -196,7 +196,25 @@ func runScale(t *testing.T, n int) {
 			}
 		}
 		return nil
-	}, started)
+	}, started, func() {
+		a := agents[0]
+		a.mu.Lock()
+		var dead []string
+		for name, v := range a.view {
+			if v.State != StateAlive {
+				dead = append(dead, name)
+			}
+		}
+		a.mu.Unlock()
+		for _, name := range dead {
+			for j, c := range cfgs[:n] {
+				if c.NodeName == name {
+					m, _ := agents[j].aliveRecords()
+					t.Logf("agent 0 has %s dead; that agent sees %d alive, status %+v", name, m, agents[j].Status())
+				}
+			}
+		}
+	})
 	convergeCPU := cpuTime() - startCPU
 	t.Logf("N=%d converge after simultaneous start: %v (CPU %v)", n, converge, convergeCPU)
 
@@ -274,7 +292,7 @@ func runScale(t *testing.T, n int) {
 }
 
 // waitForScale polls less often than waitFor: one check walks N agents.
-func waitForScale(t *testing.T, timeout time.Duration, what string, cond func() error, since time.Time) time.Duration {
+func waitForScale(t *testing.T, timeout time.Duration, what string, cond func() error, since time.Time, onFail ...func()) time.Duration {
 	t.Helper()
 	var err error
 	for time.Since(since) < timeout {
@@ -282,6 +300,9 @@ func waitForScale(t *testing.T, timeout time.Duration, what string, cond func() 
 			return time.Since(since)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+	for _, f := range onFail {
+		f()
 	}
 	t.Fatalf("%s: not within %v: %v", what, timeout, err)
 	return 0

@@ -21,19 +21,9 @@ import (
 const AgentPath = "/usr/local/bin/nodeagent"
 
 // ContainerKubeletConfig are the KubeletConfiguration overrides a kubelet needs
-// to run inside a systemd-nspawn container on this kind of host (see
-// internal/nspawn/README.md). They travel as ordinary user overrides in the
-// NodeConfig (spec.kubelet.config), exactly as a user would set them.
-func ContainerKubeletConfig() map[string]any {
-	return map[string]any{
-		// A container shares the host's swap; the agent cannot turn it off.
-		"failSwapOn": false,
-		// Ephemeral-storage accounting wants the root filesystem's real device.
-		"localStorageCapacityIsolation": false,
-		// The host's kernel settings are not the container's to protect.
-		"protectKernelDefaults": false,
-	}
-}
+// inside a systemd-nspawn machine (internal/nspawn/README.md says why). They
+// travel as ordinary user overrides in spec.kubelet.config, as a user would set them.
+func ContainerKubeletConfig() map[string]any { return nspawn.KubeletOverrides() }
 
 // NodeSpec describes the user-data of one node.
 type NodeSpec struct {
@@ -79,7 +69,9 @@ func BootNode(ctx context.Context, e *Env, inst awsemu.Instance, agentBin string
 	if err != nil {
 		return nil, err
 	}
-	m, err := nspawn.Boot(ctx, nspawn.Options{Name: inst.ID, Log: console})
+	// The same settings reach every unit inside (nodeagent.service among them), as
+	// an instance's environment would.
+	m, err := nspawn.Boot(ctx, nspawn.Options{Name: inst.ID, Log: console, Env: env})
 	if err != nil {
 		return nil, err
 	}
@@ -129,6 +121,16 @@ func (n *Node) Run(ctx context.Context, args ...string) (Result, error) {
 func (n *Node) Agent(ctx context.Context, args ...string) (stdout, stderr []byte, code int, err error) {
 	r, err := n.Run(ctx, args...)
 	return r.Stdout, r.Stderr, r.Code, err
+}
+
+// Journal returns the last lines of a unit's journal inside the node, for test
+// failures.
+func (n *Node) Journal(ctx context.Context, unit string) string {
+	out, errOut, err := n.M.Exec(ctx, nil, "journalctl", "--no-pager", "-n", "40", "-u", unit)
+	if err != nil {
+		return fmt.Sprintf("journalctl -u %s: %v\n%s", unit, err, errOut)
+	}
+	return string(out)
 }
 
 // Close powers the machine off and removes it.
