@@ -32,6 +32,7 @@ import (
 
 	"github.com/nodeagent/nodeagent/awsemu"
 	"github.com/nodeagent/nodeagent/bootstrap"
+	"github.com/nodeagent/nodeagent/config"
 	"github.com/nodeagent/nodeagent/etcd"
 	"github.com/nodeagent/nodeagent/internal/fsutil"
 	"github.com/nodeagent/nodeagent/manifests"
@@ -157,6 +158,7 @@ func TestControlPlaneThroughAgent(t *testing.T) {
 	}
 	ctx := context.Background()
 	log := cpLog()
+	top := t // etcd lives until the whole test ends, not just the subtest that starts it
 
 	nodes := []*cpNode{
 		{member: "a", id: "i-0cpa", az: "us-east-1a", ip: "10.0.1.10"},
@@ -184,7 +186,7 @@ func TestControlPlaneThroughAgent(t *testing.T) {
 		}
 	})
 
-	caCert, caKey, err := pki.GenerateCA("kubernetes-ca", 24*time.Hour)
+	caCert, caKey, err := pki.GenerateCA("kubernetes-ca", 10*365*24*time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,6 +271,9 @@ func TestControlPlaneThroughAgent(t *testing.T) {
 				}
 				uuids[c.VolumeID] = content.UUID
 			}
+			if p := st.Phase("pki"); p != nil && len(p.Warnings) > 0 {
+				t.Errorf("%s: pki warnings %q", n.id, p.Warnings)
+			}
 			cpAssertPKI(t, n)
 			cpAssertManifests(t, n, ports)
 		}
@@ -283,14 +288,26 @@ func TestControlPlaneThroughAgent(t *testing.T) {
 	}
 
 	if !t.Run("etcd-health is done against a real etcd on the volume", func(t *testing.T) {
+		health := cpPhases(t, a.ps, "etcd-health")
+		// Nothing listens yet: the phase has each local member to wait for.
+		changes, err := health[0].Check(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var waits []string
+		for _, c := range changes {
+			waits = append(waits, c.Action+" "+c.Target)
+		}
+		if strings.Join(waits, ",") != "wait main,wait events" {
+			t.Fatalf("etcd-health before etcd runs: %v, want to wait for main and events", changes)
+		}
 		for _, c := range a.ps.volumes.Claims() {
 			client, peer := ports.mainClient, ports.mainPeer
 			if c.EtcdCluster == "events" {
 				client, peer = ports.eventsClient, ports.eventsPeer
 			}
-			cpStartEtcd(t, fsutil.Root(a.root), c, client, peer)
+			cpStartEtcd(top, fsutil.Root(a.root), c, client, peer)
 		}
-		health := cpPhases(t, a.ps, "etcd-health")
 		if err := a.runner(log).Run(ctx, health); err != nil {
 			t.Fatal(err)
 		}
@@ -301,8 +318,7 @@ func TestControlPlaneThroughAgent(t *testing.T) {
 		if p := st.Phase("etcd-health"); p == nil || p.State != bootstrap.PhaseDone {
 			t.Fatalf("etcd-health = %+v, want done", p)
 		}
-		// The same phase asked about a member name etcd does not answer to must wait:
-		// it is checking the claimed member, not just that something listens.
+		// The phase built from the claims probed the claimed member of each cluster.
 		built := health[0].(*lazyPhase).last.(*etcd.HealthPhase)
 		for _, r := range built.Results() {
 			if r.Err != "" || r.Health.Name != "a" || r.Name != "a" {
@@ -313,62 +329,81 @@ func TestControlPlaneThroughAgent(t *testing.T) {
 		return
 	}
 
-	t.Run("status is published into the node's main etcd", func(t *testing.T) {
-		pub := newEtcdPublisher(a.opts, a.node, a.ps, log)
-		defer pub.close()
-		if err := pub.tryPublish(ctx, a.opts.store()); err != nil {
-			t.Fatal(err)
-		}
-		tlsCfg, err := pki.ClientTLS(fsutil.Root(a.root), "main")
+	// The status goes into main, whichever order spec.etcd.clusters lists the
+	// clusters in; events is never written to.
+	etcdClient := func(t *testing.T, cluster string, port int) *clientv3.Client {
+		t.Helper()
+		tlsCfg, err := pki.ClientTLS(fsutil.Root(a.root), cluster)
 		if err != nil {
 			t.Fatal(err)
 		}
 		cli, err := clientv3.New(clientv3.Config{
-			Endpoints: []string{fmt.Sprintf("https://127.0.0.1:%d", ports.mainClient)}, TLS: tlsCfg,
+			Endpoints: []string{fmt.Sprintf("https://127.0.0.1:%d", port)}, TLS: tlsCfg,
 			DialTimeout: 10 * time.Second, Logger: zap.NewNop(),
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer cli.Close()
-		key := etcd.KeyPrefix + a.node.Name
-		getCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		resp, err := cli.Get(getCtx, key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(resp.Kvs) != 1 {
-			t.Fatalf("%s: %d keys, want 1", key, len(resp.Kvs))
-		}
-		kv := resp.Kvs[0]
-		if kv.Lease == 0 {
-			t.Errorf("%s was put without a lease: it would outlive the node", key)
-		}
-		var st bootstrap.State
-		if err := json.Unmarshal(kv.Value, &st); err != nil {
-			t.Fatalf("%s holds no state: %v", key, err)
-		}
-		if st.Node.Name != a.node.Name || st.Node.InstanceID != a.id || len(st.Volumes) != 2 {
-			t.Errorf("published state node %+v, %d volumes; want %s (%s) with 2 volumes", st.Node, len(st.Volumes), a.node.Name, a.id)
-		}
-		// The other cluster stays clean: status belongs in main only.
-		evTLS, err := pki.ClientTLS(fsutil.Root(a.root), "events")
-		if err != nil {
-			t.Fatal(err)
-		}
-		evCli, err := clientv3.New(clientv3.Config{
-			Endpoints: []string{fmt.Sprintf("https://127.0.0.1:%d", ports.eventsClient)}, TLS: evTLS,
-			DialTimeout: 10 * time.Second, Logger: zap.NewNop(),
+		t.Cleanup(func() { cli.Close() })
+		return cli
+	}
+	for _, tc := range []struct {
+		name  string
+		order []string
+	}{{"main listed first", []string{"main", "events"}}, {"events listed first", []string{"events", "main"}}} {
+		t.Run("status is published into main etcd/"+tc.name, func(t *testing.T) {
+			node := *a.node
+			cfg := *node.Config
+			ec := *cfg.Spec.Etcd
+			ec.Clusters = nil
+			for _, name := range tc.order {
+				i := slices.IndexFunc(a.node.Config.Spec.Etcd.Clusters, func(c config.EtcdCluster) bool { return c.Name == name })
+				ec.Clusters = append(ec.Clusters, a.node.Config.Spec.Etcd.Clusters[i])
+			}
+			cfg.Spec.Etcd = &ec
+			node.Config = &cfg
+
+			pubCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			mainCli := etcdClient(t, "main", ports.mainClient)
+			key := etcd.KeyPrefix + a.node.Name
+			if r, err := mainCli.Get(pubCtx, key); err != nil || len(r.Kvs) != 0 {
+				t.Fatalf("before publishing, main holds %s (%v)", key, err)
+			}
+			pub := newEtcdPublisher(a.opts, &node, a.ps, log)
+			if err := pub.tryPublish(pubCtx, a.opts.store()); err != nil {
+				pub.close()
+				t.Fatal(err)
+			}
+			resp, err := mainCli.Get(pubCtx, key)
+			pub.close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(resp.Kvs) != 1 {
+				t.Fatalf("main etcd: %d keys %s, want 1", len(resp.Kvs), key)
+			}
+			kv := resp.Kvs[0]
+			if kv.Lease == 0 {
+				t.Errorf("%s was put without a lease: it would outlive the node", key)
+			}
+			var st bootstrap.State
+			if err := json.Unmarshal(kv.Value, &st); err != nil {
+				t.Fatalf("%s holds no state: %v", key, err)
+			}
+			if st.Node.Name != a.node.Name || st.Node.InstanceID != a.id || len(st.Volumes) != 2 {
+				t.Errorf("published state node %+v, %d volumes; want %s (%s) with 2 volumes", st.Node, len(st.Volumes), a.node.Name, a.id)
+			}
+			r, err := etcdClient(t, "events", ports.eventsClient).Get(pubCtx, etcd.KeyPrefix, clientv3.WithPrefix())
+			if err != nil || len(r.Kvs) != 0 {
+				t.Errorf("events etcd holds %d status keys (%v), want none", len(r.Kvs), err)
+			}
+			// Closing revokes the lease: a node that goes away takes its key with it.
+			if r, err := mainCli.Get(pubCtx, key); err != nil || len(r.Kvs) != 0 {
+				t.Errorf("after close, main still holds %s (%v)", key, err)
+			}
 		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer evCli.Close()
-		if r, err := evCli.Get(getCtx, etcd.KeyPrefix, clientv3.WithPrefix()); err != nil || len(r.Kvs) != 0 {
-			t.Errorf("events etcd holds %d status keys (%v), want none", len(r.Kvs), err)
-		}
-	})
+	}
 
 	// A re-run finds everything converged, both when the daemon reconciles with the
 	// phases it already has and when a new agent process builds them afresh.
@@ -424,6 +459,7 @@ func TestControlPlaneThroughAgent(t *testing.T) {
 			t.Fatal(err)
 		}
 		text := out.String()
+		t.Logf("nodeagent status:\n%s", text)
 		if !strings.Contains(text, "Cluster:   "+cpCluster+"  role: ControlPlane") || !strings.Contains(text, a.id) {
 			t.Errorf("status header lacks the node:\n%s", text)
 		}
@@ -604,7 +640,12 @@ func cpStartEtcd(t *testing.T, root fsutil.Root, c volumes.Claim, clientPort, pe
 	cfg.InitialClusterToken = "etcd-cluster-" + c.EtcdCluster + "-" + cpCluster
 	cfg.ClientTLSInfo = tlsInfo(p.EtcdServerCert(c.EtcdCluster), p.EtcdServerKey(c.EtcdCluster))
 	cfg.PeerTLSInfo = tlsInfo(p.EtcdPeerCert(c.EtcdCluster), p.EtcdPeerKey(c.EtcdCluster))
-	cfg.LogLevel = "error"
+	// etcd logs through zap straight to stderr, and at "error" it reports its own
+	// orderly shutdown; a failed start is still returned by StartEtcd.
+	cfg.LogLevel = "fatal"
+	if testing.Verbose() {
+		cfg.LogLevel = "error"
+	}
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		t.Fatalf("start etcd %s: %v", c.EtcdCluster, err)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"slices"
 
 	"github.com/nodeagent/nodeagent/bootstrap"
 	"github.com/nodeagent/nodeagent/etcd"
@@ -44,7 +45,12 @@ func (p *etcdPublisher) tryPublish(ctx context.Context, store bootstrap.StateSto
 		if len(members) == 0 {
 			return fmt.Errorf("no local etcd member")
 		}
-		main := members[0]
+		// DESIGN.md puts the status into main; spec.etcd.clusters may list it anywhere.
+		i := slices.IndexFunc(members, func(m etcd.Member) bool { return m.Cluster == "main" })
+		if i < 0 {
+			return fmt.Errorf("no local member of etcd main")
+		}
+		main := members[i]
 		tlsCfg, err := pki.ClientTLS(p.o.Root, main.Cluster)
 		if err != nil {
 			return err

@@ -4,7 +4,9 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -99,14 +101,48 @@ func TestWorkerBoot(t *testing.T) {
 	})
 
 	t.Run("kubelet healthz", func(t *testing.T) {
-		resp, err := http.Get("http://127.0.0.1:10248/healthz")
+		if err := kubeletHealthy(); err != nil {
+			t.Error(err)
+		}
+	})
+
+	t.Run("daemon status API", func(t *testing.T) {
+		// nodeagent.service (the daemon) serves the root-only unix socket; reach it
+		// through the machine's root as seen from the host.
+		socket := fmt.Sprintf("/proc/%d/root/run/nodeagent/nodeagent.sock", n.M.Leader)
+		client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "unix", socket)
+			},
+		}}
+		var body string
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			resp, err := client.Get("http://nodeagent/readyz")
+			if err == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				body = string(b)
+				if resp.StatusCode == 200 {
+					break
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("daemon /readyz never answered 200: %v %q", err, body)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		resp, err := client.Get("http://nodeagent/metrics")
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != 200 || strings.TrimSpace(string(body)) != "ok" {
-			t.Errorf("healthz: %d %q", resp.StatusCode, body)
+		metrics, _ := io.ReadAll(resp.Body)
+		for _, want := range []string{"nodeagent_ready 1", "nodeagent_reconcile_runs_total{result=\"ok\"}", "nodeagent_build_info"} {
+			if !strings.Contains(string(metrics), want) {
+				t.Errorf("/metrics lacks %q", want)
+			}
 		}
 	})
 
@@ -172,6 +208,40 @@ func TestWorkerBoot(t *testing.T) {
 		}
 		if got := env.Emu.Calls(awsemu.ServiceS3, "GetObject") - s3Before; got != 0 {
 			t.Errorf("no-op run fetched %d objects from S3", got)
+		}
+	})
+
+	t.Run("drift is repaired", func(t *testing.T) {
+		// An operator edits a managed file and stops kubelet; the next run (the
+		// daemon runs the same phases every minute) puts both back.
+		ctx := context.Background()
+		cfgPath := n.M.Path("/etc/containerd/config.toml")
+		want, _ := os.ReadFile(cfgPath)
+		if err := os.WriteFile(cfgPath, []byte("version = 2\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := n.M.Exec(ctx, nil, "systemctl", "stop", "kubelet.service"); err != nil {
+			t.Fatal(err)
+		}
+		out, code := agent(t, n, "plan")
+		if code != 0 || !strings.Contains(string(out), "/etc/containerd/config.toml") || !strings.Contains(string(out), "kubelet.service") {
+			t.Errorf("plan does not show the drift:\n%s", out)
+		}
+		if _, code := agent(t, n, "bootstrap"); code != 0 {
+			t.Fatalf("repair run exit %d", code)
+		}
+		got, _ := os.ReadFile(cfgPath)
+		if string(got) != string(want) {
+			t.Errorf("containerd config not restored")
+		}
+		st, _ := status(t, n)
+		for _, name := range []string{"container-runtime", "kubelet"} {
+			if p := st.Phase(name); p == nil || !p.Changed {
+				t.Errorf("phase %s did not record the repair: %+v", name, p)
+			}
+		}
+		if err := kubeletHealthy(); err != nil {
+			t.Error(err)
 		}
 	})
 
@@ -296,4 +366,18 @@ func TestThrottledS3(t *testing.T) {
 	if !strings.Contains(string(dropin), "from-state-store=yes") {
 		t.Errorf("cluster config from the state store not merged: kubelet drop-in:\n%s", dropin)
 	}
+}
+
+// kubeletHealthy asks kubelet's healthz (nodes share the host's network).
+func kubeletHealthy() error {
+	resp, err := http.Get("http://127.0.0.1:10248/healthz")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || strings.TrimSpace(string(body)) != "ok" {
+		return fmt.Errorf("kubelet healthz: %d %q", resp.StatusCode, body)
+	}
+	return nil
 }

@@ -36,6 +36,9 @@ type EC2Seeds struct {
 	ClusterName string
 	// Self is this node's private IP, left out of the list.
 	Self string
+	// PageSize is DescribeInstances' MaxResults, 5 to 1000; 0 means 1000, so a
+	// 1000-node cluster costs one call.
+	PageSize int32
 }
 
 // Seeds returns the sorted private IPs of the cluster's running instances.
@@ -48,7 +51,11 @@ func (s *EC2Seeds) Seeds(ctx context.Context) ([]string, error) {
 	}
 	var ips []string
 	seen := map[string]bool{}
-	p := ec2.NewDescribeInstancesPaginator(s.Client, in)
+	size := s.PageSize
+	if size == 0 {
+		size = 1000
+	}
+	p := ec2.NewDescribeInstancesPaginator(s.Client, in, func(o *ec2.DescribeInstancesPaginatorOptions) { o.Limit = size })
 	for p.HasMorePages() {
 		out, err := p.NextPage(ctx)
 		if err != nil {

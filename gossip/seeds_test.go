@@ -6,12 +6,60 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 
+	"github.com/nodeagent/nodeagent/awsemu"
 	"github.com/nodeagent/nodeagent/cloud"
 )
+
+// TestEC2SeedsEmulator asks the project's wire-level AWS emulator, through the
+// real SDK client configured only by environment, as on a node.
+func TestEC2SeedsEmulator(t *testing.T) {
+	w := &awsemu.World{}
+	var want []string
+	for i := range 12 {
+		in := awsemu.Instance{
+			ID: fmt.Sprintf("i-%017d", i), PrivateIP: fmt.Sprintf("10.0.1.%d", 10+i), State: "running",
+			Tags: map[string]string{"KubernetesCluster": "c.k8s.local"},
+		}
+		switch {
+		case i == 3:
+			in.State = "stopped"
+		case i == 4:
+			in.State = "terminated"
+		case i == 5:
+			in.Tags = map[string]string{"KubernetesCluster": "other.k8s.local"}
+		case i == 6: // self
+		default:
+			want = append(want, in.PrivateIP)
+		}
+		w.Instances = append(w.Instances, in)
+	}
+	emu := awsemu.Start(t, w, awsemu.Options{})
+	for _, kv := range emu.Env("") {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	cfg, err := cloud.LoadConfig(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Five per page: the nine matches take two pages, so a lost NextToken shows.
+	s := &EC2Seeds{Client: cloud.NewEC2(cfg), ClusterName: "c.k8s.local", Self: "10.0.1.16", PageSize: 5}
+	got, err := s.Seeds(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(want)
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("seeds %v, want %v", got, want)
+	}
+}
 
 // fakeInstance is one instance of the fake EC2 endpoint.
 type fakeInstance struct {
@@ -20,9 +68,9 @@ type fakeInstance struct {
 
 // fakeEC2 answers DescribeInstances over the EC2 query protocol (form-encoded
 // POST, XML reply) the way EC2 does: it applies the request's filters itself and
-// pages with NextToken, so the test checks what EC2Seeds asks for, not just what it
-// does with a canned answer. (No AWS emulator package exists in the repository
-// yet; the SDK client is the real one, over HTTP.)
+// pages with NextToken, so the test checks what EC2Seeds asks for (filters,
+// MaxResults), not just what it does with a canned answer; TestEC2SeedsEmulator
+// runs the same client against the project's AWS emulator.
 type fakeEC2 struct {
 	instances []fakeInstance
 	pageSize  int
@@ -54,7 +102,7 @@ type xmlDescribeInstances struct {
 }
 
 func (f *fakeEC2) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if err := r.ParseForm(); err != nil || r.Form.Get("Action") != "DescribeInstances" {
+	if err := r.ParseForm(); err != nil || r.Form.Get("Action") != "DescribeInstances" || r.Form.Get("MaxResults") != strconv.Itoa(f.pageSize) {
 		http.Error(w, "unsupported", http.StatusBadRequest)
 		return
 	}
@@ -124,7 +172,7 @@ func TestEC2Seeds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &EC2Seeds{Client: cloud.NewEC2(cfg), ClusterName: "c.k8s.local", Self: "10.0.0.12"}
+	s := &EC2Seeds{Client: cloud.NewEC2(cfg), ClusterName: "c.k8s.local", Self: "10.0.0.12", PageSize: 2}
 	got, err := s.Seeds(t.Context())
 	if err != nil {
 		t.Fatal(err)

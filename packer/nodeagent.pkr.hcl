@@ -232,11 +232,6 @@ build {
   }
 
   provisioner "file" {
-    source      = "${path.root}/nodeagent.service"
-    destination = "/tmp/nodeagent.service"
-  }
-
-  provisioner "file" {
     source      = "${path.root}/nodeagent-bootstrap.service"
     destination = "/tmp/nodeagent-bootstrap.service"
   }
@@ -252,11 +247,12 @@ build {
       "/usr/local/bin/nodeagent version",
       "/usr/local/bin/nodeagent config check /tmp/bake.yaml",
       "/usr/local/bin/nodeagent bake --config /tmp/bake.yaml",
-      "install -m 0644 /tmp/nodeagent.service /etc/systemd/system/nodeagent.service",
       "install -m 0644 /tmp/nodeagent-bootstrap.service /etc/systemd/system/nodeagent-bootstrap.service",
       "systemctl daemon-reload",
-      "systemctl enable nodeagent-bootstrap.service nodeagent.service",
-      "rm -f /tmp/nodeagent /tmp/bake.yaml /tmp/nodeagent.service /tmp/nodeagent-bootstrap.service",
+      # nodeagent.service (the daemon) is not baked: bootstrap installs and starts it
+      # from the binary's own definition, so the image and the agent cannot disagree.
+      "systemctl enable nodeagent-bootstrap.service",
+      "rm -f /tmp/nodeagent /tmp/bake.yaml /tmp/nodeagent-bootstrap.service",
       # Every instance from this image must look like a first boot: new machine-id,
       # cloud-init runs again, no build-time state of nodeagent.
       "rm -rf /var/lib/nodeagent",
