@@ -54,7 +54,9 @@ func run(ctx context.Context, agentBin, kubelet string, keep bool) error {
 	ud, err := testenv.UserData(testenv.NodeSpec{
 		Cluster: "demo.example.com", Role: config.RoleNode, Runtime: config.RuntimeContainerd,
 		Assets: env.Assets, Kubelet: testenv.ContainerKubeletConfig(),
-		Extra: func(c *config.NodeConfig) { c.Spec.Kubelet.NodeLabels = map[string]string{"node.kubernetes.io/instancegroup": "nodes"} },
+		Extra: func(c *config.NodeConfig) {
+			c.Spec.Kubelet.NodeLabels = map[string]string{"node.kubernetes.io/instancegroup": "nodes"}
+		},
 	})
 	if err != nil {
 		return err
