@@ -96,7 +96,14 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 		m.lastReconcile.SetToCurrentTime()
 	}
 	report := func() {
+		// Readiness is judged between runs: while a run (the boot's own bootstrap,
+		// say) is acting, its phases are incomplete by design.
+		unlock, ok, err := o.store().TryLockRun()
+		if err != nil || !ok {
+			return
+		}
 		rs := ps.readiness.refresh(ctx)
+		unlock()
 		m.setReady(rs.Ready)
 		if g != nil {
 			g.setReady(rs.Ready)

@@ -33,6 +33,11 @@ type Runner struct {
 func (r *Runner) Run(ctx context.Context, phases []Phase) error {
 	now := r.clock()
 	log := r.logger()
+	unlock, err := r.Store.LockRun(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	start := now()
 	if _, err := r.Store.Update(func(st *State) {
 		st.Node = mergeNode(st.Node, r.Node)
@@ -72,7 +77,7 @@ func (r *Runner) Run(ctx context.Context, phases []Phase) error {
 			return werr
 		}
 	}
-	_, err := r.Store.Update(func(st *State) { st.FinishedAt = now() })
+	_, err = r.Store.Update(func(st *State) { st.FinishedAt = now() })
 	log.Info("bootstrap finished", "phases", len(phases), "duration", now().Sub(start).Round(time.Millisecond))
 	return err
 }

@@ -1,6 +1,7 @@
 package bootstrap
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -215,4 +216,47 @@ func (s StateStore) Update(fn func(*State)) (*State, error) {
 		return nil, err
 	}
 	return st, nil
+}
+
+// runLockName is held for the whole of a run, so that `nodeagent bootstrap` and the
+// daemon it starts never act on the host at the same time or interleave their
+// records: the second waits for the first.
+const runLockName = ".run.lock"
+
+// LockRun takes the run lock, waiting until it is free or ctx ends. The returned
+// function releases it.
+func (s StateStore) LockRun(ctx context.Context) (unlock func(), err error) {
+	for delay := 50 * time.Millisecond; ; delay = min(delay*2, time.Second) {
+		unlock, ok, err := s.TryLockRun()
+		if err != nil || ok {
+			return unlock, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("wait for the run in progress (lock %s): %w", filepath.Join(s.Dir, runLockName), ctx.Err())
+		case <-time.After(delay):
+		}
+	}
+}
+
+// TryLockRun takes the run lock if it is free; ok is false when another run holds it.
+func (s StateStore) TryLockRun() (unlock func(), ok bool, err error) {
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return nil, false, fmt.Errorf("create state dir: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(s.Dir, runLockName), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, false, fmt.Errorf("run lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, false, nil
+		}
+		return nil, false, fmt.Errorf("run lock: %w", err)
+	}
+	return func() {
+		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		f.Close()
+	}, true, nil
 }

@@ -33,6 +33,9 @@ func BenchmarkBootstrap(b *testing.B) {
 		if err != nil || r.Code != 0 {
 			b.Fatalf("bootstrap: %v exit %d\n%s", err, r.Code, r.Stderr)
 		}
+		// Let the daemon bootstrap started finish its first reconcile, so the no-op
+		// run does not wait for its lock.
+		waitDaemon(b, n)
 		noop, err := n.Run(ctx, "bootstrap")
 		if err != nil || noop.Code != 0 {
 			b.Fatalf("no-op bootstrap: %v exit %d", err, noop.Code)

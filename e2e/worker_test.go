@@ -61,6 +61,7 @@ func TestWorkerBoot(t *testing.T) {
 		t.Fatalf("bootstrap exit %d; state error: %s\n%s", code, st.Error, n.Journal(context.Background(), "nodeagent.service"))
 	}
 	t.Logf("first bootstrap: %s", time.Since(start))
+	waitDaemon(t, n)
 
 	st, code := status(t, n)
 	if code != 0 {
@@ -103,46 +104,6 @@ func TestWorkerBoot(t *testing.T) {
 	t.Run("kubelet healthz", func(t *testing.T) {
 		if err := kubeletHealthy(); err != nil {
 			t.Error(err)
-		}
-	})
-
-	t.Run("daemon status API", func(t *testing.T) {
-		// nodeagent.service (the daemon) serves the root-only unix socket; reach it
-		// through the machine's root as seen from the host.
-		socket := fmt.Sprintf("/proc/%d/root/run/nodeagent/nodeagent.sock", n.M.Leader)
-		client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				var d net.Dialer
-				return d.DialContext(ctx, "unix", socket)
-			},
-		}}
-		var body string
-		deadline := time.Now().Add(60 * time.Second)
-		for {
-			resp, err := client.Get("http://nodeagent/readyz")
-			if err == nil {
-				b, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				body = string(b)
-				if resp.StatusCode == 200 {
-					break
-				}
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("daemon /readyz never answered 200: %v %q", err, body)
-			}
-			time.Sleep(500 * time.Millisecond)
-		}
-		resp, err := client.Get("http://nodeagent/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		metrics, _ := io.ReadAll(resp.Body)
-		for _, want := range []string{"nodeagent_ready 1", "nodeagent_reconcile_runs_total{result=\"ok\"}", "nodeagent_build_info"} {
-			if !strings.Contains(string(metrics), want) {
-				t.Errorf("/metrics lacks %q", want)
-			}
 		}
 	})
 
@@ -380,4 +341,63 @@ func kubeletHealthy() error {
 		return fmt.Errorf("kubelet healthz: %d %q", resp.StatusCode, body)
 	}
 	return nil
+}
+
+// waitDaemon waits until nodeagent.service (the daemon bootstrap started) answers
+// on its root-only unix socket: /readyz 200, and /metrics showing its first
+// reconcile, which waits for bootstrap's run to end (one run at a time).
+func waitDaemon(t testing.TB, n *testenv.Node) {
+	t.Helper()
+	// nodeagent.service (the daemon) serves the root-only unix socket; reach it
+	// through the machine's root as seen from the host.
+	socket := fmt.Sprintf("/proc/%d/root/run/nodeagent/nodeagent.sock", n.M.Leader)
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+	}}
+	var body string
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := client.Get("http://nodeagent/readyz")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			body = string(b)
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon /readyz never answered 200: %v %q", err, body)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	// The daemon's first reconcile waits for bootstrap's run to end (one run at
+	// a time), so its metrics appear shortly after.
+	want := []string{"nodeagent_ready 1", "nodeagent_reconcile_runs_total{result=\"ok\"}", "nodeagent_build_info"}
+	var metrics string
+	for {
+		resp, err := client.Get("http://nodeagent/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		metrics = string(b)
+		missing := ""
+		for _, w := range want {
+			if !strings.Contains(metrics, w) {
+				missing = w
+			}
+		}
+		if missing == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/metrics lacks %q:\n%s", missing, metrics)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 }

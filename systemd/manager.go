@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	sdbus "github.com/coreos/go-systemd/v22/dbus"
@@ -30,9 +31,11 @@ type Manager struct {
 	// PollInterval is how often Start and Restart look at ActiveState while the
 	// unit comes up.
 	PollInterval time.Duration
-	// Settle is how long a unit must stay active before Start believes it: a
-	// Type=simple service is "active" the moment it is forked, so a binary that
-	// exits at once would otherwise pass for started.
+	// Settle is how long a Type=simple (or exec) service must stay active before
+	// Start believes it: such a service is "active" the moment it is forked, so a
+	// binary that exits at once would otherwise pass for started. Services that
+	// report readiness themselves (notify, forking, oneshot, dbus) are believed as
+	// soon as they are active: systemd already waited for them.
 	Settle time.Duration
 }
 
@@ -134,6 +137,10 @@ func (m *Manager) runJob(ctx context.Context, verb, unit string, job jobFunc) er
 
 // waitActive polls until the unit has been active for Settle, or has failed.
 func (m *Manager) waitActive(ctx context.Context, verb, unit string) error {
+	settle := m.Settle
+	if m.reportsReadiness(ctx, unit) {
+		settle = 0
+	}
 	t := time.NewTicker(m.PollInterval)
 	defer t.Stop()
 	var activeSince time.Time
@@ -150,7 +157,7 @@ func (m *Manager) waitActive(ctx context.Context, verb, unit string) error {
 			if activeSince.IsZero() {
 				activeSince = time.Now()
 			}
-			if time.Since(activeSince) >= m.Settle {
+			if time.Since(activeSince) >= settle {
 				return nil
 			}
 		case "failed":
@@ -164,6 +171,28 @@ func (m *Manager) waitActive(ctx context.Context, verb, unit string) error {
 		case <-t.C:
 		}
 	}
+}
+
+// reportsReadiness tells whether systemd itself waits for the service to be ready
+// (Type=notify, forking, oneshot, dbus). When the type cannot be read, it answers
+// false, which only costs the settle time.
+func (m *Manager) reportsReadiness(ctx context.Context, unit string) bool {
+	if !strings.HasSuffix(unit, ".service") {
+		return false
+	}
+	p, err := m.conn.GetUnitTypePropertyContext(ctx, unit, "Service", "Type")
+	if err != nil || p == nil {
+		return false
+	}
+	typ, ok := p.Value.Value().(string)
+	if !ok {
+		return false
+	}
+	switch typ {
+	case "notify", "notify-reload", "forking", "oneshot", "dbus":
+		return true
+	}
+	return false
 }
 
 // why describes a unit for an error: "failed/failed, result=exit-code". It says
