@@ -490,9 +490,14 @@ func (a *Agent) observe(n *memberlist.Node, state string) viewMember {
 		v.State = StateLeft
 	}
 	a.mu.Lock()
-	for name, old := range a.view {
-		if old.State != StateAlive && v.at.Sub(old.at) > departedKeep {
-			delete(a.view, name)
+	// memberlist holds its node lock while it calls us: a walk of the whole view
+	// on every event made a burst of N joins cost O(N²) under that lock.
+	if v.at.Sub(a.prunedAt) > time.Minute {
+		a.prunedAt = v.at
+		for name, old := range a.view {
+			if old.State != StateAlive && v.at.Sub(old.at) > departedKeep {
+				delete(a.view, name)
+			}
 		}
 	}
 	a.view[n.Name] = &v

@@ -107,6 +107,9 @@ type Agent struct {
 	// its Node.State is never updated; the events, called under its lock, are the
 	// safe place to copy what we need.
 	view map[string]*viewMember
+	// prunedAt is when departed members were last dropped from view; pruning
+	// walks the whole view, so it runs at most once a minute, not per event.
+	prunedAt time.Time
 
 	joined        atomic.Bool
 	statusMu      sync.Mutex
