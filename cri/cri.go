@@ -24,7 +24,6 @@ import (
 	"log/slog"
 	"os"
 	"path"
-	"slices"
 
 	"github.com/nodeagent/nodeagent/bootstrap"
 	"github.com/nodeagent/nodeagent/config"
@@ -144,74 +143,16 @@ func Render(o Options) (Plan, error) {
 	return p, nil
 }
 
-// phase renders the plan each time it runs, because the binaries it looks for are
-// installed by the assets phase that runs just before it.
-type phase struct {
-	o        Options
-	set      *systemd.UnitSetPhase
-	warnings []string
-}
-
-var (
-	_ bootstrap.Phase    = (*phase)(nil)
-	_ bootstrap.Reporter = (*phase)(nil)
-	_ bootstrap.Warner   = (*phase)(nil)
-)
-
-// NewPhase returns the "container-runtime" phase.
+// NewPhase returns the "container-runtime" phase. The plan is rendered each time
+// it runs, because the binaries it looks for are installed by the assets phase
+// that runs just before it.
 func NewPhase(o Options) bootstrap.Phase {
-	return &phase{o: o.withDefaults()}
-}
-
-func (p *phase) Name() string { return PhaseName }
-
-func (p *phase) load() error {
-	pl, err := Render(p.o)
-	if err != nil {
-		return err
-	}
-	for _, w := range pl.Warnings {
-		if !slices.Contains(p.warnings, w) {
-			p.warnings = append(p.warnings, w)
-			p.o.Log.Warn(w, "phase", PhaseName)
-		}
-	}
-	p.set = systemd.NewUnitSetPhase(PhaseName, systemd.UnitSet{
-		Root: p.o.Root, Files: pl.Files, Enable: pl.Enable, Start: pl.Start, Systemd: p.o.Systemd, Log: p.o.Log,
-	})
-	return nil
-}
-
-func (p *phase) Check(ctx context.Context) ([]bootstrap.Change, error) {
-	if err := p.load(); err != nil {
-		return nil, err
-	}
-	return p.set.Check(ctx)
-}
-
-func (p *phase) Act(ctx context.Context) error {
-	if err := p.load(); err != nil {
-		return err
-	}
-	return p.set.Act(ctx)
-}
-
-func (p *phase) Verify(ctx context.Context) error {
-	if p.set == nil {
-		if err := p.load(); err != nil {
-			return err
-		}
-	}
-	return p.set.Verify(ctx)
-}
-
-// Warnings implements bootstrap.Warner.
-func (p *phase) Warnings() []string { return p.warnings }
-
-func (p *phase) Report(st *bootstrap.State) {
-	if p.set != nil {
-		p.set.Report(st)
-	}
+	o = o.withDefaults()
+	return systemd.NewRenderedPhase(PhaseName, systemd.UnitSet{Root: o.Root, Systemd: o.Systemd, Log: o.Log},
+		func() (systemd.Rendered, error) {
+			pl, err := Render(o)
+			return systemd.Rendered{Files: pl.Files, Enable: pl.Enable, Start: pl.Start, Warnings: pl.Warnings}, err
+		})
 }
 
 func dockerDaemonJSON() ([]byte, error) {

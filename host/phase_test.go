@@ -15,6 +15,7 @@ import (
 
 	"github.com/nodeagent/nodeagent/bootstrap"
 	"github.com/nodeagent/nodeagent/internal/fsutil"
+	"github.com/nodeagent/nodeagent/internal/procfs"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -66,7 +67,7 @@ func (k *fakeKernel) Swapoff(path string) error {
 	}
 	var keep []string
 	for _, l := range strings.SplitAfter(string(b), "\n") {
-		if f := strings.Fields(l); len(f) == 0 || unescapeOctal(f[0]) != path {
+		if f := strings.Fields(l); len(f) == 0 || procfs.Unescape(f[0]) != path {
 			keep = append(keep, l)
 		}
 	}
@@ -494,19 +495,6 @@ func TestBadInput(t *testing.T) {
 		o.Root = fsutil.Root(t.TempDir())
 		if _, err := NewPrepPhase(o).Check(context.Background()); err == nil {
 			t.Errorf("Check accepted %+v", o)
-		}
-	}
-}
-
-func TestUnescapeOctal(t *testing.T) {
-	for in, want := range map[string]string{
-		`/swap\040file`: "/swap file",
-		`/plain`:        "/plain",
-		`/trail\04`:     `/trail\04`,
-		`/x\134y`:       `/x\y`,
-	} {
-		if got := unescapeOctal(in); got != want {
-			t.Errorf("unescapeOctal(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/nodeagent/nodeagent/internal/fsutil"
+	"github.com/nodeagent/nodeagent/internal/procfs"
 )
 
 // sysctlPath is the /proc/sys file of a dotted key, under root.
@@ -126,26 +126,7 @@ func activeSwaps(root fsutil.Root) ([]string, error) {
 		if first || len(f) == 0 {
 			continue // header: Filename Type Size Used Priority
 		}
-		out = append(out, unescapeOctal(f[0]))
+		out = append(out, procfs.Unescape(f[0]))
 	}
 	return out, sc.Err()
-}
-
-// unescapeOctal undoes the kernel's \040-style escaping of white space in paths.
-func unescapeOctal(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }

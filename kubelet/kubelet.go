@@ -291,70 +291,13 @@ Environment="KUBELET_ARGS=%s"
 `, strings.Join(args, " ")))
 }
 
-// phase renders kubelet's files when it runs, since whether the CA is present
-// depends on the pki phase before it.
-type phase struct {
-	o        Options
-	set      *systemd.UnitSetPhase
-	warnings []string
-}
-
-var (
-	_ bootstrap.Phase    = (*phase)(nil)
-	_ bootstrap.Reporter = (*phase)(nil)
-	_ bootstrap.Warner   = (*phase)(nil)
-)
-
-// NewPhase returns the "kubelet" phase.
-func NewPhase(o Options) bootstrap.Phase { return &phase{o: o.withDefaults()} }
-
-func (p *phase) Name() string { return PhaseName }
-
-func (p *phase) load() error {
-	files, warnings, err := render(p.o)
-	if err != nil {
-		return err
-	}
-	for _, w := range warnings {
-		if !slices.Contains(p.warnings, w) {
-			p.warnings = append(p.warnings, w)
-			p.o.Log.Warn(w, "phase", PhaseName)
-		}
-	}
-	p.set = systemd.NewUnitSetPhase(PhaseName, systemd.UnitSet{
-		Root: p.o.Root, Files: files, Enable: []string{Unit}, Start: []string{Unit}, Systemd: p.o.Systemd, Log: p.o.Log,
-	})
-	return nil
-}
-
-func (p *phase) Check(ctx context.Context) ([]bootstrap.Change, error) {
-	if err := p.load(); err != nil {
-		return nil, err
-	}
-	return p.set.Check(ctx)
-}
-
-func (p *phase) Act(ctx context.Context) error {
-	if err := p.load(); err != nil {
-		return err
-	}
-	return p.set.Act(ctx)
-}
-
-func (p *phase) Verify(ctx context.Context) error {
-	if p.set == nil {
-		if err := p.load(); err != nil {
-			return err
-		}
-	}
-	return p.set.Verify(ctx)
-}
-
-// Warnings implements bootstrap.Warner.
-func (p *phase) Warnings() []string { return p.warnings }
-
-func (p *phase) Report(st *bootstrap.State) {
-	if p.set != nil {
-		p.set.Report(st)
-	}
+// NewPhase returns the "kubelet" phase. Its files are rendered when it runs,
+// since whether the CA is present depends on the pki phase before it.
+func NewPhase(o Options) bootstrap.Phase {
+	o = o.withDefaults()
+	return systemd.NewRenderedPhase(PhaseName, systemd.UnitSet{Root: o.Root, Systemd: o.Systemd, Log: o.Log},
+		func() (systemd.Rendered, error) {
+			files, warnings, err := render(o)
+			return systemd.Rendered{Files: files, Enable: []string{Unit}, Start: []string{Unit}, Warnings: warnings}, err
+		})
 }

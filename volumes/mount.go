@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nodeagent/nodeagent/internal/fsutil"
+	"github.com/nodeagent/nodeagent/internal/procfs"
 )
 
 // mountPointFor is the kops-compatible host path of a volume's mount.
@@ -60,35 +61,15 @@ func parseMountInfo(b []byte) ([]mountInfo, error) {
 		}
 		out = append(out, mountInfo{
 			Major: uint32(ma), Minor: uint32(mi),
-			MountPoint: unescapeOctal(f[4]),
+			MountPoint: procfs.Unescape(f[4]),
 			FSType:     f[sep+1],
-			Source:     unescapeOctal(f[sep+2]),
+			Source:     procfs.Unescape(f[sep+2]),
 		})
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("read mountinfo: %w", err)
 	}
 	return out, nil
-}
-
-// unescapeOctal undoes the kernel's \NNN escaping of spaces, tabs, newlines and
-// backslashes in mountinfo paths.
-func unescapeOctal(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // mountState is how the mount point and the device stand.
@@ -235,7 +216,7 @@ func fstabEdit(old []byte, mountPoint, line, comment string) []byte {
 			continue
 		}
 		f := strings.Fields(l)
-		if len(f) >= 2 && !strings.HasPrefix(f[0], "#") && unescapeOctal(f[1]) == mountPoint {
+		if len(f) >= 2 && !strings.HasPrefix(f[0], "#") && procfs.Unescape(f[1]) == mountPoint {
 			if !done {
 				out.WriteString(line + "\n")
 				done = true

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nodeagent/nodeagent/internal/procfs"
 )
 
 // systemd inside interprets these real-time signals (glibc's SIGRTMIN is 34,
@@ -659,32 +661,12 @@ func parseMountsUnder(mountinfo []byte, dir string) []string {
 		if len(f) < 5 {
 			continue
 		}
-		mp := unescapeOctal(f[4])
+		mp := procfs.Unescape(f[4])
 		if mp == dir || strings.HasPrefix(mp, dir+"/") {
 			out = append(out, mp)
 		}
 	}
 	return out
-}
-
-// unescapeOctal undoes mountinfo's \ooo escaping of spaces, tabs, newlines
-// and backslashes.
-func unescapeOctal(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 func lastLines(b []byte, n int) string {
