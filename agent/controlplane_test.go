@@ -149,11 +149,11 @@ func cpFreePort(t *testing.T) int {
 //   - `nodeagent status` shows the volumes and the manifests.
 func TestControlPlaneThroughAgent(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: loop devices and mounts")
+		t.Fatal("needs root: loop devices and mounts")
 	}
 	for _, tool := range []string{"losetup", "mkfs.ext4", "blkid"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed", tool)
+			t.Fatalf("%s not installed", tool)
 		}
 	}
 	ctx := context.Background()

@@ -64,7 +64,7 @@ func TestE2EContainerd(t *testing.T) {
 	for _, b := range []string{"containerd", "containerd-shim-runc-v2", "ctr", "runc"} {
 		p, err := exec.LookPath(b)
 		if err != nil {
-			t.Skipf("%s not installed on the host (make deps): %v", b, err)
+			t.Fatalf("%s not installed on the host (make deps): %v", b, err)
 		}
 		bins[b] = p
 	}

@@ -2,10 +2,25 @@ package gossip
 
 import (
 	"flag"
+	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"testing"
 )
+
+// TestMain runs one netns agent instead of the tests when TestNetns re-executes
+// the test binary inside a network namespace.
+func TestMain(m *testing.M) {
+	if os.Getenv(childMarker) != "" {
+		if err := runNetnsChild(); err != nil {
+			fmt.Fprintln(os.Stderr, "netns child:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
 
 var verbose = flag.Bool("gossip.log", false, "print the agents' logs")
 

@@ -13,15 +13,14 @@ import (
 )
 
 var (
-	scale       = flag.Bool("scale", false, "run TestScale: rings of -scale.n in-process agents")
-	scaleSizes  = flag.String("scale.n", "100,500,1000", "ring sizes for TestScale")
+	scaleSizes  = flag.String("scale.n", "100,500,1000", "ring sizes for BenchmarkRing")
 	scaleWindow = flag.Duration("scale.window", 30*time.Second, "steady-state measuring window")
 	scaleBatch  = flag.Int("scale.batch", 0, "start agents in batches of this many, 1s apart (0: all at once)")
-	scaleTuning = flag.String("scale.tuning", "", "memberlist overrides for TestScale, e.g. probe=1s,timeout=800ms,susp=4; empty = DefaultTuning")
+	scaleTuning = flag.String("scale.tuning", "", "memberlist overrides for BenchmarkRing, e.g. probe=1s,timeout=800ms,susp=4; empty = DefaultTuning")
 )
 
 // parseTuning reads -scale.tuning.
-func parseTuning(t *testing.T, s string) *Tuning {
+func parseTuning(t testing.TB, s string) *Tuning {
 	if s == "" {
 		return nil
 	}
@@ -54,7 +53,7 @@ func parseTuning(t *testing.T, s string) *Tuning {
 	return &tu
 }
 
-// TestScale measures a ring of N in-process agents on loopback addresses
+// BenchmarkRing measures a ring of N in-process agents on loopback addresses
 // (127.88.x.y), with the default tuning:
 //   - converge: from the last Start until every agent has every member's records;
 //   - join: a new agent's records reach every agent;
@@ -66,22 +65,26 @@ func parseTuning(t *testing.T, s string) *Tuning {
 // All agents share one process, so the figures include the CPU contention of N
 // agents on this machine's cores, which a real node does not have.
 //
-//	go test -run TestScale -scale -scale.n 100,500,1000 -timeout 30m -v ./gossip/
-func TestScale(t *testing.T) {
-	if !*scale {
-		t.Skip("run with -scale")
-	}
-	raiseNoFile(t)
+// Each size is one run whatever b.N is (a ring takes minutes to measure); the
+// figures are reported as metrics and printed on a SCALE line:
+//
+//	go test -run '^$' -bench BenchmarkRing -benchtime 1x -scale.n 100,500,1000 -timeout 30m ./gossip/
+func BenchmarkRing(b *testing.B) {
+	raiseNoFile(b)
 	for _, f := range strings.Split(*scaleSizes, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil {
-			t.Fatalf("-scale.n: %v", err)
+			b.Fatalf("-scale.n: %v", err)
 		}
-		t.Run(fmt.Sprintf("N=%d", n), func(t *testing.T) { runScale(t, n) })
+		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
+			for range b.N {
+				runScale(b, n)
+			}
+		})
 	}
 }
 
-func raiseNoFile(t *testing.T) {
+func raiseNoFile(t testing.TB) {
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		t.Fatal(err)
@@ -133,7 +136,7 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-func runScale(t *testing.T, n int) {
+func runScale(t testing.TB, n int) {
 	key := []byte("0123456789abcdef")
 	cluster := "scale.k8s.local"
 	cfgs := make([]Config, n+1) // the last one joins later
@@ -289,10 +292,17 @@ func runScale(t *testing.T, n int) {
 	fmt.Printf("SCALE N=%d converge=%v join=%v ready=%v fail=%v steady=%.0fB/s/agent cpu=%.3f%%/agent window=%v\n",
 		n, converge.Round(10*time.Millisecond), join.Round(10*time.Millisecond), ready.Round(10*time.Millisecond),
 		fail.Round(10*time.Millisecond), bps, cpuPct, el.Round(time.Second))
+	if b, ok := t.(*testing.B); ok {
+		b.ReportMetric(converge.Seconds(), "converge-s")
+		b.ReportMetric(join.Seconds(), "join-s")
+		b.ReportMetric(fail.Seconds(), "dead-known-s")
+		b.ReportMetric(bps, "B/s/agent")
+		b.ReportMetric(cpuPct, "cpu%/agent")
+	}
 }
 
 // waitForScale polls less often than waitFor: one check walks N agents.
-func waitForScale(t *testing.T, timeout time.Duration, what string, cond func() error, since time.Time, onFail ...func()) time.Duration {
+func waitForScale(t testing.TB, timeout time.Duration, what string, cond func() error, since time.Time, onFail ...func()) time.Duration {
 	t.Helper()
 	var err error
 	for time.Since(since) < timeout {

@@ -21,7 +21,7 @@ import (
 // unshared its network namespace (/proc/sys/net resolves per opening thread).
 func TestRealSysctlsInFreshNetns(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: bind mount and a new network namespace")
+		t.Fatal("needs root: bind mount and a new network namespace")
 	}
 	hostBefore := readTrim(t, "/proc/sys/net/ipv4/ip_forward")
 
@@ -29,7 +29,7 @@ func TestRealSysctlsInFreshNetns(t *testing.T) {
 	proc := root.Path("/proc")
 	must(t, os.MkdirAll(proc, 0o755))
 	if err := unix.Mount("/proc", proc, "", unix.MS_BIND, ""); err != nil {
-		t.Skipf("bind mount /proc: %v", err)
+		t.Fatalf("bind mount /proc: %v", err)
 	}
 	t.Cleanup(func() { unix.Unmount(proc, unix.MNT_DETACH) })
 
@@ -99,10 +99,10 @@ func TestRealModulesOverlay(t *testing.T) {
 	must(t, err)
 	if !mods.has("overlay") {
 		if os.Geteuid() != 0 {
-			t.Skip("overlay not loaded and not root")
+			t.Fatal("overlay not loaded and not root")
 		}
 		if err := (liveKernel{}).LoadModule(context.Background(), "overlay"); err != nil {
-			t.Skipf("this kernel cannot load overlay: %v", err)
+			t.Fatalf("this kernel cannot load overlay: %v", err)
 		}
 		if mods, err = readModules("/"); err != nil || !mods.has("overlay") {
 			t.Fatalf("modprobe overlay succeeded but the module is not seen (%v)", err)

@@ -24,18 +24,18 @@ import (
 // and a real kubelet, and waits for kubelet's healthz.
 func TestE2EStandaloneKubelet(t *testing.T) {
 	if err := nspawn.Available(""); err != nil {
-		t.Skipf("nspawn machines: %v", err)
+		t.Fatalf("nspawn machines: %v", err)
 	}
 	kubeletBin := os.Getenv("KUBELET_BIN")
 	if kubeletBin == "" {
 		kubeletBin = "/var/cache/nodeagent-e2e/kubelet-v1.34.4"
 	}
 	if _, err := os.Stat(kubeletBin); err != nil {
-		t.Skipf("kubelet binary: %v (hack/build-kubelet.sh, or set KUBELET_BIN)", err)
+		t.Fatalf("kubelet binary: %v (hack/build-kubelet.sh, or set KUBELET_BIN)", err)
 	}
 	// The machine shares the host network: another kubelet would answer for ours.
 	if err := Healthz(context.Background()); err == nil || !strings.Contains(err.Error(), "connection refused") {
-		t.Skipf("something already serves %s (%v); one kubelet machine at a time", HealthzURL, err)
+		t.Fatalf("something already serves %s (%v); one kubelet machine at a time", HealthzURL, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()

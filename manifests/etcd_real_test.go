@@ -39,15 +39,15 @@ func TestEtcdManifestsRunRealEtcd(t *testing.T) {
 	if etcdBin == "" {
 		var err error
 		if etcdBin, err = exec.LookPath("etcd"); err != nil {
-			t.Skip("no etcd binary (set ETCD_BIN)")
+			t.Fatal("no etcd binary (set ETCD_BIN)")
 		}
 	}
 	if os.Geteuid() != 0 {
-		t.Skip("needs root for network and mount namespaces")
+		t.Fatal("needs root for network and mount namespaces")
 	}
 	for _, tool := range []string{"unshare", "nsenter", "ip", "curl"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed", tool)
+			t.Fatalf("%s not installed", tool)
 		}
 	}
 

@@ -64,7 +64,7 @@ func TestClaimKeepsExistingData(t *testing.T) {
 		}},
 		{name: "xfs holding etcd data", fsType: "xfs", prepare: func(t *testing.T, dev string) {
 			if !have("mkfs.xfs") {
-				t.Skip("mkfs.xfs is not installed")
+				t.Fatal("mkfs.xfs is not installed")
 			}
 			run(t, "mkfs.xfs", "-q", dev)
 			dir, unmount := mountTemp(t, dev, "xfs")

@@ -15,7 +15,7 @@ import (
 func needRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: loop devices and mount")
+		t.Fatal("needs root: loop devices and mount")
 	}
 }
 

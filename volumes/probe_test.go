@@ -111,7 +111,7 @@ func TestProbeDevice(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			if tt.needTool != "" && !have(tt.needTool) {
-				t.Skipf("%s is not installed", tt.needTool)
+				t.Fatalf("%s is not installed", tt.needTool)
 			}
 			dev, _ := newLoop(t, tt.sizeMiB)
 			tt.prepare(t, dev)
