@@ -262,7 +262,7 @@ func (i *Installer) download(ctx context.Context, name, raw, src, cachePath, sum
 		return n, fmt.Errorf("cache %s: %w", cachePath, err)
 	}
 	keep = true
-	return n, syncDir(dir)
+	return n, fsutil.SyncDir(dir)
 }
 
 // Install puts a verified copy of a at its path (default /usr/local/bin/<name>),
@@ -348,7 +348,7 @@ func copyVerified(src, dest, sum string) error {
 		os.Remove(tmp.Name())
 		return fmt.Errorf("install %s: %w", dest, err)
 	}
-	return syncDir(dir)
+	return fsutil.SyncDir(dir)
 }
 
 // Bake fetches every asset into the cache and installs it, so that a machine image
@@ -391,16 +391,4 @@ func (p *progress) Write(b []byte) (int, error) {
 		p.log.Info("asset download progress", "bytes", p.n, "elapsed", now.Sub(p.start).Round(time.Second))
 	}
 	return len(b), nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	return nil
 }

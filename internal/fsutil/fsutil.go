@@ -58,7 +58,7 @@ func WriteFileAtomic(path string, data []byte, perm fs.FileMode) error {
 		os.Remove(name)
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	return syncDir(dir)
+	return SyncDir(dir)
 }
 
 // WriteFileIfChanged writes data atomically only when the file's content or mode
@@ -94,7 +94,9 @@ func FileEquals(path string, data []byte, perm fs.FileMode) (bool, error) {
 	return bytes.Equal(old, data), nil
 }
 
-func syncDir(dir string) error {
+// SyncDir makes a rename or create in dir durable: a file renamed into place is
+// only safe across a crash once its directory entry is on disk.
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return fmt.Errorf("sync %s: %w", dir, err)
