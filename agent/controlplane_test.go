@@ -35,6 +35,7 @@ import (
 	"github.com/nodeagent/nodeagent/config"
 	"github.com/nodeagent/nodeagent/etcd"
 	"github.com/nodeagent/nodeagent/internal/fsutil"
+	"github.com/nodeagent/nodeagent/internal/procfs"
 	"github.com/nodeagent/nodeagent/manifests"
 	"github.com/nodeagent/nodeagent/pki"
 	"github.com/nodeagent/nodeagent/volumes"
@@ -701,28 +702,12 @@ func cpMountInfo(t *testing.T) []cpMount {
 		if !ok || len(fields) < 5 || len(after) < 2 {
 			continue
 		}
-		out = append(out, cpMount{point: cpUnescape(fields[4]), fstype: after[0], source: cpUnescape(after[1])})
+		out = append(out, cpMount{point: procfs.Unescape(fields[4]), fstype: after[0], source: procfs.Unescape(after[1])})
 	}
 	if err := sc.Err(); err != nil {
 		t.Fatal(err)
 	}
 	return out
-}
-
-// cpUnescape undoes mountinfo's octal escapes (\040 for a space).
-func cpUnescape(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // cpUnmountUnder unmounts everything below dir, deepest first, and clears the

@@ -3,9 +3,11 @@ package awsemu
 import (
 	"encoding/base64"
 	"encoding/xml"
+	"maps"
 	"net/http"
 	"net/url"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -30,7 +32,7 @@ type ec2Tag struct {
 
 func tagSet(tags map[string]string) itemSet[ec2Tag] {
 	var s itemSet[ec2Tag]
-	for _, k := range sortedKeys(tags) {
+	for _, k := range slices.Sorted(maps.Keys(tags)) {
 		s.Items = append(s.Items, ec2Tag{k, tags[k]})
 	}
 	return s
@@ -780,12 +782,12 @@ func (e *Emulator) describeTags(req *request) (any, *apiError) {
 	defer e.mu.Unlock()
 	var all []ec2TagDescription
 	for _, id := range e.instOrder {
-		for _, k := range sortedKeys(e.instances[id].Tags) {
+		for _, k := range slices.Sorted(maps.Keys(e.instances[id].Tags)) {
 			all = append(all, ec2TagDescription{id, "instance", k, e.instances[id].Tags[k]})
 		}
 	}
 	for _, id := range e.volOrder {
-		for _, k := range sortedKeys(e.volumes[id].Tags) {
+		for _, k := range slices.Sorted(maps.Keys(e.volumes[id].Tags)) {
 			all = append(all, ec2TagDescription{id, "volume", k, e.volumes[id].Tags[k]})
 		}
 	}

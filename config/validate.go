@@ -2,10 +2,11 @@ package config
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"net/url"
 	"regexp"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 )
@@ -133,7 +134,7 @@ func (c *NodeConfig) Validate() error {
 		}
 	}
 
-	for _, k := range sortedKeys(s.Kubelet.NodeLabels) {
+	for _, k := range slices.Sorted(maps.Keys(s.Kubelet.NodeLabels)) {
 		p := "spec.kubelet.nodeLabels[" + k + "]"
 		if !labelNameRegex.MatchString(k) || len(k) > 316 {
 			add(p, "invalid label key %q", k)
@@ -148,7 +149,7 @@ func (c *NodeConfig) Validate() error {
 		}
 	}
 
-	for _, k := range sortedKeys(s.Host.Sysctls) {
+	for _, k := range slices.Sorted(maps.Keys(s.Host.Sysctls)) {
 		if !sysctlKey.MatchString(k) {
 			add("spec.host.sysctls["+k+"]", "invalid sysctl name")
 		}
@@ -273,13 +274,4 @@ func validateAssetURL(raw string) error {
 		return fmt.Errorf("%q: scheme must be https, http, s3 or file", raw)
 	}
 	return nil
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path"
+	"slices"
 	"sort"
 	"strings"
 
@@ -86,7 +88,7 @@ func (p *Phase) plan() (*plan, error) {
 			pl.dirs = append(pl.dirs, *ch)
 		}
 	}
-	for _, name := range sortedKeys(want) {
+	for _, name := range slices.Sorted(maps.Keys(want)) {
 		hostPath := path.Join(p.dir(), name)
 		action, detail, err := compare(p.o.Root.Path(hostPath), want[name])
 		if err != nil {
@@ -199,7 +201,7 @@ func (p *Phase) Act(ctx context.Context) error {
 			return fmt.Errorf("create etcd data directory %s: %w", d, err)
 		}
 	}
-	for _, name := range sortedKeys(pl.want) {
+	for _, name := range slices.Sorted(maps.Keys(pl.want)) {
 		if err := ctx.Err(); err != nil {
 			return err
 		}

@@ -3,10 +3,11 @@ package manifests
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"path"
 	"regexp"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -293,7 +294,7 @@ func resolveEtcd(o Options, e *config.Etcd, gossipPort int) ([]etcdInput, error)
 	if !hasMain {
 		bad("spec.etcd.clusters has no cluster named main, which kube-apiserver stores its data in")
 	}
-	for _, name := range sortedKeys(byCluster) {
+	for _, name := range slices.Sorted(maps.Keys(byCluster)) {
 		bad("etcd cluster %q: a volume was claimed for it but spec.etcd.clusters does not list it", name)
 	}
 	dataDirs := map[string]string{}
@@ -575,7 +576,7 @@ func (in *inputs) pod(name string, c corev1.Container, vols []corev1.Volume, sec
 // stable command line.
 func flags(f map[string]string) []string {
 	out := make([]string, 0, len(f))
-	for _, k := range sortedKeys(f) {
+	for _, k := range slices.Sorted(maps.Keys(f)) {
 		out = append(out, "--"+k+"="+f[k])
 	}
 	return out
@@ -621,13 +622,4 @@ func orDefault(v, def string) string {
 		return def
 	}
 	return v
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
