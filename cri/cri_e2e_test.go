@@ -3,6 +3,7 @@
 package cri
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -14,8 +15,8 @@ import (
 	"time"
 
 	"github.com/nodeagent/nodeagent/internal/fsutil"
+	"github.com/nodeagent/nodeagent/internal/nspawn"
 	"github.com/nodeagent/nodeagent/systemd"
-	"github.com/nodeagent/nodeagent/systemd/systemdtest"
 )
 
 // retryConnect dials the container's bus, waiting out dbus's own start.
@@ -68,7 +69,7 @@ func TestE2EContainerd(t *testing.T) {
 		}
 		bins[b] = p
 	}
-	mc := systemdtest.Boot(t)
+	mc := bootMachine(t)
 	for name, src := range bins {
 		copyFile(t, src, filepath.Join(mc.Dir, "usr/local/bin", name))
 	}
@@ -122,7 +123,26 @@ func TestE2EContainerd(t *testing.T) {
 }
 
 // journal returns the unit's recent log from inside the container, for failures.
-func journal(mc *systemdtest.Machine, unit string) string {
+func journal(mc *nspawn.Machine, unit string) string {
 	out, _ := exec.Command("nsenter", "-t", fmt.Sprint(mc.Leader), "-m", "-p", "journalctl", "-u", unit, "--no-pager", "-n", "40").CombinedOutput()
 	return string(out)
+}
+
+// bootMachine boots a real systemd machine (internal/nspawn) and points
+// DBUS_SYSTEM_BUS_ADDRESS at its bus (t.Setenv: not for parallel tests).
+func bootMachine(t *testing.T) *nspawn.Machine {
+	t.Helper()
+	if err := nspawn.Available(""); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var console bytes.Buffer
+	m, err := nspawn.Boot(ctx, nspawn.Options{Log: &console})
+	if err != nil {
+		t.Fatalf("boot: %v\n%s", err, console.String())
+	}
+	t.Cleanup(func() { _ = m.Close() })
+	t.Setenv("DBUS_SYSTEM_BUS_ADDRESS", m.BusAddress())
+	return m
 }

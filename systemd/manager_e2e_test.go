@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/nodeagent/nodeagent/internal/fsutil"
-	"github.com/nodeagent/nodeagent/systemd/systemdtest"
+	"github.com/nodeagent/nodeagent/internal/nspawn"
 )
 
 // connect dials the container's bus, retrying while dbus and systemd finish
@@ -36,7 +36,7 @@ func connect(t *testing.T, ctx context.Context) *Manager {
 	return nil
 }
 
-func writeUnit(t *testing.T, mc *systemdtest.Machine, name, content string) {
+func writeUnit(t *testing.T, mc *nspawn.Machine, name, content string) {
 	t.Helper()
 	p := filepath.Join(mc.Dir, "etc/systemd/system", name)
 	if err := fsutil.WriteFileAtomic(p, []byte(content), 0o644); err != nil {
@@ -55,7 +55,7 @@ func mainPID(t *testing.T, ctx context.Context, m *Manager, unit string) uint32 
 }
 
 func TestE2EManager(t *testing.T) {
-	mc := systemdtest.Boot(t)
+	mc := bootMachine(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	m := connect(t, ctx)
@@ -186,7 +186,7 @@ TimeoutStartSec=infinity
 // first run writes, enables and starts; a second finds nothing to do; changing a
 // unit's config file restarts exactly that unit.
 func TestE2EUnitSetPhase(t *testing.T) {
-	mc := systemdtest.Boot(t)
+	mc := bootMachine(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	m := connect(t, ctx)
@@ -257,4 +257,23 @@ WantedBy=multi-user.target
 	if err != nil || !bytes.Equal(b, []byte("v2\n")) {
 		t.Fatalf("config on disk: %q %v", b, err)
 	}
+}
+
+// bootMachine boots a real systemd machine (internal/nspawn) and points
+// DBUS_SYSTEM_BUS_ADDRESS at its bus (t.Setenv: not for parallel tests).
+func bootMachine(t *testing.T) *nspawn.Machine {
+	t.Helper()
+	if err := nspawn.Available(""); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var console bytes.Buffer
+	m, err := nspawn.Boot(ctx, nspawn.Options{Log: &console})
+	if err != nil {
+		t.Fatalf("boot: %v\n%s", err, console.String())
+	}
+	t.Cleanup(func() { _ = m.Close() })
+	t.Setenv("DBUS_SYSTEM_BUS_ADDRESS", m.BusAddress())
+	return m
 }
