@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/nodeagent/nodeagent/assets"
@@ -214,14 +215,36 @@ func caSourceFor(o Options, n *Node) pki.CASource {
 		return pki.FileCA{Root: o.Root, CertFile: f.CACertFile, KeyFile: f.CAKeyFile}
 	}
 	if n.Store != nil {
-		return storeCA{n.Store}
+		return &storeCA{s: n.Store}
 	}
 	return nil
 }
 
-type storeCA struct{ s *cloud.StateStore }
+// storeCA reads the CA from the state store. The pki phase loads it in Check,
+// Act and Verify; one fetch serves a whole run, and the daemon's next reconcile
+// (a minute later) sees a rotated CA.
+type storeCA struct {
+	s         *cloud.StateStore
+	mu        sync.Mutex
+	cert, key []byte
+	at        time.Time
+}
 
-func (c storeCA) Load(ctx context.Context) ([]byte, []byte, error) { return c.s.CA(ctx) }
+const caCacheFor = 30 * time.Second
+
+func (c *storeCA) Load(ctx context.Context) ([]byte, []byte, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cert != nil && time.Since(c.at) < caCacheFor {
+		return c.cert, c.key, nil
+	}
+	cert, key, err := c.s.CA(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	c.cert, c.key, c.at = cert, key, time.Now()
+	return cert, key, nil
+}
 
 // lazyPhase builds its phase from state that earlier phases produce, each time it
 // is asked, so a re-run sees the current claims.
