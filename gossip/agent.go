@@ -167,15 +167,11 @@ func (a *Agent) start(ctx context.Context) error {
 	a.lw = lw
 	mlLog := log.New(lw, "", 0)
 
-	nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
-		BindAddrs: []string{c.BindIP.String()},
-		BindPort:  c.Port,
-		Logger:    mlLog,
-	})
+	tr, err := listen(c.BindIP, c.Port, a.log)
 	if err != nil {
 		return fmt.Errorf("gossip: listen on %s: %w", net.JoinHostPort(c.BindIP.String(), strconv.Itoa(c.Port)), err)
 	}
-	a.tr = newCountingTransport(nt)
+	a.tr = tr
 
 	keyring, err := memberlist.NewKeyring(nil, c.SecretKey)
 	if err != nil {
@@ -313,6 +309,12 @@ func (a *Agent) seedLoop(ctx context.Context) {
 		return
 	}
 	backoff := time.Second
+	// After the first join the ring is still forming: a member may not have
+	// heard of every other yet (gossip can lose a message; a node that started a
+	// moment later missed our push/pull). Refreshing again after 1, 2, 4, 8 and
+	// 16 s joins such stragglers directly instead of leaving them to the next
+	// SeedRefresh; a refresh with nothing missing costs a map walk.
+	settle := time.Second
 	var seeds []string
 	var listed time.Time
 	for {
@@ -340,6 +342,9 @@ func (a *Agent) seedLoop(ctx context.Context) {
 		wait := a.cfg.SeedRefresh
 		if ok {
 			backoff = time.Second
+			if settle < a.cfg.SeedRefresh {
+				wait, settle = settle, 2*settle
+			}
 		} else {
 			wait = backoff
 			backoff = min(backoff*2, a.cfg.SeedRefresh)
@@ -391,11 +396,26 @@ func (a *Agent) joinSeeds(seeds []string) bool {
 		return true
 	}
 	rand.Shuffle(len(missing), func(i, j int) { missing[i], missing[j] = missing[j], missing[i] })
-	missing = missing[:min(len(missing), maxJoinPerRefresh)]
-	n, err := a.ml.Join(missing)
+	// EC2 lists instances that are still booting, whose agent is not listening
+	// yet: when a whole group is refused at once, the next group is tried, for
+	// as long as one TCP timeout, so a node started early in a large launch
+	// does not sit alone through its backoff.
+	var (
+		n     int
+		err   error
+		tried []string
+	)
+	for begin := time.Now(); len(missing) > 0 && time.Since(begin) < a.tune.TCPTimeout; {
+		tried = missing[:min(len(missing), maxJoinPerRefresh)]
+		missing = missing[len(tried):]
+		if n, err = a.ml.Join(tried); n > 0 {
+			break
+		}
+	}
+	missing = tried
 	if n > 0 {
 		if !a.joined.Load() {
-			a.log.Info("joined gossip ring", "via", missing[:n], "members", a.ml.NumMembers())
+			a.log.Info("joined gossip ring", "via", missing, "members", a.ml.NumMembers())
 		}
 		a.joined.Store(true)
 		a.setJoinError(nil)
@@ -412,7 +432,13 @@ func (a *Agent) joinSeeds(seeds []string) bool {
 	}
 	a.setJoinError(err)
 	a.log.Warn("join gossip seeds", "err", err)
-	return a.joined.Load() && a.ml.NumMembers() > 1
+	// A peer that joined us counts too: we are in a ring, the seeds we tried
+	// were just not up yet.
+	if a.ml.NumMembers() > 1 {
+		a.joined.Store(true)
+		return true
+	}
+	return false
 }
 
 func (a *Agent) setJoinError(err error) {

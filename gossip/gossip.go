@@ -91,7 +91,7 @@ type Agent struct {
 	cfg  Config
 	log  *slog.Logger
 	ml   *memberlist.Memberlist
-	tr   *countingTransport
+	tr   *transport
 	lw   *logWriter
 	tune Tuning
 

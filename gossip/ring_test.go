@@ -353,3 +353,32 @@ func TestHostsBindMounted(t *testing.T) {
 		}
 	}
 }
+
+// TestJoinSeedsPastBootingInstances: EC2 lists instances whose agent is not
+// listening yet. One refresh keeps trying further seeds while they are refused,
+// so a node early in a large launch finds the one seed that is up at once
+// instead of waiting out its backoff.
+func TestJoinSeedsPastBootingInstances(t *testing.T) {
+	key := make([]byte, 16)
+	up := newTestNode(t, 30, key, "Node")
+	up.start(t, nil)
+	early := newTestNode(t, 31, key, "Node")
+	early.start(t, nil) // no seed loop: the refresh below is the only join
+
+	var seeds []string
+	for i := range 11 { // refused: nothing listens on these ports
+		ip := net.IPv4(127, 77, 1, byte(10+i))
+		seeds = append(seeds, net.JoinHostPort(ip.String(), fmt.Sprint(freePort(t, ip))))
+	}
+	seeds = append(seeds, up.addr())
+
+	if !early.agent.joinSeeds(seeds) {
+		t.Fatalf("joinSeeds with one live seed among 12 reported no ring; status %+v", early.agent.Status())
+	}
+	if got := early.agent.ml.NumMembers(); got != 2 {
+		t.Fatalf("after one refresh the early node knows %d members, want 2", got)
+	}
+	if st := early.agent.Status(); st.LastJoinError != "" {
+		t.Errorf("a refresh that joined still reports %q", st.LastJoinError)
+	}
+}

@@ -1,21 +1,28 @@
 package gossip
 
 import (
+	"bufio"
 	"flag"
 	"fmt"
 	"net"
+	"os"
+	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nodeagent/nodeagent/internal/netns"
 )
 
 var (
 	scaleSizes  = flag.String("scale.n", "100,500,1000", "ring sizes for BenchmarkRing")
 	scaleWindow = flag.Duration("scale.window", 30*time.Second, "steady-state measuring window")
 	scaleBatch  = flag.Int("scale.batch", 0, "start agents in batches of this many, 1s apart (0: all at once)")
+	scaleTrace  = flag.Bool("scale.trace", false, "print the ring's convergence every 500ms while it forms")
 	scaleTuning = flag.String("scale.tuning", "", "memberlist overrides for BenchmarkRing, e.g. probe=1s,timeout=800ms,susp=4; empty = DefaultTuning")
 )
 
@@ -70,7 +77,10 @@ func parseTuning(t testing.TB, s string) *Tuning {
 //
 //	go test -run '^$' -bench BenchmarkRing -benchtime 1x -scale.n 100,500,1000 -timeout 30m ./gossip/
 func BenchmarkRing(b *testing.B) {
-	raiseNoFile(b)
+	inNetns := os.Getenv(scaleNetnsMarker) != ""
+	if inNetns {
+		raiseNoFile(b)
+	}
 	for _, f := range strings.Split(*scaleSizes, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil {
@@ -78,10 +88,97 @@ func BenchmarkRing(b *testing.B) {
 		}
 		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
 			for range b.N {
-				runScale(b, n)
+				if inNetns {
+					runScale(b, n)
+				} else {
+					runScaleInNetns(b, n)
+				}
 			}
 		})
 	}
+}
+
+// scaleNetnsMarker tells a re-executed test binary that it runs in its own
+// network namespace.
+const scaleNetnsMarker = "GOSSIP_SCALE_NETNS"
+
+// runScaleInNetns re-runs this benchmark for one size in a new network namespace
+// and reports the child's figures. N agents that all talk to each other make N²
+// UDP flows: in a namespace where connection tracking is on (the host's, on most
+// machines, with its default table of 262,144 entries), N=1000 fills the table and
+// the kernel drops packets, which the ring sees as failures. A real node has N
+// flows, not N², and a fresh namespace tracks nothing. The child also has a
+// process of its own, so its CPU figure counts only the agents.
+func runScaleInNetns(b *testing.B, n int) {
+	if why := netns.Available(); why != "" {
+		b.Fatal(why)
+	}
+	if _, err := exec.LookPath("unshare"); err != nil {
+		b.Fatal("needs unshare (util-linux) for a private network namespace")
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		b.Fatal(err)
+	}
+	args := []string{"--net", "--", "sh", "-c", `ip link set lo up && exec "$@"`, "sh", exe,
+		"-test.run=^$", "-test.bench=^BenchmarkRing$", "-test.benchtime=1x", "-test.timeout=0",
+		"-scale.n=" + strconv.Itoa(n)}
+	flag.Visit(func(f *flag.Flag) {
+		if strings.HasPrefix(f.Name, "scale.") && f.Name != "scale.n" || f.Name == "gossip.log" {
+			args = append(args, "-"+f.Name+"="+f.Value.String())
+		}
+	})
+	cmd := exec.CommandContext(b.Context(), "unshare", args...)
+	cmd.Env = append(os.Environ(), scaleNetnsMarker+"=1")
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	var figures map[string]float64
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		line := sc.Text()
+		fmt.Println(line)
+		if m, ok := parseScaleLine(line); ok {
+			figures = m
+		}
+	}
+	if err := cmd.Wait(); err != nil {
+		b.Fatalf("ring of %d in its own network namespace: %v", n, err)
+	}
+	if figures == nil {
+		b.Fatalf("ring of %d: the child printed no SCALE line", n)
+	}
+	for unit, v := range figures {
+		b.ReportMetric(v, unit)
+	}
+}
+
+// parseScaleLine reads the figures back from a SCALE line (see runScale).
+func parseScaleLine(line string) (map[string]float64, bool) {
+	if !strings.HasPrefix(line, "SCALE ") {
+		return nil, false
+	}
+	units := map[string]string{"converge": "converge-s", "join": "join-s", "fail": "dead-known-s", "steady": "B/s/agent", "cpu": "cpu%/agent"}
+	out := map[string]float64{}
+	for _, f := range strings.Fields(line)[1:] {
+		k, v, _ := strings.Cut(f, "=")
+		unit, ok := units[k]
+		if !ok {
+			continue
+		}
+		v = strings.TrimSuffix(strings.TrimSuffix(v, "B/s/agent"), "%/agent")
+		if d, err := time.ParseDuration(v); err == nil {
+			out[unit] = d.Seconds()
+		} else if x, err := strconv.ParseFloat(v, 64); err == nil {
+			out[unit] = x
+		}
+	}
+	return out, len(out) == len(units)
 }
 
 func raiseNoFile(t testing.TB) {
@@ -165,6 +262,7 @@ func runScale(t testing.TB, n int) {
 	}
 	// Every agent gets every address, as EC2Seeds would list every instance.
 	agents := make([]*Agent, 0, n+1)
+	var agentsMu sync.Mutex // agents grows while traceConvergence reads it
 	var stopOnce sync.Once
 	stopAll := func() {
 		stopOnce.Do(func() {
@@ -178,14 +276,20 @@ func runScale(t testing.TB, n int) {
 	}
 	t.Cleanup(stopAll)
 
-	startCPU := cpuTime()
+	startCPU, firstStart := cpuTime(), time.Now()
+	traceDone := make(chan struct{})
+	if *scaleTrace {
+		go traceConvergence(&agents, &agentsMu, firstStart, traceDone)
+	}
 	for i := range n {
 		cfgs[i].Seeds = StaticSeeds(seeds)
 		a, err := Start(t.Context(), cfgs[i])
 		if err != nil {
 			t.Fatalf("start agent %d: %v", i, err)
 		}
+		agentsMu.Lock()
 		agents = append(agents, a)
+		agentsMu.Unlock()
 		if *scaleBatch > 0 && (i+1)%*scaleBatch == 0 && i+1 < n {
 			time.Sleep(time.Second)
 		}
@@ -194,8 +298,14 @@ func runScale(t testing.TB, n int) {
 	converge := waitForScale(t, 120*time.Second, "every agent has every record", func() error {
 		for i, a := range agents {
 			if m, names := a.aliveRecords(); m != n || names != wantNames {
-				return fmt.Errorf("agent %d: %d/%d members, %d/%d names; view by state %v; memberlist counts %d alive",
-					i, m, n, names, wantNames, a.viewStates(), a.ml.NumMembers())
+				var missing []string
+				for _, c := range cfgs[:n] {
+					if v, ok := a.memberView(c.NodeName); !ok || v.State != StateAlive {
+						missing = append(missing, fmt.Sprintf("%s(%v,%s)", c.NodeName, ok, v.State))
+					}
+				}
+				return fmt.Errorf("agent %d: %d/%d members, %d/%d names; view by state %v; memberlist counts %d alive; missing %v",
+					i, m, n, names, wantNames, a.viewStates(), a.ml.NumMembers(), missing[:min(len(missing), 5)])
 			}
 		}
 		return nil
@@ -218,6 +328,7 @@ func runScale(t testing.TB, n int) {
 			}
 		}
 	})
+	close(traceDone)
 	convergeCPU := cpuTime() - startCPU
 	t.Logf("N=%d converge after simultaneous start: %v (CPU %v)", n, converge, convergeCPU)
 
@@ -316,4 +427,40 @@ func waitForScale(t testing.TB, timeout time.Duration, what string, cond func() 
 	}
 	t.Fatalf("%s: not within %v: %v", what, timeout, err)
 	return 0
+}
+
+// traceConvergence prints, twice a second, how many members the agents see
+// alive (least, median, most) and how many dead entries they hold in total: the
+// shape of a start storm, and whether false deaths hold it back.
+func traceConvergence(list *[]*Agent, mu *sync.Mutex, since time.Time, done <-chan struct{}) {
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-tick.C:
+		}
+		mu.Lock()
+		agents := slices.Clone(*list)
+		mu.Unlock()
+		alive := make([]int, len(agents))
+		dead := 0
+		for i, a := range agents {
+			st := a.viewStates()
+			alive[i] = st[StateAlive]
+			dead += st[StateDead]
+		}
+		slices.Sort(alive)
+		if *verbose {
+			for _, a := range agents {
+				if st := a.viewStates(); st[StateAlive] == alive[0] && alive[0] < len(agents) {
+					fmt.Printf("TRACE %s sees %v, memberlist %d, status %+v\n", a.cfg.NodeName, st, a.ml.NumMembers(), a.Status())
+					break
+				}
+			}
+		}
+		fmt.Printf("TRACE t=%.1fs agents=%d alive min=%d med=%d max=%d dead-entries=%d\n",
+			time.Since(since).Seconds(), len(agents), alive[0], alive[len(alive)/2], alive[len(alive)-1], dead)
+	}
 }
