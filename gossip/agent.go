@@ -53,7 +53,7 @@ type Tuning struct {
 //     exchange every 6 minutes of ~150 B per member (uncompressed, see below); each
 //     node starts one and answers about one, so ~0.8 KB/s at N=1000 on top of the
 //     probes. Joins and seed refreshes do full exchanges anyway, so repairs do not
-//     wait for it. (Measured at N=50 and N=100: ~470 B/s per node in total.)
+//     wait for it. (Measured at N=100 and N=500: ~490 B/s per node in total.)
 //   - GossipToTheDeadTime 30s and TCPTimeout 5s: LAN defaults; 5 s bounds a join to an
 //     unreachable seed.
 func DefaultTuning() Tuning {
@@ -309,12 +309,6 @@ func (a *Agent) seedLoop(ctx context.Context) {
 		return
 	}
 	backoff := time.Second
-	// After the first join the ring is still forming: a member may not have
-	// heard of every other yet (gossip can lose a message; a node that started a
-	// moment later missed our push/pull). Refreshing again after 1, 2, 4, 8 and
-	// 16 s joins such stragglers directly instead of leaving them to the next
-	// SeedRefresh; a refresh with nothing missing costs a map walk.
-	settle := time.Second
 	var seeds []string
 	var listed time.Time
 	for {
@@ -342,9 +336,6 @@ func (a *Agent) seedLoop(ctx context.Context) {
 		wait := a.cfg.SeedRefresh
 		if ok {
 			backoff = time.Second
-			if settle < a.cfg.SeedRefresh {
-				wait, settle = settle, 2*settle
-			}
 		} else {
 			wait = backoff
 			backoff = min(backoff*2, a.cfg.SeedRefresh)
@@ -397,9 +388,11 @@ func (a *Agent) joinSeeds(seeds []string) bool {
 	}
 	rand.Shuffle(len(missing), func(i, j int) { missing[i], missing[j] = missing[j], missing[i] })
 	// EC2 lists instances that are still booting, whose agent is not listening
-	// yet: when a whole group is refused at once, the next group is tried, for
-	// as long as one TCP timeout, so a node started early in a large launch
-	// does not sit alone through its backoff.
+	// yet. A node that is not in a ring yet tries group after group, for as long
+	// as one TCP timeout, so a node started early in a large launch does not sit
+	// alone through its backoff. A node already in a ring stops at one group:
+	// each join is a full-state exchange, and during a launch of hundreds that
+	// extra load is what a CPU-starved ring cannot afford.
 	var (
 		n     int
 		err   error
@@ -408,7 +401,7 @@ func (a *Agent) joinSeeds(seeds []string) bool {
 	for begin := time.Now(); len(missing) > 0 && time.Since(begin) < a.tune.TCPTimeout; {
 		tried = missing[:min(len(missing), maxJoinPerRefresh)]
 		missing = missing[len(tried):]
-		if n, err = a.ml.Join(tried); n > 0 {
+		if n, err = a.ml.Join(tried); n > 0 || a.ml.NumMembers() > 1 {
 			break
 		}
 	}

@@ -61,21 +61,26 @@ func parseTuning(t testing.TB, s string) *Tuning {
 }
 
 // BenchmarkRing measures a ring of N in-process agents on loopback addresses
-// (127.88.x.y), with the default tuning:
-//   - converge: from the last Start until every agent has every member's records;
+// (127.88.x.y), with the default tuning unless -scale.tuning says otherwise:
+//   - converge: from the last Start until every agent has every member's records
+//     (-scale.batch starts agents that many a second, as an Auto Scaling launch
+//     does; 0 starts them all at once);
 //   - join: a new agent's records reach every agent;
 //   - ready: a SetReady reaches every agent;
 //   - fail: a hard-killed agent is known dead by every agent;
 //   - steady bandwidth: bytes sent per agent per second, counted by the transport,
-//     and CPU per agent (getrusage), over -scale.window with no changes.
+//     and CPU per agent (getrusage), over -scale.window with no changes, once the
+//     gossip queues left by the formation have drained.
 //
-// All agents share one process, so the figures include the CPU contention of N
-// agents on this machine's cores, which a real node does not have.
+// Each size runs in a child process in a network namespace of its own (see
+// runScaleInNetns). All agents share that process, so the figures include the
+// CPU contention of N agents on this machine's cores, which a real node does not
+// have; -scale.trace prints the ring's shape twice a second while it forms.
 //
 // Each size is one run whatever b.N is (a ring takes minutes to measure); the
 // figures are reported as metrics and printed on a SCALE line:
 //
-//	go test -run '^$' -bench BenchmarkRing -benchtime 1x -scale.n 100,500,1000 -timeout 30m ./gossip/
+//	go test -run '^$' -bench BenchmarkRing -benchtime 1x -scale.n 100,500,1000 -scale.batch 10 -timeout 30m ./gossip/
 func BenchmarkRing(b *testing.B) {
 	inNetns := os.Getenv(scaleNetnsMarker) != ""
 	if inNetns {
@@ -330,20 +335,32 @@ func runScale(t testing.TB, n int) {
 	})
 	close(traceDone)
 	convergeCPU := cpuTime() - startCPU
-	t.Logf("N=%d converge after simultaneous start: %v (CPU %v)", n, converge, convergeCPU)
+	t.Logf("N=%d converged %v after the last start (CPU %v since the first)", n, converge, convergeCPU)
 
-	// Let join-time push/pulls and gossip queues drain before measuring.
-	time.Sleep(5 * time.Second)
-	var sent0 uint64
-	for _, a := range agents {
-		sent0 += a.tr.sent.Load()
+	// Every member a node learns at join is queued for re-gossip, so a ring that
+	// just formed spends tens of seconds draining those queues: wait until the
+	// send rate stops falling (5 s samples) before measuring the steady state.
+	totalSent := func() (sum uint64) {
+		for _, a := range agents {
+			sum += a.tr.sent.Load()
+		}
+		return sum
 	}
+	drained := time.Now()
+	for prev, last := 0.0, totalSent(); time.Since(drained) < 3*time.Minute; {
+		time.Sleep(5 * time.Second)
+		now := totalSent()
+		rate := float64(now - last)
+		if prev > 0 && rate >= 0.9*prev {
+			break
+		}
+		prev, last = rate, now
+	}
+	t.Logf("N=%d gossip queues drained after %v", n, time.Since(drained).Round(time.Second))
+	sent0 := totalSent()
 	cpu0, t0 := cpuTime(), time.Now()
 	time.Sleep(*scaleWindow)
-	var sent1 uint64
-	for _, a := range agents {
-		sent1 += a.tr.sent.Load()
-	}
+	sent1 := totalSent()
 	cpu1, el := cpuTime(), time.Since(t0)
 	bps := float64(sent1-sent0) / float64(n) / el.Seconds()
 	cpuPct := 100 * float64(cpu1-cpu0) / float64(n) / float64(el)

@@ -26,8 +26,9 @@ go test -count=1 -run '^$' -bench . -benchtime 3x ./pki/ | grep -E 'Benchmark|ok
 echo "== volumes: claim → mounted over the emulator's attach latency"
 go test -count=1 -run '^$' -bench BenchmarkClaim -benchtime 3x ./volumes/ | grep -E 'Benchmark|ok|FAIL'
 
-echo "== gossip ring at scale (in-process agents on 127.0.0.1; GOSSIP_N to choose sizes)"
+echo "== gossip ring at scale (in-process agents, GOSSIP_N sizes started GOSSIP_BATCH a second)"
 # Every agent of an in-process ring shares this machine's cores: a size that does not
 # converge here prints FAIL with how far it got, rather than no figure.
 go test -count=1 -run '^$' -bench BenchmarkRing -benchtime 1x -timeout 40m ./gossip/ \
-  -scale.n "${GOSSIP_N:-100,500,1000}" -scale.window 30s | grep -E '^SCALE|^Benchmark|not within|^(ok|FAIL)' || true
+  -scale.n "${GOSSIP_N:-100,500,1000}" -scale.batch "${GOSSIP_BATCH:-10}" -scale.window 30s |
+  grep -E '^SCALE|^Benchmark|not within|^(ok|FAIL)' || true
