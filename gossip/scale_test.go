@@ -147,7 +147,9 @@ func runScaleInNetns(b *testing.B, n int) {
 	sc := bufio.NewScanner(out)
 	for sc.Scan() {
 		line := sc.Text()
-		fmt.Println(line)
+		if !childHeader(line) {
+			fmt.Println(line)
+		}
 		if m, ok := parseScaleLine(line); ok {
 			figures = m
 		}
@@ -161,6 +163,17 @@ func runScaleInNetns(b *testing.B, n int) {
 	for unit, v := range figures {
 		b.ReportMetric(v, unit)
 	}
+}
+
+// childHeader tells the child's own benchmark framing (goos, pkg, its Benchmark
+// and PASS lines), which the parent prints again for itself.
+func childHeader(line string) bool {
+	for _, p := range []string{"goos:", "goarch:", "pkg:", "cpu:", "Benchmark", "PASS"} {
+		if strings.HasPrefix(line, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // parseScaleLine reads the figures back from a SCALE line (see runScale).
