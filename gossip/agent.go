@@ -405,10 +405,9 @@ func (a *Agent) joinSeeds(seeds []string) bool {
 			break
 		}
 	}
-	missing = tried
 	if n > 0 {
 		if !a.joined.Load() {
-			a.log.Info("joined gossip ring", "via", missing, "members", a.ml.NumMembers())
+			a.log.Info("joined gossip ring", "via", tried, "members", a.ml.NumMembers())
 		}
 		a.joined.Store(true)
 		a.setJoinError(nil)
@@ -418,10 +417,10 @@ func (a *Agent) joinSeeds(seeds []string) bool {
 		err = errors.New("no seed answered")
 	}
 	if isKeyMismatch(err.Error()) {
-		a.recordReject(missing[0], "encryption key mismatch: the seed refused our key, or we refused its reply")
-		err = fmt.Errorf("join %v: encryption key mismatch: %w", missing, err)
+		a.recordReject(tried[0], "encryption key mismatch: the seed refused our key, or we refused its reply")
+		err = fmt.Errorf("join %v: encryption key mismatch: %w", tried, err)
 	} else {
-		err = fmt.Errorf("join %v: %w", missing, err)
+		err = fmt.Errorf("join %v: %w", tried, err)
 	}
 	a.setJoinError(err)
 	a.log.Warn("join gossip seeds", "err", err)

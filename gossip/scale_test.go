@@ -433,13 +433,7 @@ func runScale(t testing.TB, n int) {
 	fmt.Printf("SCALE N=%d converge=%v join=%v ready=%v fail=%v steady=%.0fB/s/agent cpu=%.3f%%/agent window=%v\n",
 		n, converge.Round(10*time.Millisecond), join.Round(10*time.Millisecond), ready.Round(10*time.Millisecond),
 		fail.Round(10*time.Millisecond), bps, cpuPct, el.Round(time.Second))
-	if b, ok := t.(*testing.B); ok {
-		b.ReportMetric(converge.Seconds(), "converge-s")
-		b.ReportMetric(join.Seconds(), "join-s")
-		b.ReportMetric(fail.Seconds(), "dead-known-s")
-		b.ReportMetric(bps, "B/s/agent")
-		b.ReportMetric(cpuPct, "cpu%/agent")
-	}
+	// The parent process reports these figures from this line (runScaleInNetns).
 }
 
 // waitForScale polls less often than waitFor: one check walks N agents.

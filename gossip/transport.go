@@ -37,7 +37,6 @@ type transport struct {
 
 	packets  chan *memberlist.Packet
 	streams  chan net.Conn
-	closing  atomic.Bool
 	done     chan struct{}
 	doneOnce sync.Once
 	wg       sync.WaitGroup
@@ -88,7 +87,7 @@ func (t *transport) readPackets() {
 		n, from, err := t.udp.ReadFromUDPAddrPort(buf)
 		ts := time.Now()
 		if err != nil {
-			if t.closing.Load() {
+			if t.closed() {
 				return
 			}
 			t.log.Warn("read gossip packet", "err", err)
@@ -117,7 +116,7 @@ func (t *transport) acceptStreams() {
 	for {
 		c, err := t.tcp.AcceptTCP()
 		if err != nil {
-			if t.closing.Load() {
+			if t.closed() {
 				return
 			}
 			// Out of descriptors, most likely: wait rather than spin.
@@ -183,6 +182,15 @@ func parseAddrPort(s string) (netip.AddrPort, error) {
 	return ua.AddrPort(), nil
 }
 
+func (t *transport) closed() bool {
+	select {
+	case <-t.done:
+		return true
+	default:
+		return false
+	}
+}
+
 func (t *transport) PacketCh() <-chan *memberlist.Packet { return t.packets }
 func (t *transport) StreamCh() <-chan net.Conn           { return t.streams }
 
@@ -201,7 +209,6 @@ func (t *transport) DialAddressTimeout(addr memberlist.Address, timeout time.Dur
 
 // Shutdown closes both sockets, which ends the reader and the acceptor.
 func (t *transport) Shutdown() error {
-	t.closing.Store(true)
 	t.doneOnce.Do(func() { close(t.done) })
 	err := errors.Join(t.udp.Close(), t.tcp.Close())
 	t.wg.Wait()
