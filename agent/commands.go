@@ -50,6 +50,13 @@ func Bootstrap(ctx context.Context, o Options) error {
 	runCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	if err := runner.Run(runCtx, ps.phases); err != nil {
+		if bootstrap.IsWaiting(err) {
+			// Waiting on others (a master on its peers) is not a failed launch:
+			// the daemon, already running, keeps at it, heartbeats the launch
+			// hook and completes it once the node is ready.
+			ps.readiness.wait(err)
+			return fmt.Errorf("not ready yet, nodeagent.service keeps waiting: %w", err)
+		}
 		ps.readiness.abandon(ctx, err)
 		return err
 	}
@@ -71,7 +78,13 @@ func Plan(ctx context.Context, o Options, w io.Writer, format string) error {
 	if err != nil {
 		return err
 	}
-	plan := bootstrap.Plan(ctx, ps.phases)
+	var facts bootstrap.Facts
+	if st, err := o.store().Load(); err == nil {
+		facts = st.Facts
+	} else {
+		o.log().Warn("planning without what earlier runs learned", "err", err)
+	}
+	plan := bootstrap.Plan(ctx, ps.phases, facts)
 	switch format {
 	case "json", "yaml":
 		b, err := json.MarshalIndent(plan, "", "  ")

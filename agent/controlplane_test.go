@@ -319,8 +319,8 @@ func TestControlPlaneThroughAgent(t *testing.T) {
 		if p := st.Phase("etcd-health"); p == nil || p.State != bootstrap.PhaseDone {
 			t.Fatalf("etcd-health = %+v, want done", p)
 		}
-		// The phase built from the claims probed the claimed member of each cluster.
-		built := health[0].(*lazyPhase).last.(*etcd.HealthPhase)
+		// The phase, given the claims as facts, probed the claimed member of each cluster.
+		built := health[0].(*etcd.HealthPhase)
 		for _, r := range built.Results() {
 			if r.Err != "" || r.Health.Name != "a" || r.Name != "a" {
 				t.Errorf("etcd-health result %+v, want member a healthy", r)
@@ -371,7 +371,7 @@ func TestControlPlaneThroughAgent(t *testing.T) {
 			if r, err := mainCli.Get(pubCtx, key); err != nil || len(r.Kvs) != 0 {
 				t.Fatalf("before publishing, main holds %s (%v)", key, err)
 			}
-			pub := newEtcdPublisher(a.opts, &node, a.ps, log)
+			pub := newEtcdPublisher(a.opts, &node, log)
 			if err := pub.tryPublish(pubCtx, a.opts.store()); err != nil {
 				pub.close()
 				t.Fatal(err)

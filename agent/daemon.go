@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
@@ -58,7 +59,10 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	g, err := startGossip(ctx, o, n, ps)
+	// What bootstrap has learned so far (the etcd members of the volumes it
+	// claimed) is published at once: a master's daemon starts mid-boot, and the
+	// other masters need these names before etcd can reach quorum.
+	g, err := startGossip(ctx, o, n, gossipNames(n, loadFacts(o, log)))
 	if err != nil {
 		return err
 	}
@@ -76,7 +80,7 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 	runner := &bootstrap.Runner{Store: o.store(), Log: log, Node: n.Info(), ConfigHash: n.ConfigHash, Observe: m.observePhase}
 	var pub *etcdPublisher
 	if n.IsControlPlane() {
-		pub = newEtcdPublisher(o, n, ps, log)
+		pub = newEtcdPublisher(o, n, log)
 		defer pub.close()
 	}
 
@@ -85,24 +89,32 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 		defer rcancel()
 		err := runner.Run(rctx, ps.phases)
 		result := "ok"
-		if err != nil {
+		switch {
+		case err == nil:
+		case bootstrap.IsWaiting(err):
+			result = "waiting"
+			log.Warn("reconcile waiting", "reason", err)
+		default:
 			result = "failed"
 			log.Error("reconcile failed", "err", err)
 		}
 		if g != nil {
-			g.setNames(ps.gossipNames(n))
+			g.setNames(gossipNames(n, loadFacts(o, log)))
 		}
 		m.reconciles.WithLabelValues(result).Inc()
 		m.lastReconcile.SetToCurrentTime()
 	}
 	report := func() {
 		// Readiness is judged between runs: while a run (the boot's own bootstrap,
-		// say) is acting, its phases are incomplete by design.
+		// say) is acting, its phases are incomplete by design. The launch hook is
+		// heartbeated all the same, so a long wait does not time the launch out.
 		unlock, ok, err := o.store().TryLockRun()
 		if err != nil || !ok {
+			ps.readiness.heartbeat(ctx)
 			return
 		}
 		rs := ps.readiness.refresh(ctx)
+		ps.readiness.followLifecycle(ctx, rs)
 		unlock()
 		m.setReady(rs.Ready)
 		if g != nil {
@@ -118,10 +130,26 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 		_, _ = daemon.SdNotify(false, "STATUS="+status)
 	}
 
-	reconcile()
-	report()
-	reconcileTick := time.NewTicker(ro.ReconcileInterval)
-	defer reconcileTick.Stop()
+	// Reconciles run on their own goroutine: the first one waits for the boot's
+	// bootstrap to finish (the run lock), and readiness reporting, the launch
+	// hook's heartbeat and the status API must go on meanwhile.
+	reconciled := make(chan struct{}, 1)
+	go func() {
+		t := time.NewTicker(ro.ReconcileInterval)
+		defer t.Stop()
+		for {
+			reconcile()
+			select {
+			case reconciled <- struct{}{}:
+			default:
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
 	readyTick := time.NewTicker(ro.ReadinessInterval)
 	defer readyTick.Stop()
 	for {
@@ -134,11 +162,21 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 			if err != nil {
 				return fmt.Errorf("status API: %w", err)
 			}
-		case <-reconcileTick.C:
-			reconcile()
+		case <-reconciled:
 			report()
 		case <-readyTick.C:
 			report()
 		}
 	}
+}
+
+// loadFacts reads what the phases have recorded so far; without a readable
+// state file the daemon starts from nothing and learns it on its first run.
+func loadFacts(o Options, log *slog.Logger) bootstrap.Facts {
+	st, err := o.store().Load()
+	if err != nil {
+		log.Warn("state file unreadable; starting without recorded facts", "err", err)
+		return bootstrap.Facts{}
+	}
+	return st.Facts
 }

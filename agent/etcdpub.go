@@ -8,6 +8,7 @@ import (
 	"slices"
 
 	"github.com/nodeagent/nodeagent/bootstrap"
+	"github.com/nodeagent/nodeagent/config"
 	"github.com/nodeagent/nodeagent/etcd"
 	"github.com/nodeagent/nodeagent/pki"
 )
@@ -18,13 +19,12 @@ import (
 type etcdPublisher struct {
 	o   Options
 	n   *Node
-	ps  *phaseSet
 	log *slog.Logger
 	pub *etcd.Publisher
 }
 
-func newEtcdPublisher(o Options, n *Node, ps *phaseSet, log *slog.Logger) *etcdPublisher {
-	return &etcdPublisher{o: o, n: n, ps: ps, log: log}
+func newEtcdPublisher(o Options, n *Node, log *slog.Logger) *etcdPublisher {
+	return &etcdPublisher{o: o, n: n, log: log}
 }
 
 // publish puts the current state file into etcd; failures are logged, not fatal:
@@ -41,21 +41,19 @@ func (p *etcdPublisher) tryPublish(ctx context.Context, store bootstrap.StateSto
 		return err
 	}
 	if p.pub == nil {
-		members := p.ps.localEtcdMembers(p.n)
-		if len(members) == 0 {
-			return fmt.Errorf("no local etcd member")
-		}
 		// DESIGN.md puts the status into main; spec.etcd.clusters may list it anywhere.
-		i := slices.IndexFunc(members, func(m etcd.Member) bool { return m.Cluster == "main" })
+		clusters := p.n.Config.Spec.Etcd.Clusters
+		i := slices.IndexFunc(clusters, func(c config.EtcdCluster) bool { return c.Name == "main" })
 		if i < 0 {
-			return fmt.Errorf("no local member of etcd main")
+			return fmt.Errorf("no etcd cluster named main")
 		}
-		main := members[i]
-		tlsCfg, err := pki.ClientTLS(p.o.Root, main.Cluster)
+		main := clusters[i]
+		tlsCfg, err := pki.ClientTLS(p.o.Root, main.Name)
 		if err != nil {
 			return err
 		}
-		pub, err := etcd.NewPublisher([]string{main.ClientURL}, tlsCfg, p.n.Name, etcd.DefaultTTL, p.log)
+		url := fmt.Sprintf("https://127.0.0.1:%d", main.ClientPort)
+		pub, err := etcd.NewPublisher([]string{url}, tlsCfg, p.n.Name, etcd.DefaultTTL, p.log)
 		if err != nil {
 			return err
 		}

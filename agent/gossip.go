@@ -14,7 +14,8 @@ import (
 
 	"github.com/nodeagent/nodeagent/cloud"
 	"github.com/nodeagent/nodeagent/gossip"
-	"github.com/nodeagent/nodeagent/manifests"
+	"github.com/nodeagent/nodeagent/bootstrap"
+	"github.com/nodeagent/nodeagent/config"
 )
 
 // gossipRunner is the daemon's seat in the cluster's gossip ring.
@@ -29,7 +30,7 @@ type gossipRunner struct {
 // relies on the ring for names.
 func gossipEnabled(cluster string) bool { return strings.HasSuffix(cluster, ".k8s.local") }
 
-func startGossip(ctx context.Context, o Options, n *Node, ps *phaseSet) (*gossipRunner, error) {
+func startGossip(ctx context.Context, o Options, n *Node, names []string) (*gossipRunner, error) {
 	spec := n.Config.Spec
 	if !gossipEnabled(spec.Cluster.Name) {
 		return nil, nil
@@ -49,7 +50,7 @@ func startGossip(ctx context.Context, o Options, n *Node, ps *phaseSet) (*gossip
 		ClusterName: spec.Cluster.Name, NodeName: n.Name, BindIP: ip, Port: spec.Gossip.Port, SecretKey: key,
 		Seeds:     &gossip.EC2Seeds{Client: cloud.NewEC2(*n.AWS), ClusterName: spec.Cluster.Name, Self: n.Identity.PrivateIP},
 		Role:      string(spec.Role),
-		Names:     ps.gossipNames(n),
+		Names:     names,
 		HostsFile: o.Root.Path("/etc/hosts"),
 		Log:       o.log().With("component", "gossip"),
 	})
@@ -92,15 +93,16 @@ func (g *gossipRunner) setReady(ready bool) {
 }
 
 // gossipNames are the names this node publishes besides its own: on a control
-// plane, the API name and one name per local etcd member (DESIGN.md).
-func (ps *phaseSet) gossipNames(n *Node) []string {
+// plane, the API name and one name per local etcd member (DESIGN.md), from the
+// facts the volumes phase recorded.
+func gossipNames(n *Node, facts bootstrap.Facts) []string {
 	if !n.IsControlPlane() {
 		return nil
 	}
 	c := n.Config.Spec.Cluster.Name
-	names := []string{"api.internal." + c}
-	for _, m := range ps.etcdMembers() {
-		names = append(names, manifests.EtcdMemberHost(m.Cluster, m.Member, c))
+	names := []string{config.APIInternalName(c)}
+	for _, m := range facts.EtcdMembers {
+		names = append(names, config.EtcdMemberHost(m.Cluster, m.Member, c))
 	}
 	return names
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/nodeagent/nodeagent/awsemu"
+	"github.com/nodeagent/nodeagent/bootstrap"
 	"github.com/nodeagent/nodeagent/gossip"
 	"github.com/nodeagent/nodeagent/internal/fsutil"
 )
@@ -56,11 +57,7 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	ps, err := buildPhases(ctx, o, n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, err := startGossip(ctx, o, n, ps)
+	g, err := startGossip(ctx, o, n, gossipNames(n, bootstrap.Facts{}))
 	if err != nil {
 		t.Fatal(err)
 	}

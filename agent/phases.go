@@ -60,6 +60,14 @@ func buildPhases(ctx context.Context, o Options, n *Node) (*phaseSet, error) {
 		runtimeUnit = "docker.service"
 	}
 	ps.units = []string{runtimeUnit, "kubelet.service"}
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("locate own binary: %w", err)
+	}
+	daemonPhase := systemd.NewUnitSetPhase("nodeagent-service", systemd.UnitSet{
+		Root: o.Root, Files: []systemd.File{systemd.NodeagentUnit(exe)}, Enable: []string{"nodeagent.service"},
+		Start: []string{"nodeagent.service"}, Systemd: connect, Log: log,
+	})
 
 	caSource := caSourceFor(o, n)
 	// Without a CA the node cannot talk to an API server: kubelet runs standalone
@@ -84,10 +92,14 @@ func buildPhases(ctx context.Context, o Options, n *Node) (*phaseSet, error) {
 		pkiPhase := pki.NewPhase(pki.Options{
 			Root: o.Root, CA: caSource, ClusterName: spec.Cluster.Name, NodeName: n.Name, NodeIP: nodeIP,
 			ServiceCIDR: spec.Networking.ServiceCIDR, Role: spec.Role, EtcdClusters: spec.Etcd.Clusters,
-			EtcdMember: ps.etcdMemberNames, OmitKubeletKubeconfig: true, Log: log,
+			OmitKubeletKubeconfig: true, Log: log,
 		})
 		kubeconfig = kubelet.ClientCert{}
-		ps.phases = append(ps.phases, ps.volumes, pkiPhase)
+		// The daemon starts as soon as the volumes are claimed: it joins the gossip
+		// ring and publishes this node's etcd member names, which the other masters
+		// need before any etcd cluster can reach quorum. Started later, after
+		// etcd-health, every master would wait for names nobody publishes.
+		ps.phases = append(ps.phases, ps.volumes, daemonPhase, pkiPhase)
 	} else if caSource != nil {
 		ps.phases = append(ps.phases, pki.NewPhase(pki.Options{
 			Root: o.Root, CA: caSource, ClusterName: spec.Cluster.Name, NodeName: n.Name, NodeIP: nodeIP,
@@ -98,7 +110,7 @@ func buildPhases(ctx context.Context, o Options, n *Node) (*phaseSet, error) {
 	// pods of ours: kube-proxy would have nothing to proxy for.
 	if caSource != nil || n.IsControlPlane() {
 		ps.phases = append(ps.phases, manifests.NewPhase(manifests.Options{
-			Root: o.Root, Config: n.Config, NodeName: n.Name, NodeIP: nodeIP, Etcd: ps.etcdMembers, Log: log,
+			Root: o.Root, Config: n.Config, NodeName: n.Name, NodeIP: nodeIP, Log: log,
 		}))
 	}
 	ps.phases = append(ps.phases,
@@ -108,20 +120,10 @@ func buildPhases(ctx context.Context, o Options, n *Node) (*phaseSet, error) {
 		}),
 	)
 	if n.IsControlPlane() {
-		// The member names are known only once the volumes phase has claimed its
-		// volumes, so the health phase is built when it runs.
-		ps.phases = append(ps.phases, &lazyPhase{name: "etcd-health", build: func() bootstrap.Phase {
-			return etcd.NewHealthPhase(etcdHealthOptions(o, n, ps))
-		}})
+		ps.phases = append(ps.phases, etcd.NewHealthPhase(etcdHealthOptions(o, n)))
+	} else {
+		ps.phases = append(ps.phases, daemonPhase)
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, fmt.Errorf("locate own binary: %w", err)
-	}
-	ps.phases = append(ps.phases, systemd.NewUnitSetPhase("nodeagent-service", systemd.UnitSet{
-		Root: o.Root, Files: []systemd.File{systemd.NodeagentUnit(exe)}, Enable: []string{"nodeagent.service"},
-		Start: []string{"nodeagent.service"}, Systemd: connect, Log: log,
-	}))
 
 	ps.readiness = &readinessPhase{
 		store: o.store(), hook: spec.Readiness.LifecycleHook, instanceID: n.Identity.InstanceID, log: log,
@@ -135,30 +137,6 @@ func buildPhases(ctx context.Context, o Options, n *Node) (*phaseSet, error) {
 	}
 	ps.phases = append(ps.phases, ps.readiness)
 	return ps, nil
-}
-
-// etcdMembers tells the manifests phase which member of each etcd cluster this node
-// is, from the volumes it claimed.
-func (ps *phaseSet) etcdMembers() []manifests.EtcdMember {
-	if ps.volumes == nil {
-		return nil
-	}
-	var out []manifests.EtcdMember
-	for _, c := range ps.volumes.Claims() {
-		out = append(out, manifests.EtcdMember{Cluster: c.EtcdCluster, Member: c.Member, Members: c.Members, DataDir: c.MountPoint})
-	}
-	return out
-}
-
-func (ps *phaseSet) etcdMemberNames() map[string]string {
-	if ps.volumes == nil {
-		return nil
-	}
-	out := map[string]string{}
-	for _, c := range ps.volumes.Claims() {
-		out[c.EtcdCluster] = c.Member
-	}
-	return out
 }
 
 // readyChecks are the conditions of readiness: managed units active, kubelet healthy.
@@ -185,27 +163,18 @@ func (ps *phaseSet) readyChecks(connect func(context.Context) (*systemd.Manager,
 	}
 }
 
-// etcdHealthOptions points the health phase at this node's local members.
-func etcdHealthOptions(o Options, n *Node, ps *phaseSet) etcd.HealthOptions {
-	return etcd.HealthOptions{
-		Root: o.Root, Log: o.log(),
-		Clusters: ps.localEtcdMembers(n),
-		TLS:      func(cluster string) (*tls.Config, error) { return pki.ClientTLS(o.Root, cluster) },
-	}
-}
-
-// localEtcdMembers lists this node's members with their local client URLs. The
-// member names come from the claimed volumes, so it is evaluated when called.
-func (ps *phaseSet) localEtcdMembers(n *Node) []etcd.Member {
-	names := ps.etcdMemberNames()
-	var out []etcd.Member
-	if n.Config.Spec.Etcd == nil {
-		return nil
+// etcdHealthOptions points the health phase at this node's local members; their
+// names come from the run's facts.
+func etcdHealthOptions(o Options, n *Node) etcd.HealthOptions {
+	ho := etcd.HealthOptions{
+		Root: o.Root, Log: o.log(), ClusterName: n.Config.Spec.Cluster.Name, PeerPorts: map[string]int{},
+		TLS: func(cluster string) (*tls.Config, error) { return pki.ClientTLS(o.Root, cluster) },
 	}
 	for _, c := range n.Config.Spec.Etcd.Clusters {
-		out = append(out, etcd.Member{Cluster: c.Name, Name: names[c.Name], ClientURL: fmt.Sprintf("https://127.0.0.1:%d", c.ClientPort)})
+		ho.Clusters = append(ho.Clusters, etcd.Member{Cluster: c.Name, ClientURL: fmt.Sprintf("https://127.0.0.1:%d", c.ClientPort)})
+		ho.PeerPorts[c.Name] = c.PeerPort
 	}
-	return out
+	return ho
 }
 
 // caSourceFor picks where the cluster CA comes from: a file named in the config,
@@ -244,32 +213,4 @@ func (c *storeCA) Load(ctx context.Context) ([]byte, []byte, error) {
 	}
 	c.cert, c.key, c.at = cert, key, time.Now()
 	return cert, key, nil
-}
-
-// lazyPhase builds its phase from state that earlier phases produce, each time it
-// is asked, so a re-run sees the current claims.
-type lazyPhase struct {
-	name  string
-	build func() bootstrap.Phase
-	last  bootstrap.Phase
-}
-
-func (p *lazyPhase) Name() string { return p.name }
-
-func (p *lazyPhase) phase() bootstrap.Phase {
-	p.last = p.build()
-	return p.last
-}
-
-func (p *lazyPhase) Check(ctx context.Context) ([]bootstrap.Change, error) {
-	return p.phase().Check(ctx)
-}
-func (p *lazyPhase) Act(ctx context.Context) error    { return p.phase().Act(ctx) }
-func (p *lazyPhase) Verify(ctx context.Context) error { return p.phase().Verify(ctx) }
-
-// Report passes the built phase's results on to the state file.
-func (p *lazyPhase) Report(st *bootstrap.State) {
-	if r, ok := p.last.(bootstrap.Reporter); ok {
-		r.Report(st)
-	}
 }

@@ -28,7 +28,15 @@ type readinessPhase struct {
 	instanceID string
 	asg        func() (cloud.AutoScalingAPI, error)
 	log        *slog.Logger
+	// heartbeatEvery spaces the hook heartbeats of a node that is waiting
+	// (default defaultHeartbeatEvery); lastHeartbeat is the daemon's last one.
+	heartbeatEvery time.Duration
+	lastHeartbeat  time.Time
 }
+
+// defaultHeartbeatEvery is well inside Auto Scaling's shortest useful heartbeat
+// timeout (the default hook timeout is one hour, the minimum 30 s).
+const defaultHeartbeatEvery = 20 * time.Second
 
 func (p *readinessPhase) Name() string { return "readiness" }
 
@@ -152,6 +160,16 @@ func (p *readinessPhase) abandon(ctx context.Context, cause error) {
 	})
 }
 
+// wait records that the node is not ready because it waits on something outside
+// itself; the lifecycle action stays pending.
+func (p *readinessPhase) wait(cause error) {
+	if _, err := p.store.Update(func(st *bootstrap.State) {
+		st.Readiness = bootstrap.ReadinessStatus{Ready: false, Reason: cause.Error(), CheckedAt: time.Now().UTC(), Lifecycle: st.Readiness.Lifecycle}
+	}); err != nil {
+		p.log.Error("record readiness", "err", err)
+	}
+}
+
 // phasesDone is the first condition of readiness: every phase before readiness
 // finished its last run.
 func phasesDone(store bootstrap.StateStore) func(context.Context) error {
@@ -170,6 +188,59 @@ func phasesDone(store bootstrap.StateStore) func(context.Context) error {
 		}
 		return nil
 	}
+}
+
+// followLifecycle is the daemon's part of the launch hook, for a node whose
+// bootstrap ended before it was ready (a master that waited for its peers longer
+// than bootstrap does): once ready it completes the action with CONTINUE; until
+// then it heartbeats the action so the group does not time the launch out. The
+// caller holds the run lock, so bootstrap's readiness phase and this never both
+// complete the action.
+func (p *readinessPhase) followLifecycle(ctx context.Context, rs bootstrap.ReadinessStatus) {
+	if p.hook == "" || rs.Lifecycle != "" {
+		return
+	}
+	if !rs.Ready {
+		p.heartbeat(ctx)
+		return
+	}
+	if err := p.completeLifecycle(ctx, cloud.LifecycleContinue); err != nil {
+		p.log.Error("could not complete lifecycle action", "hook", p.hook, "err", err)
+		return
+	}
+	p.log.Info("lifecycle action completed", "hook", p.hook, "result", cloud.LifecycleContinue)
+	if _, err := p.store.Update(func(st *bootstrap.State) { st.Readiness.Lifecycle = cloud.LifecycleContinue }); err != nil {
+		p.log.Error("record lifecycle result", "err", err)
+	}
+}
+
+// heartbeat extends a pending launch action, at most every heartbeatEvery. The
+// daemon calls it while the node is not ready, whether or not a run is going on.
+func (p *readinessPhase) heartbeat(ctx context.Context) {
+	if p.hook == "" {
+		return
+	}
+	every := p.heartbeatEvery
+	if every <= 0 {
+		every = defaultHeartbeatEvery
+	}
+	if time.Since(p.lastHeartbeat) < every {
+		return
+	}
+	st, err := p.store.Load()
+	if err != nil || st.Readiness.Lifecycle != "" {
+		return // completed (or unreadable state: the next tick tries again)
+	}
+	client, err := p.asg()
+	if err == nil {
+		err = cloud.RecordLifecycleActionHeartbeat(ctx, client, p.hook, p.instanceID)
+	}
+	if err != nil {
+		p.log.Warn("lifecycle heartbeat failed", "hook", p.hook, "err", err)
+		return
+	}
+	p.lastHeartbeat = time.Now()
+	p.log.Info("lifecycle action heartbeat: node not ready yet", "hook", p.hook)
 }
 
 func (p *readinessPhase) completeLifecycle(ctx context.Context, result string) error {

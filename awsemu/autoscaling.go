@@ -3,6 +3,7 @@ package awsemu
 import (
 	"encoding/xml"
 	"net/http"
+	"slices"
 	"strings"
 )
 
@@ -55,6 +56,8 @@ func (e *Emulator) serveAutoScaling(w http.ResponseWriter, req *request) *apiErr
 		resp, aerr = e.describeAutoScalingInstances(req)
 	case "CompleteLifecycleAction":
 		resp, aerr = e.completeLifecycleAction(req)
+	case "RecordLifecycleActionHeartbeat":
+		resp, aerr = e.recordLifecycleActionHeartbeat(req)
 	case "":
 		return errorf(400, "MissingAction", "The request must contain the parameter Action")
 	default:
@@ -133,41 +136,82 @@ const (
 	LifecycleAbandon  = "ABANDON"
 )
 
-func (e *Emulator) completeLifecycleAction(req *request) (any, *apiError) {
+type recordLifecycleActionHeartbeatResponse struct {
+	XMLName  xml.Name         `xml:"RecordLifecycleActionHeartbeatResponse"`
+	Xmlns    string           `xml:"xmlns,attr"`
+	Result   struct{}         `xml:"RecordLifecycleActionHeartbeatResult"`
+	Metadata responseMetadata `xml:"ResponseMetadata"`
+}
+
+// recordLifecycleActionHeartbeat extends a pending launch action; it is counted
+// per instance (HeartbeatCount) so tests can see a waiting master heartbeat.
+func (e *Emulator) recordLifecycleActionHeartbeat(req *request) (any, *apiError) {
 	f := req.form
-	group, hook, result := f.Get("AutoScalingGroupName"), f.Get("LifecycleHookName"), f.Get("LifecycleActionResult")
-	iid, token := f.Get("InstanceId"), f.Get("LifecycleActionToken")
-	for _, p := range [][2]string{{"AutoScalingGroupName", group}, {"LifecycleHookName", hook}, {"LifecycleActionResult", result}} {
+	group, hook, iid := f.Get("AutoScalingGroupName"), f.Get("LifecycleHookName"), f.Get("InstanceId")
+	if aerr := requireLifecycleParams(group, hook, iid, f.Get("LifecycleActionToken"), [2]string{}); aerr != nil {
+		return nil, aerr
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if aerr := e.pendingActionLocked(group, hook, iid); aerr != nil {
+		return nil, aerr
+	}
+	e.heartbeats[iid]++
+	return recordLifecycleActionHeartbeatResponse{Xmlns: autoScalingXMLNS, Metadata: responseMetadata{req.id}}, nil
+}
+
+// requireLifecycleParams checks what both lifecycle calls need, as Auto Scaling
+// words it; extra is one more required parameter (name, value), if any.
+func requireLifecycleParams(group, hook, iid, token string, extra [2]string) *apiError {
+	params := [][2]string{{"AutoScalingGroupName", group}, {"LifecycleHookName", hook}}
+	if extra[0] != "" {
+		params = append(params, extra)
+	}
+	for _, p := range params {
 		if p[1] == "" {
-			return nil, errorf(400, "ValidationError", "1 validation error detected: Value null at '%s' failed to satisfy constraint: Member must not be null", lowerFirst(p[0]))
+			return errorf(400, "ValidationError", "1 validation error detected: Value null at '%s' failed to satisfy constraint: Member must not be null", lowerFirst(p[0]))
 		}
 	}
 	if iid == "" && token == "" {
-		return nil, errorf(400, "ValidationError", "Either InstanceId or LifecycleActionToken must be specified")
+		return errorf(400, "ValidationError", "Either InstanceId or LifecycleActionToken must be specified")
+	}
+	if iid == "" {
+		// Tokens are not modelled: the instance id is the only handle the agent uses.
+		return errorf(400, "ValidationError", "No active Lifecycle Action found with token %s", token)
+	}
+	return nil
+}
+
+// pendingActionLocked finds the instance's pending action for hook; e.mu is held.
+func (e *Emulator) pendingActionLocked(group, hook, iid string) *apiError {
+	hooks, ok := e.hooks[group]
+	if !ok && !e.groupExists(group) {
+		return errorf(400, "ValidationError", "AutoScalingGroup name not found - AutoScalingGroup %s not found", group)
+	}
+	if !slices.Contains(hooks, hook) {
+		return errorf(400, "ValidationError", "No Lifecycle Hook found with name %s for group %s", hook, group)
+	}
+	in, ok := e.instances[iid]
+	if !ok || in.AutoScalingGroup != group || e.hookDone[iid+"/"+hook] || e.lifecycle[iid] == LifecycleAbandon {
+		return errorf(400, "ValidationError", "No active Lifecycle Action found with instance ID %s", iid)
+	}
+	return nil
+}
+
+func (e *Emulator) completeLifecycleAction(req *request) (any, *apiError) {
+	f := req.form
+	group, hook, result := f.Get("AutoScalingGroupName"), f.Get("LifecycleHookName"), f.Get("LifecycleActionResult")
+	iid := f.Get("InstanceId")
+	if aerr := requireLifecycleParams(group, hook, iid, f.Get("LifecycleActionToken"), [2]string{"LifecycleActionResult", result}); aerr != nil {
+		return nil, aerr
 	}
 	if result != LifecycleContinue && result != LifecycleAbandon {
 		return nil, errorf(400, "ValidationError", "Lifecycle action result must be CONTINUE or ABANDON, not %q", result)
 	}
-	if iid == "" {
-		// Tokens are not modelled: the instance id is the only handle the agent uses.
-		return nil, errorf(400, "ValidationError", "No active Lifecycle Action found with token %s", token)
-	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	hooks, ok := e.hooks[group]
-	if !ok && !e.groupExists(group) {
-		return nil, errorf(400, "ValidationError", "AutoScalingGroup name not found - AutoScalingGroup %s not found", group)
-	}
-	found := false
-	for _, h := range hooks {
-		found = found || h == hook
-	}
-	if !found {
-		return nil, errorf(400, "ValidationError", "No Lifecycle Hook found with name %s for group %s", hook, group)
-	}
-	in, ok := e.instances[iid]
-	if !ok || in.AutoScalingGroup != group || e.hookDone[iid+"/"+hook] || e.lifecycle[iid] == LifecycleAbandon {
-		return nil, errorf(400, "ValidationError", "No active Lifecycle Action found with instance ID %s", iid)
+	if aerr := e.pendingActionLocked(group, hook, iid); aerr != nil {
+		return nil, aerr
 	}
 	e.hookDone[iid+"/"+hook] = true
 	e.lifecycle[iid] = result

@@ -43,6 +43,7 @@ type Emulator struct {
 	buckets       map[string]map[string]*object
 	hooks         map[string][]string // group -> launch hook names
 	lifecycle     map[string]string   // instance -> CONTINUE/ABANDON
+	heartbeats    map[string]int      // instance -> RecordLifecycleActionHeartbeat calls
 	hookDone      map[string]bool     // instance + "/" + hook
 	faults        map[string]Faults
 	rng           *rand.Rand
@@ -95,6 +96,7 @@ func New(w *World, o Options) (_ *Emulator, err error) {
 		buckets:       map[string]map[string]*object{},
 		hooks:         map[string][]string{},
 		lifecycle:     map[string]string{},
+		heartbeats:    map[string]int{},
 		hookDone:      map[string]bool{},
 		faults:        map[string]Faults{},
 		rng:           rand.New(rand.NewPCG(uint64(o.Seed), uint64(o.Seed)^0x9e3779b97f4a7c15)),
@@ -366,6 +368,13 @@ func (e *Emulator) AddInstance(in Instance) {
 	if err := e.addInstance(in); err != nil {
 		e.log.Error("add instance", "err", err)
 	}
+}
+
+// Heartbeats returns how often an instance heartbeated its pending launch action.
+func (e *Emulator) Heartbeats(instanceID string) int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.heartbeats[instanceID]
 }
 
 // LifecycleResults returns the lifecycle action result each instance completed.

@@ -7,7 +7,11 @@
 // re-running after a crash or a reboot converges instead of starting over.
 package bootstrap
 
-import "context"
+import (
+	"context"
+	"errors"
+	"fmt"
+)
 
 // Change is one thing a phase would do to the host; `nodeagent plan` prints them.
 type Change struct {
@@ -41,4 +45,26 @@ type Phase interface {
 // (volumes, units, manifests). Report is called after the phase ends, done or not.
 type Reporter interface {
 	Report(st *State)
+}
+
+// WaitError is how a phase says it cannot finish yet because it waits on
+// something outside this node (a master on its peers for etcd quorum), not
+// because something here is broken. The runner records the phase as waiting, not
+// failed; `bootstrap` does not abandon the launch for it, and the daemon keeps
+// trying.
+type WaitError struct {
+	Reason string
+}
+
+func (e *WaitError) Error() string { return "waiting: " + e.Reason }
+
+// Waiting wraps a reason as a WaitError.
+func Waiting(format string, args ...any) error {
+	return &WaitError{Reason: fmt.Sprintf(format, args...)}
+}
+
+// IsWaiting reports whether err (or what it wraps) is a WaitError.
+func IsWaiting(err error) bool {
+	var w *WaitError
+	return errors.As(err, &w)
 }

@@ -39,7 +39,11 @@ func (r *Runner) Run(ctx context.Context, phases []Phase) error {
 	}
 	defer unlock()
 	start := now()
+	var facts Facts
 	if _, err := r.Store.Update(func(st *State) {
+		// What earlier runs learned (the volumes this node claimed) is where this
+		// run starts; a phase that learns otherwise overwrites it.
+		facts = st.Facts.Clone()
 		st.Node = mergeNode(st.Node, r.Node)
 		st.ConfigHash = r.ConfigHash
 		st.StartedAt = start
@@ -54,7 +58,7 @@ func (r *Runner) Run(ctx context.Context, phases []Phase) error {
 	}
 
 	for _, p := range phases {
-		ps := r.runPhase(ctx, p, log)
+		ps := r.runPhase(ctx, p, &facts, log)
 		if r.Observe != nil {
 			r.Observe(ps)
 		}
@@ -62,16 +66,20 @@ func (r *Runner) Run(ctx context.Context, phases []Phase) error {
 			if cur := st.Phase(ps.Name); cur != nil {
 				*cur = ps
 			}
+			st.Facts = facts.Clone()
 			if rep, ok := p.(Reporter); ok {
 				rep.Report(st)
 			}
-			if ps.State == PhaseFailed {
+			if ps.State == PhaseFailed || ps.State == PhaseWaiting {
 				st.Error = "phase " + ps.Name + ": " + firstLine(ps.Error)
 				st.FinishedAt = now()
 			}
 		})
-		if ps.State == PhaseFailed {
+		switch ps.State {
+		case PhaseFailed:
 			return &PhaseError{Phase: ps.Name, Message: ps.Error}
+		case PhaseWaiting:
+			return &PhaseError{Phase: ps.Name, Message: ps.Error, Waiting: true}
 		}
 		if werr != nil {
 			return werr
@@ -82,7 +90,7 @@ func (r *Runner) Run(ctx context.Context, phases []Phase) error {
 	return err
 }
 
-func (r *Runner) runPhase(ctx context.Context, p Phase, log *slog.Logger) PhaseStatus {
+func (r *Runner) runPhase(ctx context.Context, p Phase, facts *Facts, log *slog.Logger) PhaseStatus {
 	now := r.clock()
 	ps := PhaseStatus{Name: p.Name(), State: PhaseRunning, Started: now()}
 	_, _ = r.Store.Update(func(st *State) {
@@ -95,13 +103,22 @@ func (r *Runner) runPhase(ctx context.Context, p Phase, log *slog.Logger) PhaseS
 		ps.State = PhaseFailed
 		ps.Error = step + ": " + err.Error()
 		ps.Duration = Duration(now().Sub(ps.Started))
+		if IsWaiting(err) {
+			ps.State = PhaseWaiting
+			log.Warn("phase waiting", "step", step, "reason", err, "duration", time.Duration(ps.Duration).Round(time.Millisecond))
+			return ps
+		}
 		log.Error("phase failed", "step", step, "err", err, "duration", time.Duration(ps.Duration).Round(time.Millisecond))
 		return ps
 	}
 	if err := ctx.Err(); err != nil {
 		return fail("start", err)
 	}
+	if c, ok := p.(FactConsumer); ok {
+		c.UseFacts(facts.Clone())
+	}
 	changes, err := p.Check(ctx)
+	learn(p, facts)
 	if err != nil {
 		return fail("check", err)
 	}
@@ -113,7 +130,9 @@ func (r *Runner) runPhase(ctx context.Context, p Phase, log *slog.Logger) PhaseS
 			return fail("act", err)
 		}
 	}
-	if err := p.Verify(ctx); err != nil {
+	err = p.Verify(ctx)
+	learn(p, facts)
+	if err != nil {
 		return fail("verify", err)
 	}
 	if w, ok := p.(Warner); ok {
@@ -128,6 +147,13 @@ func (r *Runner) runPhase(ctx context.Context, p Phase, log *slog.Logger) PhaseS
 	return ps
 }
 
+// learn lets a producing phase add what it found to the run's facts.
+func learn(p Phase, facts *Facts) {
+	if fp, ok := p.(FactProducer); ok {
+		fp.LearnFacts(facts)
+	}
+}
+
 // PlannedPhase is what one phase would change.
 type PlannedPhase struct {
 	Name    string   `json:"name"`
@@ -137,10 +163,15 @@ type PlannedPhase struct {
 
 // Plan runs every phase's Check and changes nothing. A phase whose check fails is
 // reported with its error and the plan goes on, so one problem does not hide others.
-func Plan(ctx context.Context, phases []Phase) []PlannedPhase {
+// facts are what earlier runs recorded; what the checks find is passed on as in Run.
+func Plan(ctx context.Context, phases []Phase, facts Facts) []PlannedPhase {
 	out := make([]PlannedPhase, 0, len(phases))
 	for _, p := range phases {
+		if c, ok := p.(FactConsumer); ok {
+			c.UseFacts(facts.Clone())
+		}
 		changes, err := p.Check(ctx)
+		learn(p, &facts)
 		pp := PlannedPhase{Name: p.Name(), Changes: changes}
 		if err != nil {
 			pp.Error = err.Error()
@@ -154,9 +185,19 @@ func Plan(ctx context.Context, phases []Phase) []PlannedPhase {
 type PhaseError struct {
 	Phase   string
 	Message string
+	// Waiting: the phase waits on something outside this node (WaitError).
+	Waiting bool
 }
 
 func (e *PhaseError) Error() string { return "phase " + e.Phase + ": " + firstLine(e.Message) }
+
+// Unwrap lets IsWaiting see through a waiting phase's error.
+func (e *PhaseError) Unwrap() error {
+	if e.Waiting {
+		return &WaitError{Reason: e.Message}
+	}
+	return nil
+}
 
 // IsPhaseError reports whether err is a failed phase.
 func IsPhaseError(err error) bool {

@@ -112,7 +112,7 @@ func TestRunnerStopsAtFailureAndResumes(t *testing.T) {
 func TestPlanChangesNothing(t *testing.T) {
 	var a string
 	p := &filePhase{name: "a", have: &a, want: "A"}
-	plan := Plan(context.Background(), []Phase{p})
+	plan := Plan(context.Background(), []Phase{p}, Facts{})
 	if len(plan) != 1 || len(plan[0].Changes) != 1 || p.acts != 0 || a != "" {
 		t.Fatalf("plan = %+v, acts = %d", plan, p.acts)
 	}

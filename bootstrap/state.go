@@ -29,6 +29,9 @@ const (
 	PhaseDone    PhaseState = "done"
 	PhaseFailed  PhaseState = "failed"
 	PhaseSkipped PhaseState = "skipped"
+	// PhaseWaiting: the phase could not finish because it waits on something
+	// outside this node (see WaitError); the daemon keeps trying.
+	PhaseWaiting PhaseState = "waiting"
 )
 
 // State is what happened on this node; it is written atomically after every phase.
@@ -46,6 +49,8 @@ type State struct {
 	Manifests []ManifestStatus `json:"manifests,omitempty"`
 	Assets    []AssetStatus    `json:"assets,omitempty"`
 	Readiness ReadinessStatus  `json:"readiness"`
+	// Facts are what the phases learned about this node (see Facts).
+	Facts Facts `json:"facts,omitzero"`
 }
 
 // NodeInfo identifies the node.

@@ -19,22 +19,16 @@ const (
 type AutoScalingAPI interface {
 	DescribeAutoScalingInstances(context.Context, *autoscaling.DescribeAutoScalingInstancesInput, ...func(*autoscaling.Options)) (*autoscaling.DescribeAutoScalingInstancesOutput, error)
 	CompleteLifecycleAction(context.Context, *autoscaling.CompleteLifecycleActionInput, ...func(*autoscaling.Options)) (*autoscaling.CompleteLifecycleActionOutput, error)
+	RecordLifecycleActionHeartbeat(context.Context, *autoscaling.RecordLifecycleActionHeartbeatInput, ...func(*autoscaling.Options)) (*autoscaling.RecordLifecycleActionHeartbeatOutput, error)
 }
 
 // CompleteLifecycleAction tells Auto Scaling the instance finished (CONTINUE) or
 // failed (ABANDON) its launch. The group is looked up from the instance id, so the
 // config only has to name the hook.
 func CompleteLifecycleAction(ctx context.Context, c AutoScalingAPI, hook, instanceID, result string) error {
-	out, err := c.DescribeAutoScalingInstances(ctx, &autoscaling.DescribeAutoScalingInstancesInput{InstanceIds: []string{instanceID}})
+	group, err := groupOf(ctx, c, hook, instanceID)
 	if err != nil {
-		return fmt.Errorf("lifecycle hook %s: find group of %s: %w", hook, instanceID, err)
-	}
-	if len(out.AutoScalingInstances) == 0 {
-		return fmt.Errorf("lifecycle hook %s: %s is in no Auto Scaling group", hook, instanceID)
-	}
-	group := aws.ToString(out.AutoScalingInstances[0].AutoScalingGroupName)
-	if group == "" {
-		return errors.New("lifecycle hook " + hook + ": Auto Scaling returned an empty group name")
+		return err
 	}
 	_, err = c.CompleteLifecycleAction(ctx, &autoscaling.CompleteLifecycleActionInput{
 		AutoScalingGroupName:  aws.String(group),
@@ -46,4 +40,40 @@ func CompleteLifecycleAction(ctx context.Context, c AutoScalingAPI, hook, instan
 		return fmt.Errorf("lifecycle hook %s: complete %s for %s in %s: %w", hook, result, instanceID, group, err)
 	}
 	return nil
+}
+
+// RecordLifecycleActionHeartbeat extends the instance's pending launch action, so
+// a node that is waiting for something outside itself (a master for its peers)
+// is not timed out by the hook while it waits.
+func RecordLifecycleActionHeartbeat(ctx context.Context, c AutoScalingAPI, hook, instanceID string) error {
+	group, err := groupOf(ctx, c, hook, instanceID)
+	if err != nil {
+		return err
+	}
+	_, err = c.RecordLifecycleActionHeartbeat(ctx, &autoscaling.RecordLifecycleActionHeartbeatInput{
+		AutoScalingGroupName: aws.String(group),
+		LifecycleHookName:    aws.String(hook),
+		InstanceId:           aws.String(instanceID),
+	})
+	if err != nil {
+		return fmt.Errorf("lifecycle hook %s: heartbeat for %s in %s: %w", hook, instanceID, group, err)
+	}
+	return nil
+}
+
+// groupOf looks up the instance's Auto Scaling group, so the config only has to
+// name the hook.
+func groupOf(ctx context.Context, c AutoScalingAPI, hook, instanceID string) (string, error) {
+	out, err := c.DescribeAutoScalingInstances(ctx, &autoscaling.DescribeAutoScalingInstancesInput{InstanceIds: []string{instanceID}})
+	if err != nil {
+		return "", fmt.Errorf("lifecycle hook %s: find group of %s: %w", hook, instanceID, err)
+	}
+	if len(out.AutoScalingInstances) == 0 {
+		return "", fmt.Errorf("lifecycle hook %s: %s is in no Auto Scaling group", hook, instanceID)
+	}
+	group := aws.ToString(out.AutoScalingInstances[0].AutoScalingGroupName)
+	if group == "" {
+		return "", errors.New("lifecycle hook " + hook + ": Auto Scaling returned an empty group name")
+	}
+	return group, nil
 }

@@ -55,7 +55,7 @@ func issue(t *testing.T, name, member string, clientPort, peerPort int) fsutil.R
 		Root: root, CA: staticCA{caCert, caKey}, ClusterName: "test.example.com", NodeName: "cp-1",
 		NodeIP: net.ParseIP("192.0.2.10"), Role: config.RoleControlPlane,
 		EtcdClusters: []config.EtcdCluster{{Name: name, ClientPort: clientPort, PeerPort: peerPort}},
-		EtcdMember:   func() map[string]string { return map[string]string{name: member} },
+		EtcdMember:   map[string]string{name: member},
 	})
 	ctx := context.Background()
 	if _, err := ph.Check(ctx); err != nil {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/url"
 	"slices"
@@ -20,6 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/nodeagent/nodeagent/bootstrap"
+	"github.com/nodeagent/nodeagent/config"
 	"github.com/nodeagent/nodeagent/internal/fsutil"
 )
 
@@ -34,6 +36,9 @@ type Member struct {
 	Cluster   string // etcd cluster name: main, events
 	Name      string // this node's member name in that cluster
 	ClientURL string // https://127.0.0.1:<clientPort>
+	// Peers are the other members' peer addresses (host:port by gossip name),
+	// dialled only to say which peers a member without quorum is waiting for.
+	Peers map[string]string `json:"peers,omitempty"`
 }
 
 // HealthOptions configure the etcd-health phase.
@@ -49,6 +54,11 @@ type HealthOptions struct {
 	// ProbeTimeout bounds one probe of one member (default 5s); it is what Check
 	// costs when a member is down.
 	ProbeTimeout time.Duration
+	// PeerPorts are the etcd clusters' peer ports, by cluster name; with them the
+	// phase names the peers a member without quorum waits for.
+	PeerPorts map[string]int
+	// ClusterName is the Kubernetes cluster's name (for the peers' gossip names).
+	ClusterName string
 }
 
 // Health is what one member says about itself and its cluster.
@@ -125,6 +135,9 @@ type MemberHealth struct {
 	Member
 	Health Health `json:"health"`
 	Err    string `json:"error,omitempty"`
+	// local: the failure is this node's own (the member is not running or
+	// refuses us), not a missing quorum.
+	local bool
 }
 
 // HealthPhase is the "etcd-health" phase.
@@ -153,6 +166,43 @@ var _ bootstrap.Phase = (*HealthPhase)(nil)
 
 func (p *HealthPhase) Name() string { return "etcd-health" }
 
+var _ bootstrap.FactConsumer = (*HealthPhase)(nil)
+
+// UseFacts takes this node's member names, and their peers, from the run's facts.
+func (p *HealthPhase) UseFacts(f bootstrap.Facts) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i := range p.o.Clusters {
+		m := &p.o.Clusters[i]
+		fact, ok := f.EtcdMember(m.Cluster)
+		if !ok {
+			continue
+		}
+		m.Name = fact.Member
+		m.Peers = nil
+		if port := p.o.PeerPorts[m.Cluster]; port != 0 && p.o.ClusterName != "" {
+			m.Peers = map[string]string{}
+			for _, peer := range fact.Members {
+				if peer != fact.Member {
+					m.Peers[peer] = net.JoinHostPort(config.EtcdMemberHost(m.Cluster, peer, p.o.ClusterName), strconv.Itoa(port))
+				}
+			}
+		}
+	}
+}
+
+func (p *HealthPhase) members() []Member {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.o.Clusters)
+}
+
+// MemberHealth.Waiting: why a member that answers cannot be healthy yet.
+// A member is waiting (not failed) when its etcd runs but has no leader, or does
+// not serve clients yet because it has not joined a quorum: both are what a master
+// sees until enough of its peers are up.
+func waitingForQuorum(r MemberHealth) bool { return r.Err != "" && !r.local }
+
 // Results returns the outcome of the last probe of each member.
 func (p *HealthPhase) Results() []MemberHealth {
 	p.mu.Lock()
@@ -172,6 +222,9 @@ func (p *HealthPhase) Check(ctx context.Context) ([]bootstrap.Change, error) {
 }
 
 // Act waits, with backoff, until every member is healthy or the timeout passes.
+// Running out of time while a member only lacks quorum is a WaitError (the
+// master waits for its peers; the daemon keeps waiting), while a member that
+// never came up, or that this node cannot talk to, is a failure.
 func (p *HealthPhase) Act(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, p.o.Timeout)
 	defer cancel()
@@ -179,9 +232,11 @@ func (p *HealthPhase) Act(ctx context.Context) error {
 	for {
 		res := p.probeAll(ctx)
 		var bad []string
+		waiting := true
 		for _, r := range res {
 			if r.Err != "" {
 				bad = append(bad, r.Cluster+": "+r.Err)
+				waiting = waiting && waitingForQuorum(r)
 			}
 		}
 		if len(bad) == 0 {
@@ -192,6 +247,9 @@ func (p *HealthPhase) Act(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			t.Stop()
+			if waiting {
+				return bootstrap.Waiting("etcd has no quorum yet: %s", strings.Join(bad, "; "))
+			}
 			return fmt.Errorf("etcd not healthy after %s: %s", p.o.Timeout, strings.Join(bad, "; "))
 		case <-t.C:
 		}
@@ -219,12 +277,18 @@ func (p *HealthPhase) Verify(ctx context.Context) error {
 }
 
 func (p *HealthPhase) probeAll(ctx context.Context) []MemberHealth {
-	res := make([]MemberHealth, 0, len(p.o.Clusters))
-	for _, m := range p.o.Clusters {
+	members := p.members()
+	res := make([]MemberHealth, 0, len(members))
+	for _, m := range members {
 		h, err := p.probe(ctx, m)
 		r := MemberHealth{Member: m, Health: h}
 		if err != nil {
 			r.Err = err.Error()
+			var pe *probeError
+			r.local = errors.As(err, &pe) && pe.local
+			if !r.local {
+				r.Err += p.peerReport(ctx, m)
+			}
 		}
 		res = append(res, r)
 	}
@@ -251,19 +315,59 @@ func (p *HealthPhase) probe(ctx context.Context, m Member) (Health, error) {
 	defer cancel()
 	h, err := Check(ctx, cli, m.ClientURL)
 	if err != nil {
+		if h.MemberID != "" {
+			// It answered: no leader, or alarms. No leader is a missing quorum;
+			// alarms (NOSPACE, CORRUPT) are this member's own.
+			return h, &probeError{err: err, local: len(h.Errors) > 0}
+		}
 		// The client retries until the deadline and then says only that; a
 		// single handshake tells the operator why (refused, untrusted, rejected).
-		if why := diagnose(m.ClientURL, tlsCfg, p.o.ProbeTimeout); why != "" {
+		// A member that accepts connections but does not answer has not joined a
+		// quorum yet (etcd serves clients only once it has); one that refuses
+		// them, or rejects our certificate, is broken here.
+		why := diagnose(m.ClientURL, tlsCfg, p.o.ProbeTimeout)
+		if why != "" {
 			err = fmt.Errorf("%w (%s)", err, why)
+			return h, &probeError{err: err, local: true}
 		}
-		return h, err
+		return h, &probeError{err: fmt.Errorf("%w (it accepts connections but does not answer: not serving clients until it has joined a quorum)", err)}
 	}
 	// A member answering under another name means the ports or data dirs are mixed
 	// up between clusters; that is not the member we are waiting for.
 	if m.Name != "" && h.Name != m.Name {
-		return h, fmt.Errorf("%s answers as member %q, want %q", m.ClientURL, h.Name, m.Name)
+		return h, &probeError{err: fmt.Errorf("%s answers as member %q, want %q", m.ClientURL, h.Name, m.Name), local: true}
 	}
 	return h, nil
+}
+
+// probeError says whether a probe failed for a reason of this node's own.
+type probeError struct {
+	err   error
+	local bool
+}
+
+func (e *probeError) Error() string { return e.err.Error() }
+func (e *probeError) Unwrap() error { return e.err }
+
+// peerReport says which of a member's peers answer on their peer port, for the
+// status of a master waiting for quorum: "; peers: b reachable, c unreachable
+// (dial tcp: lookup etcd-c.internal.x: no such host)".
+func (p *HealthPhase) peerReport(ctx context.Context, m Member) string {
+	if len(m.Peers) == 0 {
+		return ""
+	}
+	var parts []string
+	for _, name := range slices.Sorted(maps.Keys(m.Peers)) {
+		d := net.Dialer{Timeout: time.Second}
+		c, err := d.DialContext(ctx, "tcp", m.Peers[name])
+		if err != nil {
+			parts = append(parts, name+" unreachable ("+err.Error()+")")
+			continue
+		}
+		_ = c.Close() // a probe connection: nothing was sent, nothing to lose
+		parts = append(parts, name+" reachable")
+	}
+	return "; peers: " + strings.Join(parts, ", ")
 }
 
 // diagnose dials endpoint once with TLS and returns what went wrong, or "" when
@@ -280,6 +384,12 @@ func diagnose(endpoint string, tlsCfg *tls.Config, timeout time.Duration) string
 	d := &net.Dialer{Timeout: min(timeout, 2*time.Second)}
 	conn, err := tls.DialWithDialer(d, "tcp", u.Host, tlsCfg)
 	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			// Connected, but the handshake went unanswered: the listener is
+			// open and nobody serves it yet. Not a fault of this node.
+			return ""
+		}
 		return err.Error()
 	}
 	defer conn.Close()

@@ -223,7 +223,7 @@ func apiServerURL(spec config.Spec) (string, error) {
 		if spec.Cluster.Name == "" {
 			return "", errors.New("kubelet: neither spec.cluster.apiServer nor spec.cluster.name is set")
 		}
-		s = "api.internal." + spec.Cluster.Name + ":443"
+		s = config.APIInternalName(spec.Cluster.Name) + ":443"
 	}
 	if strings.Contains(s, "://") {
 		return s, nil

@@ -23,6 +23,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/nodeagent/nodeagent/config"
 	"github.com/nodeagent/nodeagent/internal/fsutil"
 	"github.com/nodeagent/nodeagent/manifests"
 )
@@ -54,11 +55,9 @@ func TestEtcdManifestsRunRealEtcd(t *testing.T) {
 	root := fsutil.Root(t.TempDir())
 	o := controlPlaneOptions()
 	o.Root = root
-	o.Etcd = func() []manifests.EtcdMember {
-		return []manifests.EtcdMember{
-			{Cluster: "main", Member: "b", Members: []string{"b"}, DataDir: "/mnt/master-vol-0main"},
-			{Cluster: "events", Member: "b", Members: []string{"b"}, DataDir: "/mnt/master-vol-0events"},
-		}
+	o.Etcd = []manifests.EtcdMember{
+		{Cluster: "main", Member: "b", Members: []string{"b"}, DataDir: "/mnt/master-vol-0main"},
+		{Cluster: "events", Member: "b", Members: []string{"b"}, DataDir: "/mnt/master-vol-0events"},
 	}
 
 	ca := newTestCA(t)
@@ -67,7 +66,7 @@ func TestEtcdManifestsRunRealEtcd(t *testing.T) {
 	hosts.WriteString("127.0.0.1 localhost\n")
 	clientCert, clientKey := ca.issue(t, root, "/client", "nodeagent-etcd-client", nil)
 	for _, cluster := range []string{"main", "events"} {
-		host := manifests.EtcdMemberHost(cluster, "b", clusterName)
+		host := config.EtcdMemberHost(cluster, "b", clusterName)
 		fmt.Fprintf(&hosts, "127.0.0.1 %s\n", host)
 		for _, kind := range []string{"server", "peer"} {
 			ca.issue(t, root, "/etc/kubernetes/pki/etcd/"+cluster+"/"+kind, host, []string{host, "localhost"})
@@ -75,7 +74,7 @@ func TestEtcdManifestsRunRealEtcd(t *testing.T) {
 	}
 	// Write the pods (and the data directories) as on a node, after the volumes
 	// phase mounted the volumes.
-	mountVolumes(t, root, o.Etcd())
+	mountVolumes(t, root, o.Etcd)
 	if err := manifests.NewPhase(o).Act(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -55,10 +55,10 @@ type Options struct {
 	Config   *config.NodeConfig
 	NodeName string
 	NodeIP   net.IP
-	// Etcd returns this node's etcd memberships. It is called each time the phase
-	// checks or acts, because they are only known after the volumes phase; nil on
-	// workers. A control plane without memberships is refused.
-	Etcd func() []EtcdMember
+	// Etcd are this node's etcd memberships; nil on workers. The phase takes them
+	// from the run's facts (the volumes phase learns them). A control plane
+	// without memberships is refused.
+	Etcd []EtcdMember
 	Log  *slog.Logger
 	// Dir is the static pod directory on the host; default DefaultDir.
 	Dir string

@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/nodeagent/nodeagent/bootstrap"
+	"github.com/nodeagent/nodeagent/config"
 	"github.com/nodeagent/nodeagent/internal/fsutil"
 )
 
@@ -41,9 +42,28 @@ type Phase struct{ o Options }
 func NewPhase(o Options) *Phase { return &Phase{o: o} }
 
 var (
-	_ bootstrap.Phase    = (*Phase)(nil)
-	_ bootstrap.Reporter = (*Phase)(nil)
+	_ bootstrap.Phase        = (*Phase)(nil)
+	_ bootstrap.Reporter     = (*Phase)(nil)
+	_ bootstrap.FactConsumer = (*Phase)(nil)
 )
+
+// UseFacts takes this node's etcd memberships from the run's facts (on a control
+// plane; a worker's phase has no etcd clusters to render).
+func (p *Phase) UseFacts(f bootstrap.Facts) {
+	if p.o.Config == nil || p.o.Config.Spec.Role != config.RoleControlPlane {
+		return
+	}
+	p.o.Etcd = MembersFromFacts(f)
+}
+
+// MembersFromFacts converts the facts' etcd memberships to render input.
+func MembersFromFacts(f bootstrap.Facts) []EtcdMember {
+	out := make([]EtcdMember, 0, len(f.EtcdMembers))
+	for _, m := range f.EtcdMembers {
+		out = append(out, EtcdMember{Cluster: m.Cluster, Member: m.Member, Members: m.Members, DataDir: m.MountPoint})
+	}
+	return out
+}
 
 // Name implements bootstrap.Phase.
 func (p *Phase) Name() string { return "manifests" }

@@ -33,7 +33,7 @@ func withRoot(t *testing.T, o manifests.Options) manifests.Options {
 	o.Root = fsutil.Root(t.TempDir())
 	o.Log = quiet
 	if o.Etcd != nil {
-		mountVolumes(t, o.Root, o.Etcd())
+		mountVolumes(t, o.Root, o.Etcd)
 	}
 	return o
 }
@@ -181,7 +181,7 @@ func TestPhaseRefusesUnmountedVolume(t *testing.T) {
 	o := controlPlaneOptions()
 	o.Root = fsutil.Root(t.TempDir())
 	o.Log = quiet
-	mountVolumes(t, o.Root, o.Etcd()[:1]) // main is there, events is not
+	mountVolumes(t, o.Root, o.Etcd[:1]) // main is there, events is not
 	p := manifests.NewPhase(o)
 	if _, err := p.Check(context.Background()); err == nil || !strings.Contains(err.Error(), "/mnt/master-vol-0events is not there (is the volume mounted?)") {
 		t.Fatalf("Check = %v", err)
@@ -387,7 +387,7 @@ func TestPhaseRepairsDrift(t *testing.T) {
 // known yet fails every step with the reason, and writes nothing.
 func TestPhaseRefusesBeforeVolumes(t *testing.T) {
 	o := withRoot(t, controlPlaneOptions())
-	o.Etcd = func() []manifests.EtcdMember { return nil }
+	o.Etcd = nil
 	p := manifests.NewPhase(o)
 	ctx := context.Background()
 	if _, err := p.Check(ctx); err == nil || !strings.Contains(err.Error(), "volumes phase") {
@@ -404,14 +404,17 @@ func TestPhaseRefusesBeforeVolumes(t *testing.T) {
 	}
 }
 
-// TestPhaseEtcdKnownLate: membership is read when the phase runs, not when it is
-// built, because the volumes phase before it fills it in.
+// TestPhaseEtcdKnownLate: membership comes from the run's facts, which the
+// volumes phase before it fills in, not from when the phase was built.
 func TestPhaseEtcdKnownLate(t *testing.T) {
 	o := withRoot(t, controlPlaneOptions())
-	var claims []manifests.EtcdMember
-	o.Etcd = func() []manifests.EtcdMember { return claims }
+	o.Etcd = nil
 	p := manifests.NewPhase(o)
-	claims = members("main", "events")()
+	claims := members("main", "events")
+	p.UseFacts(bootstrap.Facts{EtcdMembers: []bootstrap.EtcdMemberFact{
+		{Cluster: "main", Member: "b", Members: []string{"a", "b", "c"}, VolumeID: "vol-0main", MountPoint: "/mnt/master-vol-0main"},
+		{Cluster: "events", Member: "b", Members: []string{"a", "b", "c"}, VolumeID: "vol-0events", MountPoint: "/mnt/master-vol-0events"},
+	}})
 	mountVolumes(t, o.Root, claims)
 	actAndVerify(t, p)
 	if _, err := os.Stat(filepath.Join(manifestDir(o), "etcd-main.yaml")); err != nil {

@@ -55,15 +55,6 @@ const (
 // EtcdPodName is the static pod of one etcd cluster, e.g. etcd-main.
 func EtcdPodName(cluster string) string { return "etcd-" + cluster }
 
-// EtcdMemberHost is the name a member of an etcd cluster is reached at, as the
-// gossip ring publishes it: etcd-<member>.internal.<cluster> for main,
-// etcd-<etcd cluster>-<member>.internal.<cluster> for the others.
-func EtcdMemberHost(etcdCluster, member, clusterName string) string {
-	if etcdCluster == "main" {
-		return "etcd-" + member + ".internal." + clusterName
-	}
-	return "etcd-" + etcdCluster + "-" + member + ".internal." + clusterName
-}
 
 var (
 	dns1123Label = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
@@ -231,10 +222,7 @@ func resolveEtcd(o Options, e *config.Etcd, gossipPort int) ([]etcdInput, error)
 	if e != nil && len(e.Clusters) > 0 {
 		clusters = e.Clusters
 	}
-	var members []EtcdMember
-	if o.Etcd != nil {
-		members = o.Etcd()
-	}
+	members := o.Etcd
 	if len(members) == 0 {
 		return nil, errors.New("etcd membership of this node is unknown: the volumes phase must claim the etcd volumes first")
 	}
@@ -340,7 +328,7 @@ func checkMember(m EtcdMember) error {
 func (in *inputs) image(name, tag string) string { return in.registry + "/" + name + ":" + tag }
 
 func (in *inputs) etcdPod(e etcdInput) *corev1.Pod {
-	host := func(member string) string { return EtcdMemberHost(e.Cluster, member, in.clusterName) }
+	host := func(member string) string { return config.EtcdMemberHost(e.Cluster, member, in.clusterName) }
 	peers := make([]string, len(e.Members))
 	for i, m := range e.Members {
 		peers[i] = m + "=" + httpsURL(host(m), e.PeerPort)
@@ -414,7 +402,7 @@ func (in *inputs) apiserver() *corev1.Pod {
 		"kubelet-client-key":               paths.APIServerKubeletClientKey,
 		"kubelet-preferred-address-types":  "InternalIP,Hostname,ExternalIP",
 		"secure-port":                      strconv.Itoa(APIServerPort),
-		"service-account-issuer":           "https://api.internal." + in.clusterName,
+		"service-account-issuer":           "https://" + config.APIInternalName(in.clusterName),
 		"service-account-key-file":         paths.ServiceAccountPub,
 		"service-account-signing-key-file": paths.ServiceAccountKey,
 		"service-cluster-ip-range":         in.serviceCIDR,

@@ -25,14 +25,12 @@ var update = flag.Bool("update", false, "rewrite testdata/<case>/*.golden from t
 const clusterName = "proyecto.k8s.local"
 
 // members is this node's place in each etcd cluster: member b of a,b,c.
-func members(clusters ...string) func() []manifests.EtcdMember {
-	return func() []manifests.EtcdMember {
-		out := make([]manifests.EtcdMember, len(clusters))
-		for i, c := range clusters {
-			out[i] = manifests.EtcdMember{Cluster: c, Member: "b", Members: []string{"a", "b", "c"}, DataDir: "/mnt/master-vol-0" + c}
-		}
-		return out
+func members(clusters ...string) []manifests.EtcdMember {
+	out := make([]manifests.EtcdMember, len(clusters))
+	for i, c := range clusters {
+		out[i] = manifests.EtcdMember{Cluster: c, Member: "b", Members: []string{"a", "b", "c"}, DataDir: "/mnt/master-vol-0" + c}
 	}
+	return out
 }
 
 func controlPlaneOptions() manifests.Options {
@@ -195,7 +193,7 @@ func TestRenderControlPlaneWiring(t *testing.T) {
 		file := "etcd-" + cluster + ".yaml"
 		pod := decodeStrict(t, file, out[file])
 		cmd := pod.Spec.Containers[0].Command
-		host := func(m string) string { return manifests.EtcdMemberHost(cluster, m, clusterName) }
+		host := func(m string) string { return config.EtcdMemberHost(cluster, m, clusterName) }
 		initial := fmt.Sprintf("--initial-cluster=a=https://%s:%d,b=https://%s:%d,c=https://%s:%d",
 			host("a"), peerPort, host("b"), peerPort, host("c"), peerPort)
 		for _, want := range []string{
@@ -214,7 +212,7 @@ func TestRenderControlPlaneWiring(t *testing.T) {
 			t.Errorf("%s: data hostPath %s", file, got)
 		}
 	}
-	if got := manifests.EtcdMemberHost("events", "b", clusterName); got != "etcd-events-b.internal."+clusterName {
+	if got := config.EtcdMemberHost("events", "b", clusterName); got != "etcd-events-b.internal."+clusterName {
 		t.Errorf("events member host %s does not follow the gossip name etcd-events-<member>.internal.<cluster>", got)
 	}
 }
@@ -226,7 +224,7 @@ func TestRenderRefusesBadInput(t *testing.T) {
 		return o
 	}
 	withMembers := func(ms ...manifests.EtcdMember) func(o *manifests.Options) {
-		return func(o *manifests.Options) { o.Etcd = func() []manifests.EtcdMember { return ms } }
+		return func(o *manifests.Options) { o.Etcd = ms }
 	}
 	m := func(cluster, member string, all ...string) manifests.EtcdMember {
 		return manifests.EtcdMember{Cluster: cluster, Member: member, Members: all, DataDir: "/mnt/master-vol-1"}

@@ -36,7 +36,7 @@ func cpOptions(root fsutil.Root, ca CASource) Options {
 	return Options{
 		Root: root, CA: ca, ClusterName: "k.example.com", NodeName: "ip-10-0-0-1.ec2.internal",
 		NodeIP: net.ParseIP("10.0.0.1"), Role: config.RoleControlPlane, EtcdClusters: twoEtcd,
-		EtcdMember: func() map[string]string { return map[string]string{"main": "a", "events": "a"} },
+		EtcdMember: map[string]string{"main": "a", "events": "a"},
 	}
 }
 

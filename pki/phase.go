@@ -91,6 +91,17 @@ func newPhase(o Options) *phase {
 
 func (p *phase) Name() string { return "pki" }
 
+// UseFacts takes this node's etcd member names from the run's facts.
+func (p *phase) UseFacts(f bootstrap.Facts) {
+	if len(f.EtcdMembers) == 0 {
+		return
+	}
+	p.o.EtcdMember = map[string]string{}
+	for _, m := range f.EtcdMembers {
+		p.o.EtcdMember[m.Cluster] = m.Member
+	}
+}
+
 // Warnings are conditions the phase worked around (member name not yet known, CA
 // about to expire).
 func (p *phase) Warnings() []string {
@@ -229,7 +240,7 @@ func (p *phase) targets(a *authority) ([]target, []string, error) {
 	if !cp && o.Role != config.RoleNode {
 		return nil, nil, fmt.Errorf("unknown role %q", o.Role)
 	}
-	server := "https://api.internal." + o.ClusterName + ":443"
+	server := "https://" + config.APIInternalName(o.ClusterName) + ":443"
 	if cp {
 		// The control plane talks to its own apiserver so that it does not depend
 		// on the api.internal name resolving (gossip) before it is up.
@@ -269,7 +280,7 @@ func (p *phase) targets(a *authority) ([]target, []string, error) {
 			target{kind: kindCert, path: ps.APIServerCert, keyPath: ps.APIServerKey, spec: certSpec{
 				CN: "kube-apiserver",
 				DNS: []string{"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local",
-					"api.internal." + o.ClusterName, "api." + o.ClusterName, o.NodeName, "localhost"},
+					config.APIInternalName(o.ClusterName), "api." + o.ClusterName, o.NodeName, "localhost"},
 				IPs:    []net.IP{o.NodeIP, svcIP, net.IPv4(127, 0, 0, 1)},
 				Usages: serverUsage,
 			}},
@@ -279,15 +290,12 @@ func (p *phase) targets(a *authority) ([]target, []string, error) {
 				spec: certSpec{CN: "kube-apiserver-etcd-client", Usages: clientUsage}},
 			target{kind: kindSAKey, path: ps.ServiceAccountKey, keyPath: ps.ServiceAccountPub},
 		)
-		var members map[string]string
-		if o.EtcdMember != nil {
-			members = o.EtcdMember()
-		}
+		members := o.EtcdMember
 		for _, ec := range o.EtcdClusters {
 			cn := o.NodeName
 			dns := []string{"localhost"}
 			if m := members[ec.Name]; m != "" {
-				cn = etcdMemberDNS(ec.Name, m, o.ClusterName)
+				cn = config.EtcdMemberHost(ec.Name, m, o.ClusterName)
 				dns = append([]string{cn}, dns...)
 			} else {
 				warnings = append(warnings, fmt.Sprintf("etcd %s: this node's member name is not known yet; its certificates lack the member DNS name", ec.Name))
@@ -320,12 +328,6 @@ func (p *phase) targets(a *authority) ([]target, []string, error) {
 
 // etcdMemberDNS is the gossip name of a member, kops style: etcd-a.internal.c for
 // the main cluster, etcd-events-a.internal.c for the others.
-func etcdMemberDNS(etcdCluster, member, cluster string) string {
-	if etcdCluster == "main" {
-		return "etcd-" + member + ".internal." + cluster
-	}
-	return "etcd-" + etcdCluster + "-" + member + ".internal." + cluster
-}
 
 func (p *phase) read(path string) ([]byte, fs.FileMode, error) {
 	full := p.o.Root.Path(path)

@@ -75,11 +75,11 @@ type Options struct {
 	ServiceCIDR  string
 	Role         config.Role
 	EtcdClusters []config.EtcdCluster
-	// EtcdMember maps etcd cluster name to this node's member name. It is known only
-	// after the volumes phase has run, so it is called at check time; nil or a
-	// missing entry issues the etcd certificates without the member's DNS name (they
-	// are re-issued with it once it is known).
-	EtcdMember func() map[string]string
+	// EtcdMember maps etcd cluster name to this node's member name. The phase
+	// takes it from the run's facts (the volumes phase learns it); nil or a missing
+	// entry issues the etcd certificates without the member's DNS name (they are
+	// re-issued with it once it is known).
+	EtcdMember map[string]string
 	// OmitKubeletKubeconfig leaves /var/lib/kubelet/kubeconfig alone (the kubelet
 	// client certificate is still issued). Set it when another phase owns that file,
 	// e.g. the kubelet phase in its ClientCert or Bootstrap mode: two writers with

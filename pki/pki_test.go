@@ -383,7 +383,7 @@ func TestReissue(t *testing.T) {
 		{
 			name: "etcd member change",
 			change: func(o *Options) {
-				o.EtcdMember = func() map[string]string { return map[string]string{"main": "b", "events": "a"} }
+				o.EtcdMember = map[string]string{"main": "b", "events": "a"}
 			},
 			wantTargets: []string{"/etc/kubernetes/pki/etcd/main/peer.crt", "/etc/kubernetes/pki/etcd/main/server.crt"},
 			wantDetail:  "subject CN=etcd-a.internal.k.example.com, want CN=etcd-b.internal.k.example.com",
@@ -631,7 +631,7 @@ func TestEtcdMemberNotYetKnown(t *testing.T) {
 	if c.Subject.CommonName != "ip-10-0-0-1.ec2.internal" || !slices.Equal(c.DNSNames, []string{"localhost"}) {
 		t.Errorf("without member: CN %q DNS %v", c.Subject.CommonName, c.DNSNames)
 	}
-	o.EtcdMember = func() map[string]string { return map[string]string{"main": "c"} }
+	o.EtcdMember = map[string]string{"main": "c"}
 	changes := converge(t, o)
 	if got := changeTargets(changes); !slices.Equal(got, []string{"/etc/kubernetes/pki/etcd/main/peer.crt", "/etc/kubernetes/pki/etcd/main/server.crt"}) {
 		t.Errorf("once the member is known, re-issued %v", got)

@@ -12,11 +12,13 @@ package volumes
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 
+	"github.com/nodeagent/nodeagent/bootstrap"
 	"github.com/nodeagent/nodeagent/config"
 	"github.com/nodeagent/nodeagent/internal/fsutil"
 )
@@ -112,4 +114,20 @@ func (p *ClaimPhase) Claims() []Claim {
 		}
 	}
 	return out
+}
+
+// LearnFacts records this node's etcd memberships from the volumes it holds
+// mounted, replacing what an earlier run recorded for the same etcd cluster.
+func (p *ClaimPhase) LearnFacts(f *bootstrap.Facts) {
+	for _, c := range p.Claims() {
+		m := bootstrap.EtcdMemberFact{
+			Cluster: c.EtcdCluster, Member: c.Member, Members: c.Members, VolumeID: c.VolumeID, MountPoint: c.MountPoint,
+		}
+		i := slices.IndexFunc(f.EtcdMembers, func(x bootstrap.EtcdMemberFact) bool { return x.Cluster == c.EtcdCluster })
+		if i < 0 {
+			f.EtcdMembers = append(f.EtcdMembers, m)
+		} else {
+			f.EtcdMembers[i] = m
+		}
+	}
 }
