@@ -12,10 +12,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/nodeagent/nodeagent/cloud"
-	"github.com/nodeagent/nodeagent/gossip"
 	"github.com/nodeagent/nodeagent/bootstrap"
+	"github.com/nodeagent/nodeagent/cloud"
 	"github.com/nodeagent/nodeagent/config"
+	"github.com/nodeagent/nodeagent/gossip"
 )
 
 // gossipRunner is the daemon's seat in the cluster's gossip ring.

@@ -55,7 +55,6 @@ const (
 // EtcdPodName is the static pod of one etcd cluster, e.g. etcd-main.
 func EtcdPodName(cluster string) string { return "etcd-" + cluster }
 
-
 var (
 	dns1123Label = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
 	// registryRef is a registry host (optionally with port) followed by path
