@@ -48,6 +48,7 @@ const cpCluster = "cp.example.com"
 const (
 	cpCAFile    = "/etc/nodeagent/ca/ca.crt"
 	cpCAKeyFile = "/etc/nodeagent/ca/ca.key"
+	cpSAKeyFile = "/etc/nodeagent/ca/service-account.key"
 )
 
 // cpNode is one emulated control-plane instance with its own host root.
@@ -82,8 +83,8 @@ spec:
     clusters:
     - {name: main, clientPort: %d, peerPort: %d}
     - {name: events, clientPort: %d, peerPort: %d}
-  pki: {caCertFile: %s, caKeyFile: %s}
-`, cpCluster, p.mainClient, p.mainPeer, p.eventsClient, p.eventsPeer, cpCAFile, cpCAKeyFile)
+  pki: {caCertFile: %s, caKeyFile: %s, serviceAccountKeyFile: %s}
+`, cpCluster, p.mainClient, p.mainPeer, p.eventsClient, p.eventsPeer, cpCAFile, cpCAKeyFile, cpSAKeyFile)
 }
 
 func cpEtcdVolume(etcdCluster, member, az string) awsemu.Volume {
@@ -191,6 +192,10 @@ func TestControlPlaneThroughAgent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	saKey, err := pki.GenerateServiceAccountKey()
+	if err != nil {
+		t.Fatal(err)
+	}
 	ports := cpPorts{cpFreePort(t), cpFreePort(t), cpFreePort(t), cpFreePort(t)}
 	for _, n := range nodes {
 		root := fsutil.Root(n.root)
@@ -201,6 +206,9 @@ func TestControlPlaneThroughAgent(t *testing.T) {
 			t.Fatal(err)
 		}
 		if err := os.WriteFile(root.Path(cpCAKeyFile), caKey, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(root.Path(cpSAKeyFile), saKey, 0o600); err != nil {
 			t.Fatal(err)
 		}
 		n.cfg = filepath.Join(t.TempDir(), "node.yaml")

@@ -92,7 +92,7 @@ func buildPhases(ctx context.Context, o Options, n *Node) (*phaseSet, error) {
 		pkiPhase := pki.NewPhase(pki.Options{
 			Root: o.Root, CA: caSource, ClusterName: spec.Cluster.Name, NodeName: n.Name, NodeIP: nodeIP,
 			ServiceCIDR: spec.Networking.ServiceCIDR, Role: spec.Role, EtcdClusters: spec.Etcd.Clusters,
-			OmitKubeletKubeconfig: true, Log: log,
+			OmitKubeletKubeconfig: true, ServiceAccountKey: saKeySourceFor(o, n), Log: log,
 		})
 		kubeconfig = kubelet.ClientCert{}
 		// The daemon starts as soon as the volumes are claimed: it joins the gossip
@@ -188,6 +188,22 @@ func caSourceFor(o Options, n *Node) pki.CASource {
 	}
 	return nil
 }
+
+// saKeySourceFor is the cluster's shared service-account key: the state store's,
+// when there is one.
+func saKeySourceFor(o Options, n *Node) pki.KeySource {
+	if f := n.Config.Spec.PKI.ServiceAccountKeyFile; f != "" {
+		return pki.FileKey{Root: o.Root, Path: f}
+	}
+	if n.Store == nil {
+		return nil
+	}
+	return storeSAKey{n.Store}
+}
+
+type storeSAKey struct{ s *cloud.StateStore }
+
+func (k storeSAKey) Load(ctx context.Context) ([]byte, error) { return k.s.ServiceAccountKey(ctx) }
 
 // storeCA reads the CA from the state store. The pki phase loads it in Check,
 // Act and Verify; one fetch serves a whole run, and the daemon's next reconcile

@@ -64,7 +64,7 @@ func (e *Emulator) materialize(v *volume) error {
 		return fmt.Errorf("attach %s: %w", v.ID, err)
 	}
 	link := DevicePath(in.DevRoot, in.Type, v.ID, a.device)
-	if err := replaceSymlink(loop, link); err != nil {
+	if err := e.devices.Link(in.ID, loop, link); err != nil {
 		if derr := detachLoop(loop, v.file); derr != nil {
 			e.log.Error("undo loop device", "volume", v.ID, "loop", loop, "err", derr)
 		}
@@ -93,11 +93,8 @@ func (e *Emulator) teardown(a *attachment) error {
 	}
 	var errs []error
 	if a.link != "" {
-		// Only our own link is removed: the path may since point elsewhere.
-		if target, err := os.Readlink(a.link); err == nil && target == a.loop {
-			if err := os.Remove(a.link); err != nil {
-				errs = append(errs, fmt.Errorf("remove %s: %w", a.link, err))
-			}
+		if err := e.devices.Unlink(a.instanceID, a.loop, a.link); err != nil {
+			errs = append(errs, err)
 		}
 		a.link = ""
 	}

@@ -22,6 +22,36 @@ type Options struct {
 	Log       *slog.Logger
 	// Seed drives fault injection, so a failing run can be replayed.
 	Seed int64
+	// Devices makes an attached volume's block device appear on its instance.
+	// Nil means a symlink to the loop device under the instance's DevRoot on this
+	// host; a harness whose instances are machines with their own /dev (nspawn)
+	// creates the device node and link inside the machine instead.
+	Devices DeviceLinker
+}
+
+// DeviceLinker shows attached volumes to instances. link is the path the
+// instance looks for (DevicePath with the instance's DevRoot), loop the host's
+// loop device backing the volume.
+type DeviceLinker interface {
+	Link(instanceID, loop, link string) error
+	// Unlink undoes Link; it is called on detach, also for an instance that is
+	// gone, so it must treat a missing instance as done.
+	Unlink(instanceID, loop, link string) error
+}
+
+// hostLinker is the default DeviceLinker: a symlink on this host.
+type hostLinker struct{}
+
+func (hostLinker) Link(_, loop, link string) error { return replaceSymlink(loop, link) }
+
+func (hostLinker) Unlink(_, loop, link string) error {
+	// Only our own link is removed: the path may since point elsewhere.
+	if target, err := os.Readlink(link); err == nil && target == loop {
+		if err := os.Remove(link); err != nil {
+			return fmt.Errorf("remove %s: %w", link, err)
+		}
+	}
+	return nil
 }
 
 // Emulator is one emulated AWS account in one region.
@@ -32,6 +62,7 @@ type Emulator struct {
 	secretKey    string
 	volumeDir    string
 	ownVolumeDir bool
+	devices      DeviceLinker
 	// now is replaceable by tests that need tokens or attachments to age.
 	now func() time.Time
 
@@ -104,6 +135,10 @@ func New(w *World, o Options) (_ *Emulator, err error) {
 		tokens:        map[string]imdsToken{},
 		attachLatency: w.AttachLatency,
 		stuck:         map[string]bool{},
+		devices:       o.Devices,
+	}
+	if e.devices == nil {
+		e.devices = hostLinker{}
 	}
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)

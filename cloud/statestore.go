@@ -20,6 +20,9 @@ const (
 	GossipKeyKey     = "nodeagent/gossip.key"
 	CACertKey        = "pki/ca.crt"
 	CAKeyKey         = "pki/ca.key"
+	// ServiceAccountKeyKey is the service-account signing key every API server
+	// and controller manager of the cluster shares (masters only).
+	ServiceAccountKeyKey = "pki/private/service-account.key"
 )
 
 // ErrNotFound means the state store has no such object.
@@ -63,6 +66,16 @@ func (s *StateStore) Get(ctx context.Context, key string) ([]byte, error) {
 		return nil, fmt.Errorf("read s3://%s/%s: %w", s.Bucket, full, err)
 	}
 	return b, nil
+}
+
+// ServiceAccountKey loads the cluster's shared service-account key; (nil, nil)
+// when the state store holds none.
+func (s *StateStore) ServiceAccountKey(ctx context.Context) ([]byte, error) {
+	b, err := s.Get(ctx, ServiceAccountKeyKey)
+	if errors.Is(err, ErrNotFound) {
+		return nil, nil
+	}
+	return b, err
 }
 
 // CA loads the cluster CA from the state store (it satisfies pki's CA source).

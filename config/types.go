@@ -138,4 +138,9 @@ type Networking struct {
 type PKI struct {
 	CACertFile string `json:"caCertFile,omitempty"`
 	CAKeyFile  string `json:"caKeyFile,omitempty"`
+	// ServiceAccountKeyFile is the cluster's shared service-account signing key
+	// (PEM) on control planes; with a state store it comes from
+	// pki/private/service-account.key. Every master of an HA control plane needs
+	// the same one.
+	ServiceAccountKeyFile string `json:"serviceAccountKeyFile,omitempty"`
 }

@@ -204,3 +204,14 @@ func keyID(pub crypto.PublicKey) []byte {
 	sum := sha256.Sum256(der)
 	return sum[:20]
 }
+
+// GenerateServiceAccountKey makes an RSA 2048 service-account signing key (PEM),
+// as the phase does for a lone master: for seeding a state store (every master
+// of a cluster shares it), tests and `make demo`.
+func GenerateServiceAccountKey() ([]byte, error) {
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return nil, fmt.Errorf("generate service-account key: %w", err)
+	}
+	return encodeKey(k)
+}

@@ -36,9 +36,22 @@ func cpOptions(root fsutil.Root, ca CASource) Options {
 	return Options{
 		Root: root, CA: ca, ClusterName: "k.example.com", NodeName: "ip-10-0-0-1.ec2.internal",
 		NodeIP: net.ParseIP("10.0.0.1"), Role: config.RoleControlPlane, EtcdClusters: twoEtcd,
-		EtcdMember: map[string]string{"main": "a", "events": "a"},
+		EtcdMember: map[string]string{"main": "a", "events": "a"}, ServiceAccountKey: sharedSAKey,
 	}
 }
+
+// sharedSAKey is the cluster's service-account key, as a state store holds it.
+var sharedSAKey = staticKey(func() []byte {
+	k, err := GenerateServiceAccountKey()
+	if err != nil {
+		panic(err) // crypto/rand failing is not a test outcome
+	}
+	return k
+}())
+
+type staticKey []byte
+
+func (k staticKey) Load(context.Context) ([]byte, error) { return k, nil }
 
 func workerOptions(root fsutil.Root, ca CASource) Options {
 	return Options{

@@ -68,6 +68,7 @@ type phase struct {
 
 	mu       sync.Mutex
 	warnings []string
+	sharedSA []byte // the cluster's service-account key, when the source has one
 }
 
 func newPhase(o Options) *phase {
@@ -90,6 +91,12 @@ func newPhase(o Options) *phase {
 }
 
 func (p *phase) Name() string { return "pki" }
+
+func (p *phase) sharedKey() []byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.sharedSA
+}
 
 // UseFacts takes this node's etcd member names from the run's facts.
 func (p *phase) UseFacts(f bootstrap.Facts) {
@@ -199,6 +206,20 @@ func (p *phase) evaluate(ctx context.Context) ([]outcome, *authority, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("load CA: %w", err)
 	}
+	var sharedSA []byte
+	if p.o.ServiceAccountKey != nil && p.o.Role == config.RoleControlPlane {
+		if sharedSA, err = p.o.ServiceAccountKey.Load(ctx); err != nil {
+			return nil, nil, fmt.Errorf("load the cluster's service-account key: %w", err)
+		}
+		if sharedSA != nil {
+			if _, err := parseKey(sharedSA); err != nil {
+				return nil, nil, fmt.Errorf("the cluster's service-account key is not a private key: %w", err)
+			}
+		}
+	}
+	p.mu.Lock()
+	p.sharedSA = sharedSA
+	p.mu.Unlock()
 	now := p.o.Now()
 	a, err := parseCA(certPEM, keyPEM, now)
 	if err != nil {
@@ -288,8 +309,11 @@ func (p *phase) targets(a *authority) ([]target, []string, error) {
 				spec: certSpec{CN: "kube-apiserver-kubelet-client", Orgs: []string{"system:masters"}, Usages: clientUsage}},
 			target{kind: kindCert, path: ps.APIServerEtcdClientCert, keyPath: ps.APIServerEtcdClientKey,
 				spec: certSpec{CN: "kube-apiserver-etcd-client", Usages: clientUsage}},
-			target{kind: kindSAKey, path: ps.ServiceAccountKey, keyPath: ps.ServiceAccountPub},
+			target{kind: kindSAKey, path: ps.ServiceAccountKey, keyPath: ps.ServiceAccountPub, content: p.sharedKey()},
 		)
+		if p.sharedKey() == nil {
+			warnings = append(warnings, "no shared service-account key (state store pki/private/service-account.key): this master signs tokens with a key of its own, which the other API servers of an HA control plane will not accept")
+		}
 		members := o.EtcdMember
 		for _, ec := range o.EtcdClusters {
 			cn := o.NodeName
@@ -362,6 +386,27 @@ func (p *phase) evaluateTarget(a *authority, t target, now time.Time) (outcome, 
 
 	case kindSAKey:
 		data, mode, err := p.read(t.path)
+		if t.content != nil {
+			// The cluster's shared key wins over whatever is on disk.
+			if err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return o, fmt.Errorf("read %s: %w", t.path, err)
+			}
+			if errors.Is(err, fs.ErrNotExist) || string(data) != string(t.content) {
+				key, perr := parseKey(t.content)
+				if perr != nil {
+					return o, perr
+				}
+				pub, perr := encodePublic(key.Public())
+				if perr != nil {
+					return o, perr
+				}
+				o.keyPEM, o.certPEM = t.content, pub
+				if errors.Is(err, fs.ErrNotExist) {
+					return need("create", "missing", false)
+				}
+				return need("update", "differs from the cluster's shared key", false)
+			}
+		}
 		if errors.Is(err, fs.ErrNotExist) {
 			return need("create", "missing", true)
 		}

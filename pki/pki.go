@@ -37,6 +37,21 @@ type CASource interface {
 	Load(ctx context.Context) (certPEM, keyPEM []byte, err error)
 }
 
+// FileKey reads a private key from a host file (resolved under Root).
+type FileKey struct {
+	Root fsutil.Root
+	Path string
+}
+
+// Load reads the key file.
+func (f FileKey) Load(context.Context) ([]byte, error) {
+	b, err := os.ReadFile(f.Root.Path(f.Path))
+	if err != nil {
+		return nil, fmt.Errorf("read key: %w", err)
+	}
+	return b, nil
+}
+
 // FileCA reads the CA from two host files (resolved under Root).
 type FileCA struct {
 	Root     fsutil.Root
@@ -85,10 +100,21 @@ type Options struct {
 	// e.g. the kubelet phase in its ClientCert or Bootstrap mode: two writers with
 	// different content would rewrite it on every run.
 	OmitKubeletKubeconfig bool
-	Log                   *slog.Logger
-	Now                   func() time.Time
-	RenewBefore           time.Duration // default 30 days
-	Validity              time.Duration // default 1 year
+	// ServiceAccountKey, on a control plane, is the cluster's shared
+	// service-account signing key (PEM). Every API server must verify the tokens
+	// any controller manager signs, so in an HA control plane all masters need the
+	// same key; the state store holds it. Nil, or a source that has none, makes
+	// the node generate its own (fine for a single master, said in a warning).
+	ServiceAccountKey KeySource
+	Log               *slog.Logger
+	Now               func() time.Time
+	RenewBefore       time.Duration // default 30 days
+	Validity          time.Duration // default 1 year
+}
+
+// KeySource loads a private key (PEM); (nil, nil) means it holds none.
+type KeySource interface {
+	Load(ctx context.Context) ([]byte, error)
 }
 
 // Paths is the file layout, as host paths (not resolved under a root). The

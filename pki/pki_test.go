@@ -828,3 +828,40 @@ func TestClientTLS(t *testing.T) {
 		t.Errorf("missing cluster: %v", err)
 	}
 }
+
+// TestServiceAccountKeyIsTheClusters: every master writes the cluster's shared
+// service-account key (so each API server verifies the tokens any controller
+// manager signs), replaces a key of its own with it, and without one says that
+// an HA control plane will not accept its tokens.
+func TestServiceAccountKeyIsTheClusters(t *testing.T) {
+	ca := newCA(t, "ca", 10*365*24*time.Hour)
+	root := fsutil.Root(t.TempDir())
+	o := cpOptions(root, ca)
+	converge(t, o)
+	b, err := os.ReadFile(root.Path("/etc/kubernetes/pki/service-account.key"))
+	if err != nil || string(b) != string(sharedSAKey) {
+		t.Fatalf("service-account.key is not the cluster's shared key (err %v)", err)
+	}
+
+	other, err := GenerateServiceAccountKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.ServiceAccountKey = staticKey(other)
+	changes := converge(t, o)
+	if got := changeTargets(changes); !slices.Contains(got, "/etc/kubernetes/pki/service-account.key") {
+		t.Errorf("a rotated shared key changed %v, want service-account.key", got)
+	}
+	if b, _ := os.ReadFile(root.Path("/etc/kubernetes/pki/service-account.key")); string(b) != string(other) {
+		t.Error("the key on disk was kept over the cluster's")
+	}
+
+	o.ServiceAccountKey = nil
+	ph := NewPhase(o)
+	if _, err := ph.Check(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if w := ph.(interface{ Warnings() []string }).Warnings(); len(w) != 1 || !strings.Contains(w[0], "no shared service-account key") {
+		t.Errorf("without a shared key, warnings %q", w)
+	}
+}

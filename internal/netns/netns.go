@@ -7,12 +7,16 @@ package netns
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"testing"
+
+	vnetns "github.com/vishvananda/netns"
 )
 
 // Available reports why namespaces cannot be used here, or "" when they can.
@@ -98,4 +102,69 @@ func (l *Lab) destroy() {
 		exec.Command("ip", "netns", "del", n.NS).Run()
 	}
 	exec.Command("ip", "netns", "del", l.Bridge).Run()
+}
+
+// ListenIn opens a listener inside the named namespace: the socket stays in that
+// namespace's network while this process serves it from its own. The test
+// harness uses it to serve the emulated AWS endpoints on a lab's bridge, where
+// the nodes reach them as they would reach AWS.
+func ListenIn(ns, network, addr string) (net.Listener, error) {
+	var ln net.Listener
+	err := in(ns, func() error {
+		var err error
+		ln, err = net.Listen(network, addr)
+		return err
+	})
+	return ln, err
+}
+
+// DialerIn returns a DialContext that connects from inside the named namespace,
+// for HTTP and etcd clients in the test process that talk to the lab's nodes.
+func DialerIn(ns string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := in(ns, func() error {
+			var d net.Dialer
+			var err error
+			c, err = d.DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
+}
+
+// in runs fn on an OS thread switched into the named namespace. If the thread
+// cannot be switched back it is not returned to the scheduler: it stays locked and
+// ends with its goroutine.
+func in(ns string, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := vnetns.Get()
+		if err != nil {
+			errc <- fmt.Errorf("netns: current namespace: %w", err)
+			return
+		}
+		defer orig.Close()
+		target, err := vnetns.GetFromName(ns)
+		if err != nil {
+			errc <- fmt.Errorf("netns %s: %w", ns, err)
+			runtime.UnlockOSThread()
+			return
+		}
+		defer target.Close()
+		if err := vnetns.Set(target); err != nil {
+			errc <- fmt.Errorf("netns %s: enter: %w", ns, err)
+			runtime.UnlockOSThread()
+			return
+		}
+		ferr := fn()
+		if err := vnetns.Set(orig); err != nil {
+			errc <- errors.Join(ferr, fmt.Errorf("netns %s: leave: %w", ns, err))
+			return // the thread stays locked and dies with this goroutine
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
 }

@@ -505,6 +505,21 @@ func (m *Machine) Poweroff(ctx context.Context) error {
 	}
 }
 
+// Kill stops the machine hard, as a power loss or a terminated instance: PID 1
+// and everything in its PID namespace get SIGKILL, nothing is shut down in order.
+// It waits until the machine is gone; Close then removes what Boot made.
+func (m *Machine) Kill(ctx context.Context) error {
+	if err := m.signal(syscall.SIGKILL); err != nil {
+		return fmt.Errorf("machine %s: kill: %w", m.Name, err)
+	}
+	select {
+	case <-m.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("machine %s: kill: %w", m.Name, ctx.Err())
+	}
+}
+
 // Reboot reboots the machine and waits until systemd is running again; Leader
 // is then the new PID 1. The files survive, as on a real reboot. It must not
 // run concurrently with other methods.

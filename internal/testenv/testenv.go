@@ -68,6 +68,12 @@ type Options struct {
 	// VolumeDir holds the emulator's volume backing files ("" = private temp dir).
 	VolumeDir string
 	Log       *slog.Logger
+	// Listen opens each endpoint's listener; nil means a free port on loopback.
+	// Nodes in their own network namespaces need the endpoints on an address
+	// they can reach (netns.ListenIn on the lab's bridge).
+	Listen func() (net.Listener, error)
+	// Devices shows attached volumes to instances (awsemu.Options.Devices).
+	Devices awsemu.DeviceLinker
 }
 
 // Env is a running emulated AWS account plus an assets mirror.
@@ -81,8 +87,9 @@ type Env struct {
 	// NodeConfig would.
 	Assets []config.Asset
 
-	world *awsemu.World
-	log   *slog.Logger
+	world  *awsemu.World
+	log    *slog.Logger
+	listen func() (net.Listener, error)
 
 	mu      sync.Mutex
 	servers []*http.Server
@@ -94,7 +101,10 @@ func Start(o Options, w *awsemu.World) (*Env, error) {
 	if o.Log == nil {
 		o.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	e := &Env{world: w, log: o.Log, imds: map[string]string{}}
+	e := &Env{world: w, log: o.Log, imds: map[string]string{}, listen: o.Listen}
+	if e.listen == nil {
+		e.listen = func() (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0") }
+	}
 	if w.ObjectFiles == nil {
 		w.ObjectFiles = map[string]map[string]string{}
 	}
@@ -113,7 +123,7 @@ func Start(o Options, w *awsemu.World) (*Env, error) {
 		mirror.HandleFunc("/assets/"+b.Name, func(rw http.ResponseWriter, r *http.Request) { http.ServeFile(rw, r, path) })
 		sums = append(sums, config.Asset{Name: b.Name, SHA256: sum})
 	}
-	emu, err := awsemu.New(w, awsemu.Options{VolumeDir: o.VolumeDir, Log: o.Log})
+	emu, err := awsemu.New(w, awsemu.Options{VolumeDir: o.VolumeDir, Log: o.Log, Devices: o.Devices})
 	if err != nil {
 		return nil, fmt.Errorf("emulator: %w", err)
 	}
@@ -133,9 +143,9 @@ func Start(o Options, w *awsemu.World) (*Env, error) {
 	return e, nil
 }
 
-// serve starts h on a free loopback port and returns its base URL.
+// serve starts h on a new listener and returns its base URL.
 func (e *Env) serve(h http.Handler) (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := e.listen()
 	if err != nil {
 		return "", fmt.Errorf("listen: %w", err)
 	}
