@@ -62,19 +62,22 @@ type Node struct {
 }
 
 // BootNode registers the instance with the emulator, boots its machine and copies
-// the agent binary in. The caller closes the node.
-func BootNode(ctx context.Context, e *Env, inst awsemu.Instance, agentBin string, console io.Writer) (*Node, error) {
-	e.Emu.AddInstance(inst)
+// the agent binary in. The caller closes the node. extra are more systemd-nspawn
+// options, e.g. --network-namespace-path for a node on a lab's own network.
+func BootNode(ctx context.Context, e *Env, inst awsemu.Instance, agentBin string, console io.Writer, extra ...string) (*Node, error) {
 	env, err := e.AWSEnv(inst.ID)
 	if err != nil {
 		return nil, err
 	}
 	// The same settings reach every unit inside (nodeagent.service among them), as
 	// an instance's environment would.
-	m, err := nspawn.Boot(ctx, nspawn.Options{Name: inst.ID, Log: console, Env: env})
+	m, err := nspawn.Boot(ctx, nspawn.Options{Name: inst.ID, Log: console, Env: env, ExtraArgs: extra})
 	if err != nil {
 		return nil, err
 	}
+	// The instance appears in EC2 once its machine exists, so a volume attached
+	// to it always has a machine to show up in.
+	e.Emu.AddInstance(inst)
 	if err := m.CopyIn(ctx, agentBin, AgentPath, 0o755); err != nil {
 		m.Close()
 		return nil, err
