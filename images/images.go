@@ -28,6 +28,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path"
@@ -195,9 +196,46 @@ func (p *Phase) writeRecord(rec map[string]Imported) error {
 }
 
 // asset is the archive as the assets installer fetches it. Its name only
-// labels logs and errors; it must not contain '/'.
+// labels the installer's logs and errors, and the installer refuses names
+// holding '/' or '..'.
 func asset(a config.ImageArchive) config.Asset {
-	return config.Asset{Name: "image " + strings.ReplaceAll(a.Name, "/", "_"), URLs: a.URLs, SHA256: strings.ToLower(a.SHA256)}
+	name := strings.NewReplacer("/", "_", "..", "__").Replace(a.Name)
+	return config.Asset{Name: "image " + name, URLs: a.URLs, SHA256: strings.ToLower(a.SHA256)}
+}
+
+// Bake fetches every archive into the asset cache, verified, and when the
+// runtime answers on its socket imports them as Act does, so that a machine
+// image baked with it boots without network and, where the runtime ran during
+// the bake, without importing. It reports whether it imported; every failure
+// is reported, not just the first.
+func (p *Phase) Bake(ctx context.Context) (imported bool, err error) {
+	if len(p.o.Archives) == 0 {
+		return false, nil
+	}
+	if p.o.Fetcher == nil {
+		return false, errors.New("bake images: no fetcher configured")
+	}
+	var errs []error
+	for _, a := range p.o.Archives {
+		if _, _, err := p.o.Fetcher.Fetch(ctx, asset(a)); err != nil {
+			errs = append(errs, fmt.Errorf("image %s: %w", a.Name, err))
+		}
+	}
+	if len(errs) > 0 {
+		return false, errors.Join(errs...)
+	}
+	d := net.Dialer{Timeout: 2 * time.Second}
+	c, err := d.DialContext(ctx, "unix", p.o.Address)
+	if err != nil {
+		p.o.Log.Info("image archives cached, not imported: the runtime does not answer; the images phase imports them at boot",
+			"runtime", p.o.Runtime, "address", p.o.Address, "reason", err)
+		return false, nil
+	}
+	c.Close()
+	if err := p.Act(ctx); err != nil {
+		return false, err
+	}
+	return true, p.Verify(ctx)
 }
 
 // reason says why an archive must be imported, or "" when it need not be.
@@ -331,9 +369,9 @@ func (p *Phase) importOne(ctx context.Context, s store, a config.ImageArchive, w
 	}
 	digest, ok := digests[ref]
 	if !ok {
-		return Imported{}, fmt.Errorf("image %s: archive sha256:%s was imported but the store has no %s: the archive must carry that name "+
+		return Imported{}, fmt.Errorf("image %s: archive %s was imported but the store has no %s: the archive must carry that name "+
 			"(docker save's RepoTags, or the io.containerd.image.name or org.opencontainers.image.ref.name annotation of an OCI archive)",
-			a.Name, short("sha256:" + a.SHA256)[len("sha256:"):], ref)
+			a.Name, short("sha256:"+strings.ToLower(a.SHA256)), ref)
 	}
 	log.Info("image imported", "reason", why, "source", source, "digest", digest, "duration", time.Since(start).Round(time.Millisecond))
 	return Imported{Runtime: p.o.Runtime, ArchiveSHA256: strings.ToLower(a.SHA256), Digest: digest, ImportedAt: time.Now().UTC()}, nil

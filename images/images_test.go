@@ -280,3 +280,51 @@ type failExec struct{}
 func (failExec) Run(context.Context, io.Reader, string, ...string) ([]byte, error) {
 	return nil, errors.New("no command may run here")
 }
+
+func TestBakeCachesArchivesAndImportsWhenContainerdAnswers(t *testing.T) {
+	n := newNode(t)
+	const ref = "registry.k8s.io/kube-apiserver:v1.34.4"
+	a := serve(t, n.root, ref, dockerArchive(t, "baked", ref))
+	imported, err := n.phase(a).Bake(ctx(t))
+	if err != nil || !imported {
+		t.Fatalf("Bake: imported=%v err=%v", imported, err)
+	}
+	if _, found, _ := n.d.ImageStatus(ctx(t), ref); !found {
+		t.Error("baked image is not in containerd")
+	}
+	// The boot of the baked machine finds nothing to do, even with its mirror gone.
+	if err := os.RemoveAll(n.root.Path("/srv")); err != nil {
+		t.Fatal(err)
+	}
+	if changes, err := n.phase(a).Check(ctx(t)); err != nil || len(changes) != 0 {
+		t.Errorf("Check after bake: %q %v, want converged", changeStrings(changes), err)
+	}
+}
+
+func TestBakeWithoutARuntimeOnlyCaches(t *testing.T) {
+	root := fsutil.Root(t.TempDir())
+	const ref = "registry.k8s.io/pause:3.10"
+	a := serve(t, root, ref, dockerArchive(t, "pause", ref))
+	p := NewPhase(Options{Root: root, Archives: []config.ImageArchive{a}, Fetcher: &assets.Installer{Root: root}, Exec: failExec{}})
+	imported, err := p.Bake(ctx(t))
+	if err != nil || imported {
+		t.Fatalf("Bake: imported=%v err=%v, want cached only", imported, err)
+	}
+	if _, err := os.Stat(root.Path(assets.DefaultCacheDir + "/" + a.SHA256)); err != nil {
+		t.Errorf("archive not in the cache: %v", err)
+	}
+	a.SHA256 = strings.Repeat("1", 64)
+	p = NewPhase(Options{Root: root, Archives: []config.ImageArchive{a}, Fetcher: &assets.Installer{Root: root}, Exec: failExec{}})
+	if _, err := p.Bake(ctx(t)); err == nil || !strings.Contains(err.Error(), "sha256 mismatch") {
+		t.Errorf("Bake of a wrong archive: %v, want the mismatch", err)
+	}
+}
+
+func TestArchiveAssetNamesAreAcceptedByTheInstaller(t *testing.T) {
+	for _, ref := range []string{"registry.k8s.io/kube-apiserver:v1.34.4", "mirror.example:5000/a/b:v1..2"} {
+		a := asset(config.ImageArchive{Name: ref, SHA256: strings.Repeat("a", 64)})
+		if strings.ContainsAny(a.Name, "/") || strings.Contains(a.Name, "..") || !strings.HasPrefix(assets.InstallPath(a), "/") {
+			t.Errorf("asset name %q for %s", a.Name, ref)
+		}
+	}
+}
