@@ -16,6 +16,7 @@ import (
 	"github.com/nodeagent/nodeagent/bootstrap"
 	"github.com/nodeagent/nodeagent/cloud"
 	"github.com/nodeagent/nodeagent/config"
+	"github.com/nodeagent/nodeagent/images"
 )
 
 // ExitError carries a specific exit code for a command's failure.
@@ -121,8 +122,10 @@ func Plan(ctx context.Context, o Options, w io.Writer, format string) error {
 	return nil
 }
 
-// Bake fetches and verifies every asset into the cache and installs the binaries,
-// starting nothing, so that an image built by Packer boots without network.
+// Bake fetches and verifies every asset and image archive into the cache and
+// installs the binaries, starting nothing, so that an image built by Packer boots
+// without network. Image archives are also imported when the container runtime
+// already answers on its socket.
 func Bake(ctx context.Context, o Options) error {
 	raw, err := readConfigFile(o)
 	if err != nil {
@@ -140,6 +143,18 @@ func Bake(ctx context.Context, o Options) error {
 		return fmt.Errorf("bake: %w", err)
 	}
 	o.log().Info("baked assets", "count", len(cfg.Spec.Assets), "root", string(o.Root))
+	// Image archives go into the cache too; when the runtime runs during the
+	// bake (its socket answers), they are imported as well.
+	imp := images.NewPhase(images.Options{
+		Root: o.Root, Runtime: cfg.Spec.ContainerRuntime, Archives: cfg.Spec.Images.Archives, Fetcher: inst, StateDir: o.StateDir, Log: o.log(),
+	})
+	imported, err := imp.Bake(ctx)
+	if err != nil {
+		return fmt.Errorf("bake: %w", err)
+	}
+	if n := len(cfg.Spec.Images.Archives); n > 0 {
+		o.log().Info("baked image archives", "count", n, "imported", imported)
+	}
 	return nil
 }
 

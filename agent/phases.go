@@ -18,6 +18,7 @@ import (
 	"github.com/nodeagent/nodeagent/cri"
 	"github.com/nodeagent/nodeagent/etcd"
 	"github.com/nodeagent/nodeagent/host"
+	"github.com/nodeagent/nodeagent/images"
 	"github.com/nodeagent/nodeagent/kubelet"
 	"github.com/nodeagent/nodeagent/manifests"
 	"github.com/nodeagent/nodeagent/pki"
@@ -53,7 +54,14 @@ func buildPhases(ctx context.Context, o Options, n *Node) (*phaseSet, error) {
 			Root: o.Root, Hostname: n.Name, Sysctls: spec.Host.Sysctls, KernelModules: spec.Host.KernelModules, Log: log,
 		}),
 		inst.Phase(spec.Assets),
-		cri.NewPhase(cri.Options{Root: o.Root, Runtime: spec.ContainerRuntime, Systemd: connect, Log: log}),
+		cri.NewPhase(cri.Options{
+			Root: o.Root, Runtime: spec.ContainerRuntime, Systemd: connect, Log: log, PauseImage: spec.Images.PauseImage,
+			RegistryMirrors: spec.Containerd.RegistryMirrors, Networking: spec.Networking.Mode,
+		}),
+		// Before kubelet, so that its static pods find their images without a registry.
+		images.NewPhase(images.Options{
+			Root: o.Root, Runtime: spec.ContainerRuntime, Archives: spec.Images.Archives, Fetcher: inst, StateDir: o.StateDir, Log: log,
+		}),
 	)
 	runtimeUnit := "containerd.service"
 	if spec.ContainerRuntime == config.RuntimeDocker {

@@ -15,9 +15,9 @@ import (
 
 // Change is one thing a phase would do to the host; `nodeagent plan` prints them.
 type Change struct {
-	Kind   string `json:"kind"`   // file, unit, sysctl, module, swap, hostname, asset, volume, manifest, cert
+	Kind   string `json:"kind"`   // file, unit, sysctl, module, swap, hostname, asset, image, volume, manifest, cert
 	Target string `json:"target"` // path, unit name, key, volume id
-	Action string `json:"action"` // create, update, delete, apply, start, restart, attach, format, mount
+	Action string `json:"action"` // create, update, delete, apply, start, restart, attach, format, mount, import
 	Detail string `json:"detail,omitempty"`
 }
 

@@ -4,13 +4,17 @@ import "strings"
 
 // Defaults used when a field is left empty.
 const (
-	DefaultRegistry    = "registry.k8s.io"
-	DefaultEtcdVersion = "3.5.16-0"
-	DefaultGossipPort  = 3999
-	DefaultServiceCIDR = "100.64.0.0/13"
-	DefaultPodCIDR     = "100.96.0.0/11"
-	DefaultClusterDNS  = "100.64.0.10"
-	DefaultTimeout     = "10m"
+	DefaultRegistry = "registry.k8s.io"
+	// DefaultPauseImageName is the sandbox image under the registry: the pause
+	// image is <registry>/pause:3.10 unless spec.images.pauseImage says otherwise.
+	DefaultPauseImageName = "pause:3.10"
+	DefaultNetworkMode    = NetworkKubenet
+	DefaultEtcdVersion    = "3.5.16-0"
+	DefaultGossipPort     = 3999
+	DefaultServiceCIDR    = "100.64.0.0/13"
+	DefaultPodCIDR        = "100.96.0.0/11"
+	DefaultClusterDNS     = "100.64.0.10"
+	DefaultTimeout        = "10m"
 )
 
 // DefaultSysctls are what kubelet and kube-proxy need of every node.
@@ -70,6 +74,15 @@ func (c *NodeConfig) SetDefaults() {
 	}
 	if s.Images.Registry == "" {
 		s.Images.Registry = DefaultRegistry
+	}
+	if s.Images.PauseImage == "" {
+		s.Images.PauseImage = strings.TrimSuffix(s.Images.Registry, "/") + "/" + DefaultPauseImageName
+	}
+	for i := range s.Images.Archives {
+		s.Images.Archives[i].SHA256 = strings.ToLower(s.Images.Archives[i].SHA256)
+	}
+	if s.Networking.Mode == "" {
+		s.Networking.Mode = DefaultNetworkMode
 	}
 	if s.Networking.ServiceCIDR == "" {
 		s.Networking.ServiceCIDR = DefaultServiceCIDR

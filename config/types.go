@@ -45,6 +45,7 @@ type Spec struct {
 	Gossip            Gossip     `json:"gossip,omitempty"`
 	Readiness         Readiness  `json:"readiness,omitempty"`
 	Images            Images     `json:"images,omitempty"`
+	Containerd        Containerd `json:"containerd,omitempty"`
 	Networking        Networking `json:"networking,omitempty"`
 	PKI               PKI        `json:"pki,omitempty"`
 }
@@ -122,16 +123,57 @@ type Readiness struct {
 	Timeout string `json:"timeout,omitempty"`
 }
 
-// Images overrides where control-plane images come from.
+// Images says where the images the node runs come from: a registry, and verified
+// archives imported into the container runtime before kubelet starts, so that a
+// node needs no registry for them.
 type Images struct {
+	// Registry is the prefix of the control-plane images in the static pod
+	// manifests, e.g. registry.k8s.io or mirror.example:5000/k8s.
 	Registry string `json:"registry,omitempty"`
+	// PauseImage is the pod sandbox image; default <registry>/pause:3.10.
+	PauseImage string `json:"pauseImage,omitempty"`
+	// Archives are image tarballs (docker save or OCI layout) imported before
+	// kubelet starts.
+	Archives []ImageArchive `json:"archives,omitempty"`
 }
 
-// Networking holds cluster network ranges.
+// ImageArchive is one image tarball, fetched and verified like an asset.
+type ImageArchive struct {
+	// Name is the full reference the manifests use, with its tag, e.g.
+	// registry.k8s.io/kube-apiserver:v1.34.4. The archive must carry it.
+	Name string `json:"name"`
+	// URLs are mirrors tried in order: https://, http:// or s3://bucket/key.
+	URLs   []string `json:"urls"`
+	SHA256 string   `json:"sha256"`
+}
+
+// Containerd holds settings of containerd's CRI plugin.
+type Containerd struct {
+	// RegistryMirrors maps a registry host (registry.k8s.io, docker.io,
+	// mirror.example:5000) to mirror URLs tried in order before it; each becomes
+	// /etc/containerd/certs.d/<host>/hosts.toml.
+	RegistryMirrors map[string][]string `json:"registryMirrors,omitempty"`
+}
+
+// NetworkMode is how pods get their network.
+type NetworkMode string
+
+const (
+	// NetworkKubenet gives each node's pods a bridge over the node's pod CIDR
+	// (kubelet's old kubenet, done by containerd from a CNI config template).
+	NetworkKubenet NetworkMode = "kubenet"
+	// NetworkCNI leaves the CNI configuration to something else (an add-on's
+	// DaemonSet dropping its config into /etc/cni/net.d).
+	NetworkCNI NetworkMode = "cni"
+)
+
+// Networking holds cluster network ranges and how pods are networked.
 type Networking struct {
 	ServiceCIDR string `json:"serviceCIDR,omitempty"`
 	PodCIDR     string `json:"podCIDR,omitempty"`
 	ClusterDNS  string `json:"clusterDNS,omitempty"`
+	// Mode is kubenet (default) or cni.
+	Mode NetworkMode `json:"mode,omitempty"`
 }
 
 // PKI names where the cluster CA comes from when not from the state store.

@@ -40,6 +40,18 @@ var (
 	assetName      = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]*$`)
 	labelNameRegex = regexp.MustCompile(`^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$`)
 	labelValue     = regexp.MustCompile(`^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$`)
+
+	// An image reference as the distribution grammar has it, narrowed to what
+	// an imported archive can be found by: [host[:port]/]path[/path...]:tag.
+	registryHost = `[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*(:[0-9]+)?`
+	pathPart     = `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
+	imageTagged  = regexp.MustCompile(`^(` + registryHost + `/)?` + pathPart + `(/` + pathPart + `)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
+	// registryPrefix is what spec.images.registry may be: a host followed by
+	// path components, the part of a reference before the image's own name.
+	registryPrefix = regexp.MustCompile(`^` + registryHost + `(/` + pathPart + `)*$`)
+	// mirrorKey is a registry host as containerd names its hosts.toml
+	// directories: lower case, with an optional port.
+	mirrorKey = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:[0-9]+)?$`)
 )
 
 // Validate checks a defaulted NodeConfig and returns a ValidationError listing every
@@ -134,6 +146,8 @@ func (c *NodeConfig) Validate() error {
 		}
 	}
 
+	validateImages(s, add)
+
 	for _, k := range slices.Sorted(maps.Keys(s.Kubelet.NodeLabels)) {
 		p := "spec.kubelet.nodeLabels[" + k + "]"
 		if !labelNameRegex.MatchString(k) || len(k) > 316 {
@@ -216,6 +230,11 @@ func (c *NodeConfig) Validate() error {
 	if net.ParseIP(s.Networking.ClusterDNS) == nil {
 		add("spec.networking.clusterDNS", "%q is not an IP address", s.Networking.ClusterDNS)
 	}
+	switch s.Networking.Mode {
+	case NetworkKubenet, NetworkCNI:
+	default:
+		add("spec.networking.mode", "must be kubenet or cni, got %q", s.Networking.Mode)
+	}
 	if (s.PKI.CACertFile == "") != (s.PKI.CAKeyFile == "") {
 		add("spec.pki", "caCertFile and caKeyFile go together")
 	}
@@ -223,6 +242,92 @@ func (c *NodeConfig) Validate() error {
 		return nil
 	}
 	return errs
+}
+
+// validateImages checks spec.images and spec.containerd.
+func validateImages(s *Spec, add func(path, format string, args ...any)) {
+	registry := strings.TrimSuffix(s.Images.Registry, "/")
+	badRegistry := len(registry) > 255 || !registryPrefix.MatchString(registry)
+	if badRegistry {
+		add("spec.images.registry", "%q is not a registry such as registry.k8s.io or mirror.example:5000/k8s", s.Images.Registry)
+	}
+	// A pause image derived from a bad registry is the registry's problem, said once.
+	derived := s.Images.PauseImage == registry+"/"+DefaultPauseImageName
+	if p := s.Images.PauseImage; !IsImageReference(p) && !(badRegistry && derived) {
+		add("spec.images.pauseImage", "%q is not an image reference with a tag, e.g. registry.k8s.io/pause:3.10", p)
+	}
+	names := map[string]int{}
+	for i, a := range s.Images.Archives {
+		p := fmt.Sprintf("spec.images.archives[%d]", i)
+		switch {
+		case a.Name == "":
+			add(p+".name", "required: the image reference the archive carries, e.g. registry.k8s.io/kube-apiserver:v1.34.4")
+		case !IsImageReference(a.Name):
+			add(p+".name", "%q is not an image reference with a tag, e.g. registry.k8s.io/kube-apiserver:v1.34.4", a.Name)
+		default:
+			if j, dup := names[a.Name]; dup {
+				add(p+".name", "%q already used by spec.images.archives[%d]", a.Name, j)
+			}
+			names[a.Name] = i
+		}
+		if len(a.URLs) == 0 {
+			add(p+".urls", "at least one URL is required")
+		}
+		for j, u := range a.URLs {
+			if err := validateAssetURL(u); err != nil {
+				add(fmt.Sprintf("%s.urls[%d]", p, j), "%v", err)
+			}
+		}
+		switch {
+		case a.SHA256 == "":
+			add(p+".sha256", "required: the archive's SHA-256 as 64 hex characters")
+		case !sha256Hex.MatchString(a.SHA256):
+			add(p+".sha256", "must be 64 hex characters, got %d characters", len(a.SHA256))
+		}
+	}
+
+	mirrors := s.Containerd.RegistryMirrors
+	if len(mirrors) > 0 && s.ContainerRuntime == RuntimeDocker {
+		add("spec.containerd.registryMirrors", "only used with containerRuntime containerd: Docker's pulls do not read containerd's hosts.toml")
+	}
+	for _, host := range slices.Sorted(maps.Keys(mirrors)) {
+		p := "spec.containerd.registryMirrors[" + host + "]"
+		if len(host) > 255 || !mirrorKey.MatchString(host) {
+			add(p, "%q is not a registry host such as registry.k8s.io or mirror.example:5000 (lower case)", host)
+		}
+		if len(mirrors[host]) == 0 {
+			add(p, "at least one mirror URL is required")
+		}
+		for j, m := range mirrors[host] {
+			if err := validateMirrorURL(m); err != nil {
+				add(fmt.Sprintf("%s[%d]", p, j), "%v", err)
+			}
+		}
+	}
+}
+
+// IsImageReference reports whether s is an image reference with a tag, such as
+// registry.k8s.io/kube-apiserver:v1.34.4 or busybox:1.36 (no digest).
+func IsImageReference(s string) bool {
+	return len(s) <= 255 && imageTagged.MatchString(s)
+}
+
+func validateMirrorURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("%q is not a URL", raw)
+	}
+	switch {
+	case u.Scheme != "https" && u.Scheme != "http":
+		return fmt.Errorf("%q: scheme must be https or http", raw)
+	case u.Host == "":
+		return fmt.Errorf("%q has no host", raw)
+	case u.User != nil || u.RawQuery != "" || u.Fragment != "":
+		return fmt.Errorf("%q: no credentials, query or fragment", raw)
+	case strings.ContainsAny(raw, "\"\n\r"):
+		return fmt.Errorf("%q: quotes and line breaks are not allowed", raw)
+	}
+	return nil
 }
 
 // IsDNS1123Subdomain reports whether s is a valid DNS-1123 subdomain.

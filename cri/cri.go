@@ -7,6 +7,20 @@
 // image as sandbox) and containerd.service, whose PATH starts with BinDir so the
 // shim and runc installed there are the ones used.
 //
+// Registry mirrors: the CRI plugin reads registry hosts from
+// /etc/containerd/certs.d (config_path); the phase writes one hosts.toml per
+// configured registry and removes those it wrote for registries no longer
+// configured (files without its header are never touched). containerd reads them
+// at each pull, so they need no restart.
+//
+// Pod networking, kubenet mode (the default): containerd's CRI plugin renders a
+// CNI configuration template (conf_template) into
+// /etc/cni/net.d/10-containerd-net.conflist once kubelet reports the node's pod
+// CIDR, if no other CNI configuration is there: a bridge (cbr0) over the node's
+// pod CIDR with host-local IPAM, and portmap for hostPort. The CNI plugins are
+// ordinary assets installed under /opt/cni/bin. In cni mode no template is
+// written and something else (a network add-on) drops the CNI configuration.
+//
 // Docker: kubelet lost its built-in Docker support (dockershim) in 1.24, so a
 // Docker node needs cri-dockerd, which serves CRI on unix:///run/cri-dockerd.sock
 // and drives dockerd. The phase writes /etc/docker/daemon.json (systemd cgroup
@@ -37,7 +51,7 @@ const PhaseName = "container-runtime"
 // Defaults for Options.
 const (
 	DefaultBinDir     = "/usr/local/bin"
-	DefaultPauseImage = config.DefaultRegistry + "/pause:3.10"
+	DefaultPauseImage = config.DefaultRegistry + "/" + config.DefaultPauseImageName
 )
 
 // Host paths this package writes and the sockets the runtimes listen on.
@@ -46,6 +60,13 @@ const (
 	ContainerdSocket     = "/run/containerd/containerd.sock"
 	DockerDaemonJSONPath = "/etc/docker/daemon.json"
 	CRIDockerdSocket     = "/run/cri-dockerd.sock"
+	// RegistryHostsDir is containerd's config_path: <dir>/<registry host>/hosts.toml.
+	RegistryHostsDir = "/etc/containerd/certs.d"
+	// CNITemplatePath is the kubenet CNI configuration template (conf_template).
+	CNITemplatePath = "/etc/containerd/cni-kubenet.conflist.tmpl"
+	// CNIBinDir and CNIConfDir are where CNI plugins and configurations live.
+	CNIBinDir  = "/opt/cni/bin"
+	CNIConfDir = "/etc/cni/net.d"
 )
 
 // Options configure the runtime phase.
@@ -56,8 +77,15 @@ type Options struct {
 	Log     *slog.Logger
 	// BinDir is where the assets phase installed the binaries; default /usr/local/bin.
 	BinDir string
-	// PauseImage is the pod sandbox image; default registry.k8s.io/pause:3.10.
+	// PauseImage is the pod sandbox image; default registry.k8s.io/pause:3.10
+	// (the config defaults it to <spec.images.registry>/pause:3.10).
 	PauseImage string
+	// RegistryMirrors maps a registry host to the mirror URLs tried before it
+	// (containerd only).
+	RegistryMirrors map[string][]string
+	// Networking is kubenet (default: a CNI template containerd renders with the
+	// node's pod CIDR) or cni (the CNI configuration comes from elsewhere).
+	Networking config.NetworkMode
 }
 
 func (o Options) withDefaults() Options {
@@ -69,6 +97,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.PauseImage == "" {
 		o.PauseImage = DefaultPauseImage
+	}
+	if o.Networking == "" {
+		o.Networking = config.NetworkKubenet
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
@@ -90,6 +121,9 @@ type Plan struct {
 	Files  []systemd.File
 	Enable []string
 	Start  []string
+	// Remove are files this package wrote earlier that the configuration no
+	// longer wants (each carries the managed header).
+	Remove []string
 	// Warnings are problems that do not stop the runtime from starting but will
 	// stop kubelet from using it.
 	Warnings []string
@@ -107,14 +141,35 @@ func Render(o Options) (Plan, error) {
 	if present("runc") {
 		runc = path.Join(o.BinDir, "runc")
 	}
+	var template string
+	switch o.Networking {
+	case config.NetworkKubenet:
+		template = CNITemplatePath
+	case config.NetworkCNI:
+	default:
+		return Plan{}, fmt.Errorf("networking mode %q: want kubenet or cni", o.Networking)
+	}
 	p := Plan{
 		Files: []systemd.File{
-			{Path: ContainerdConfigPath, Content: containerdConfig(o.PauseImage, runc), Mode: 0o644, Unit: "containerd.service"},
+			{Path: ContainerdConfigPath, Content: containerdConfig(o.PauseImage, runc, template), Mode: 0o644, Unit: "containerd.service"},
 			{Path: systemd.UnitDir + "/containerd.service", Content: containerdUnit(o.BinDir), Mode: 0o644},
 		},
 		Enable: []string{"containerd.service"},
 		Start:  []string{"containerd.service"},
 	}
+	// containerd reads the template when kubelet reports the pod CIDR, and the
+	// hosts files at each pull: neither needs a restart.
+	if template != "" {
+		p.Files = append(p.Files, systemd.File{Path: CNITemplatePath, Content: kubenetTemplate(), Mode: 0o644})
+	} else if managedFile(o.Root.Path(CNITemplatePath)) {
+		p.Remove = append(p.Remove, CNITemplatePath)
+	}
+	hosts, stale, err := registryHosts(o.Root, o.RegistryMirrors)
+	if err != nil {
+		return Plan{}, err
+	}
+	p.Files = append(p.Files, hosts...)
+	p.Remove = append(p.Remove, stale...)
 	switch o.Runtime {
 	case config.RuntimeContainerd:
 	case config.RuntimeDocker:
@@ -130,7 +185,7 @@ func Render(o Options) (Plan, error) {
 		p.Enable = append(p.Enable, "docker.socket", "docker.service")
 		p.Start = append(p.Start, "docker.service")
 		if present("cri-dockerd") {
-			p.Files = append(p.Files, systemd.File{Path: systemd.UnitDir + "/cri-docker.service", Content: criDockerdUnit(o.BinDir, o.PauseImage), Mode: 0o644})
+			p.Files = append(p.Files, systemd.File{Path: systemd.UnitDir + "/cri-docker.service", Content: criDockerdUnit(o.BinDir, o.PauseImage, o.Networking), Mode: 0o644})
 			p.Enable = append(p.Enable, "cri-docker.service")
 			p.Start = append(p.Start, "cri-docker.service")
 		} else {
@@ -148,11 +203,11 @@ func Render(o Options) (Plan, error) {
 // that runs just before it.
 func NewPhase(o Options) bootstrap.Phase {
 	o = o.withDefaults()
-	return systemd.NewRenderedPhase(PhaseName, systemd.UnitSet{Root: o.Root, Systemd: o.Systemd, Log: o.Log},
+	return &phase{o: o, RenderedPhase: systemd.NewRenderedPhase(PhaseName, systemd.UnitSet{Root: o.Root, Systemd: o.Systemd, Log: o.Log},
 		func() (systemd.Rendered, error) {
 			pl, err := Render(o)
 			return systemd.Rendered{Files: pl.Files, Enable: pl.Enable, Start: pl.Start, Warnings: pl.Warnings}, err
-		})
+		})}
 }
 
 func dockerDaemonJSON() ([]byte, error) {

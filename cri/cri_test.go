@@ -62,6 +62,7 @@ func TestRender(t *testing.T) {
 			wantFiles: map[string]string{
 				"/etc/containerd/config.toml":            "config.toml",
 				"/etc/systemd/system/containerd.service": "containerd.service",
+				CNITemplatePath:                          "cni-kubenet.conflist.tmpl",
 			},
 			wantEnable: []string{"containerd.service"},
 			wantStart:  []string{"containerd.service"},
@@ -73,6 +74,7 @@ func TestRender(t *testing.T) {
 			wantFiles: map[string]string{
 				"/etc/containerd/config.toml":            "config-no-runc.toml",
 				"/etc/systemd/system/containerd.service": "containerd.service",
+				CNITemplatePath:                          "cni-kubenet.conflist.tmpl",
 			},
 			wantEnable: []string{"containerd.service"},
 			wantStart:  []string{"containerd.service"},
@@ -84,6 +86,7 @@ func TestRender(t *testing.T) {
 			wantFiles: map[string]string{
 				"/etc/containerd/config.toml":            "config.toml",
 				"/etc/systemd/system/containerd.service": "containerd.service",
+				CNITemplatePath:                          "cni-kubenet.conflist.tmpl",
 				"/etc/docker/daemon.json":                "daemon.json",
 				"/etc/systemd/system/docker.socket":      "docker.socket",
 				"/etc/systemd/system/docker.service":     "docker.service",
@@ -99,6 +102,7 @@ func TestRender(t *testing.T) {
 			wantFiles: map[string]string{
 				"/etc/containerd/config.toml":            "config.toml",
 				"/etc/systemd/system/containerd.service": "containerd.service",
+				CNITemplatePath:                          "cni-kubenet.conflist.tmpl",
 				"/etc/docker/daemon.json":                "daemon.json",
 				"/etc/systemd/system/docker.socket":      "docker.socket",
 				"/etc/systemd/system/docker.service":     "docker.service",
@@ -221,6 +225,7 @@ func TestPhasePlansWithoutDBus(t *testing.T) {
 	want := []string{
 		"create file /etc/containerd/config.toml",
 		"create file /etc/systemd/system/containerd.service",
+		"create file /etc/containerd/cni-kubenet.conflist.tmpl",
 		"start unit containerd.service (unit containerd.service: state unknown (no D-Bus: no bus))",
 	}
 	if !slices.Equal(got, want) {
@@ -270,6 +275,10 @@ func TestContainerdReadsConfig(t *testing.T) {
 		`root = "/var/lib/containerd"`,
 		`state = "/run/containerd"`,
 		`address = "/run/containerd/containerd.sock"`,
+		`config_path = "/etc/containerd/certs.d"`,
+		`conf_template = "/etc/containerd/cni-kubenet.conflist.tmpl"`,
+		`conf_dir = "/etc/cni/net.d"`,
+		`bin_dir = "/opt/cni/bin"`,
 	} {
 		if !strings.Contains(dump, want) {
 			t.Errorf("containerd's view of the config lacks %s", want)

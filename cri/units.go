@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/nodeagent/nodeagent/config"
 	"github.com/nodeagent/nodeagent/systemd"
 )
 
@@ -21,9 +22,15 @@ func searchPath(binDir string) string {
 	return strings.Join(dirs, ":")
 }
 
-func containerdConfig(pauseImage, runc string) []byte {
+// containerdConfig is config.toml. cniTemplate is the conf_template path, or
+// empty when something else provides the CNI configuration.
+func containerdConfig(pauseImage, runc, cniTemplate string) []byte {
 	// Version 2 is read by containerd 1.5 to 1.7 and migrated in memory by 2.x, so
 	// one file fits every runtime a node may be given.
+	tmpl := ""
+	if cniTemplate != "" {
+		tmpl = "      conf_template = " + strconv.Quote(cniTemplate) + "\n"
+	}
 	s := fmt.Sprintf(`# Managed by nodeagent; changes are overwritten.
 version = 2
 root = "/var/lib/containerd"
@@ -37,8 +44,11 @@ state = "/run/containerd"
     sandbox_image = %s
 
     [plugins."io.containerd.grpc.v1.cri".cni]
-      bin_dir = "/opt/cni/bin"
-      conf_dir = "/etc/cni/net.d"
+      bin_dir = %s
+      conf_dir = %s
+%s
+    [plugins."io.containerd.grpc.v1.cri".registry]
+      config_path = %s
 
     [plugins."io.containerd.grpc.v1.cri".containerd]
       default_runtime_name = "runc"
@@ -48,7 +58,8 @@ state = "/run/containerd"
 
         [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
           SystemdCgroup = true
-`, strconv.Quote(ContainerdSocket), strconv.Quote(pauseImage))
+`, strconv.Quote(ContainerdSocket), strconv.Quote(pauseImage), strconv.Quote(CNIBinDir), strconv.Quote(CNIConfDir),
+		tmpl, strconv.Quote(RegistryHostsDir))
 	if runc != "" {
 		s += fmt.Sprintf("          BinaryName = %s\n", strconv.Quote(runc))
 	}
@@ -129,8 +140,14 @@ WantedBy=multi-user.target
 }
 
 // criDockerdUnit runs cri-dockerd, the CRI shim kubelet needs to use Docker
-// Engine since dockershim left kubelet (1.24).
-func criDockerdUnit(binDir, pauseImage string) []byte {
+// Engine since dockershim left kubelet (1.24). cri-dockerd kept dockershim's
+// network plugins: kubenet (its own bridge over the pod CIDR kubelet reports,
+// from the bridge, host-local and loopback plugins in CNIBinDir) or cni.
+func criDockerdUnit(binDir, pauseImage string, mode config.NetworkMode) []byte {
+	network := "--network-plugin=kubenet --cni-bin-dir=" + CNIBinDir
+	if mode == config.NetworkCNI {
+		network = "--network-plugin=cni --cni-bin-dir=" + CNIBinDir + " --cni-conf-dir=" + CNIConfDir
+	}
 	return []byte(fmt.Sprintf(`# Managed by nodeagent; changes are overwritten.
 [Unit]
 Description=cri-dockerd: CRI endpoint for Docker Engine
@@ -142,7 +159,7 @@ Requires=docker.service
 [Service]
 Type=simple
 Environment=PATH=%s
-ExecStart=%s --container-runtime-endpoint=%s --pod-infra-container-image=%s --cri-dockerd-root-directory=/var/lib/cri-dockerd
+ExecStart=%s --container-runtime-endpoint=%s --pod-infra-container-image=%s --cri-dockerd-root-directory=/var/lib/cri-dockerd %s
 Restart=always
 RestartSec=2
 Delegate=yes
@@ -151,5 +168,5 @@ LimitNOFILE=infinity
 
 [Install]
 WantedBy=multi-user.target
-`, searchPath(binDir), systemd.ExecQuote(binDir+"/cri-dockerd"), CRIEndpoint("docker"), pauseImage))
+`, searchPath(binDir), systemd.ExecQuote(binDir+"/cri-dockerd"), CRIEndpoint("docker"), pauseImage, network))
 }

@@ -254,8 +254,9 @@ build {
       "systemctl enable nodeagent-bootstrap.service",
       "rm -f /tmp/nodeagent /tmp/bake.yaml /tmp/nodeagent-bootstrap.service",
       # Every instance from this image must look like a first boot: new machine-id,
-      # cloud-init runs again, no build-time state of nodeagent.
-      "rm -rf /var/lib/nodeagent",
+      # cloud-init runs again, no build-time state of nodeagent but the record of the
+      # images bake imported (if containerd ran during the build), kept with them.
+      "find /var/lib/nodeagent -mindepth 1 -maxdepth 1 ! -name images -exec rm -rf {} + 2>/dev/null || true",
       "cloud-init clean --logs || true",
       "truncate -s 0 /etc/machine-id",
       "apt-get clean",
