@@ -68,3 +68,18 @@ func IsWaiting(err error) bool {
 	var w *WaitError
 	return errors.As(err, &w)
 }
+
+type progressKey struct{}
+
+// Progress tells status what a running phase is doing or waiting on now ("no
+// etcd volume available in us-east-1d: …"), while it runs; the runner clears it
+// when the phase ends. Outside a runner it does nothing.
+func Progress(ctx context.Context, msg string) {
+	if f, ok := ctx.Value(progressKey{}).(func(string)); ok {
+		f(msg)
+	}
+}
+
+func withProgress(ctx context.Context, f func(string)) context.Context {
+	return context.WithValue(ctx, progressKey{}, f)
+}

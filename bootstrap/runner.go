@@ -6,6 +6,7 @@ import (
 
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -99,6 +100,25 @@ func (r *Runner) runPhase(ctx context.Context, p Phase, facts *Facts, log *slog.
 		}
 	})
 	log = log.With("phase", ps.Name)
+	var (
+		progressMu   sync.Mutex // a phase may report from several goroutines
+		lastProgress string
+	)
+	ctx = withProgress(ctx, func(msg string) {
+		progressMu.Lock()
+		defer progressMu.Unlock()
+		if msg == lastProgress {
+			return
+		}
+		lastProgress = msg
+		if _, err := r.Store.Update(func(st *State) {
+			if cur := st.Phase(ps.Name); cur != nil && cur.State == PhaseRunning {
+				cur.Progress = msg
+			}
+		}); err != nil {
+			log.Warn("record progress", "err", err)
+		}
+	})
 	fail := func(step string, err error) PhaseStatus {
 		ps.State = PhaseFailed
 		ps.Error = step + ": " + err.Error()

@@ -78,6 +78,8 @@ type PhaseStatus struct {
 	// Warnings are things the phase could not do but that do not fail it, stated
 	// plainly (e.g. "kernel refused module br_netfilter: ...").
 	Warnings []string `json:"warnings,omitempty"`
+	// Progress is what a running phase is doing or waiting on now.
+	Progress string `json:"progress,omitempty"`
 }
 
 // VolumeStatus is one claimed etcd volume.

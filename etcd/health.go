@@ -243,6 +243,7 @@ func (p *HealthPhase) Act(ctx context.Context) error {
 			return nil
 		}
 		p.o.Log.Info("waiting for etcd", "unhealthy", strings.Join(bad, "; "), "retryIn", delay)
+		bootstrap.Progress(ctx, "waiting for etcd: "+strings.Join(bad, "; "))
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():

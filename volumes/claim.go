@@ -16,6 +16,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/aws/smithy-go"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
+
+	"github.com/nodeagent/nodeagent/bootstrap"
 )
 
 // Tags kops puts on etcd volumes.
@@ -327,6 +329,7 @@ func (p *ClaimPhase) claimVolume(ctx context.Context, etcdCluster string) (candi
 	// again first, so a late-showing attachment is answered by EC2 as "in use" and
 	// found by the describe that follows, never joined by a second volume.
 	var suspect string
+	waiting := false // the last look found no volume available
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
 			if err := sleep(ctx, bo.next()); err != nil {
@@ -335,6 +338,13 @@ func (p *ClaimPhase) claimVolume(ctx context.Context, etcdCluster string) (candi
 				}
 				if last == nil {
 					last = errors.New("no volume became available")
+				}
+				if waiting {
+					// Not this node's fault: the volume is still held by the
+					// instance this one replaces, or was never made. The daemon
+					// keeps trying; the launch is not abandoned.
+					return candidate{}, bootstrap.Waiting("etcd %s: no volume available in %s after %s: %v",
+						etcdCluster, p.o.AvailabilityZone, p.o.AttachTimeout, last)
 				}
 				return candidate{}, fmt.Errorf("etcd %s: no volume claimed in %s within %s: %w",
 					etcdCluster, p.o.AvailabilityZone, p.o.AttachTimeout, last)
@@ -358,13 +368,15 @@ func (p *ClaimPhase) claimVolume(ctx context.Context, etcdCluster string) (candi
 			return p.waitAttached(ctx, etcdCluster, *mine, deadline)
 		}
 		free := available(cs)
-		if len(free) == 0 {
+		waiting = len(free) == 0
+		if waiting {
 			last = fmt.Errorf("none of its %d volumes is available: %s", len(cs), summarize(cs))
 			if len(cs) == 0 {
 				last = fmt.Errorf("no volume is tagged %s=%s, %s%s, %s=1 in %s",
 					tagCluster, p.o.ClusterName, tagEtcdPrefix, etcdCluster, tagMaster, p.o.AvailabilityZone)
 			}
 			log.Info("waiting for an etcd volume", "reason", last)
+			bootstrap.Progress(ctx, fmt.Sprintf("waiting for an etcd %s volume: %v", etcdCluster, last))
 			continue
 		}
 		if i := slices.IndexFunc(free, func(c candidate) bool { return c.ID == suspect }); i > 0 {
