@@ -7,7 +7,17 @@ COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -s -w -X github.com/nodeagent/nodeagent/agent.Version=$(VERSION) -X github.com/nodeagent/nodeagent/agent.Commit=$(COMMIT)
 E2E_TIMEOUT ?= 50m
 
-.PHONY: all build deps test unit e2e bench demo lint clean
+.PHONY: all build deps test unit e2e e2e-parts bench demo lint clean
+
+# e2e-parts builds (once; all cached in /var/cache/nodeagent-e2e) the real parts the end-to-end
+# tests run: the Debian rootfs the machines boot, kubelet and the control plane (kube-apiserver,
+# kube-controller-manager, kube-scheduler, kube-proxy) v1.34.4 and etcd v3.5 from source through
+# the Go module proxy, and the image archives nodes import instead of pulling from a registry.
+e2e-parts:
+	hack/rootfs.sh >/dev/null
+	hack/build-k8s.sh >/dev/null
+	hack/build-etcd.sh >/dev/null
+	$(GO) run ./hack/images -out /var/cache/nodeagent-e2e/images >/dev/null
 
 all: build
 
@@ -30,9 +40,7 @@ unit:
 
 # e2e boots real systemd machines (systemd-nspawn), real loop devices, network namespaces, a real
 # kubelet built from source, all against the wire-level AWS emulator.
-e2e: deps build
-	hack/rootfs.sh >/dev/null
-	hack/build-kubelet.sh >/dev/null
+e2e: deps build e2e-parts
 	# One package at a time: machines share the host's network (kubelet's ports).
 	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -p 1 ./internal/nspawn/
 	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -p 1 -run E2E ./systemd/... ./cri/ ./kubelet/
@@ -43,9 +51,7 @@ test: deps lint unit e2e
 bench: deps build
 	hack/bench.sh
 
-demo: deps build
-	hack/rootfs.sh >/dev/null
-	hack/build-kubelet.sh >/dev/null
+demo: deps build e2e-parts
 	$(GO) run ./hack/demo
 
 clean:

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 hack/rootfs.sh >/dev/null
-hack/build-kubelet.sh >/dev/null
+hack/build-k8s.sh >/dev/null
 
 echo "== binary"
 CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o bin/nodeagent ./cmd/nodeagent

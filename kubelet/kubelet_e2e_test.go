@@ -31,7 +31,7 @@ func TestE2EStandaloneKubelet(t *testing.T) {
 		kubeletBin = "/var/cache/nodeagent-e2e/kubelet-v1.34.4"
 	}
 	if _, err := os.Stat(kubeletBin); err != nil {
-		t.Fatalf("kubelet binary: %v (hack/build-kubelet.sh, or set KUBELET_BIN)", err)
+		t.Fatalf("kubelet binary: %v (hack/build-k8s.sh, or set KUBELET_BIN)", err)
 	}
 	// The machine shares the host network: another kubelet would answer for ours.
 	if err := Healthz(context.Background()); err == nil || !strings.Contains(err.Error(), "connection refused") {

@@ -75,7 +75,7 @@ func kubeletBinary(t *testing.T) string {
 		p = "/var/cache/nodeagent-e2e/kubelet-v1.34.4"
 	}
 	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("kubelet binary: %v (build it with hack/build-kubelet.sh or set KUBELET_BIN)", err)
+		t.Fatalf("kubelet binary: %v (build it with hack/build-k8s.sh or set KUBELET_BIN)", err)
 	}
 	return p
 }

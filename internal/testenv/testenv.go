@@ -34,7 +34,7 @@ type Binary struct {
 	Path string // host path of the file served
 }
 
-// DefaultKubelet is where hack/build-kubelet.sh caches the kubelet it builds.
+// DefaultKubelet is where hack/build-k8s.sh caches the kubelet it builds.
 const DefaultKubelet = "/var/cache/nodeagent-e2e/kubelet-v1.34.4"
 
 // WorkerBinaries are the executables a containerd worker installs: containerd and
@@ -56,7 +56,7 @@ func WorkerBinaries(kubelet string) ([]Binary, error) {
 		}
 	}
 	if len(missing) > 0 {
-		return nil, fmt.Errorf("asset binaries missing: %s (apt-get install containerd runc; hack/build-kubelet.sh)", strings.Join(missing, ", "))
+		return nil, fmt.Errorf("asset binaries missing: %s (apt-get install containerd runc; hack/build-k8s.sh)", strings.Join(missing, ", "))
 	}
 	return bins, nil
 }
