@@ -75,6 +75,9 @@ type haLab struct {
 	linker *machineLinker
 	ca     []byte // cluster CA certificate (PEM)
 	images []imageEntry
+	// volumeDir holds the volumes' backing files (<volume-id>.img); a test may
+	// put data in one before the volume is first attached.
+	volumeDir string
 
 	mu    sync.Mutex
 	nodes []*haNode
@@ -153,13 +156,14 @@ func newHALab(t *testing.T, extraVolumes ...awsemu.Volume) *haLab {
 	world.LifecycleHooks = append(world.LifecycleHooks, awsemu.LifecycleHook{AutoScalingGroup: "nodes", Name: haHook})
 	world.Volumes = append(world.Volumes, extraVolumes...)
 
-	h := &haLab{t: t, net: lab, ca: caCert, images: images}
+	h := &haLab{t: t, net: lab, ca: caCert, images: images, volumeDir: t.TempDir()}
 	h.linker = &machineLinker{machines: map[string]*nspawn.Machine{}}
 	env, err := testenv.Start(testenv.Options{
-		Binaries: bins,
-		Log:      slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
-		Listen:   func() (net.Listener, error) { return netns.ListenIn(lab.Bridge, "tcp", lab.Router.String()+":0") },
-		Devices:  h.linker,
+		Binaries:  bins,
+		VolumeDir: h.volumeDir,
+		Log:       slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Listen:    func() (net.Listener, error) { return netns.ListenIn(lab.Bridge, "tcp", lab.Router.String()+":0") },
+		Devices:   h.linker,
 	}, world)
 	if err != nil {
 		t.Fatal(err)

@@ -3,12 +3,14 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"maps"
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -18,6 +20,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/nodeagent/nodeagent/awsemu"
+	"github.com/nodeagent/nodeagent/bootstrap"
 	"github.com/nodeagent/nodeagent/config"
 )
 
@@ -388,4 +391,60 @@ func lastLines(b []byte, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// TestHAVolumeRefusals: a master never takes a volume it should not. In a zone
+// with no free etcd volume it waits and says why in status; given volumes that
+// hold data it does not recognise it refuses them and says why. Nothing is
+// formatted in either case.
+func TestHAVolumeRefusals(t *testing.T) {
+	const junkZone, emptyZone = "us-east-1e", "us-east-1d"
+	h := newHALab(t, haVolume("main", "e", junkZone), haVolume("events", "e", junkZone))
+	ctx := context.Background()
+	junk := []byte("not a filesystem nodeagent knows, but somebody's data\n")
+	for _, id := range []string{"vol-0maine", "vol-0eventse"} {
+		if err := os.WriteFile(filepath.Join(h.volumeDir, id+".img"), bytes.Repeat(junk, 4096), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	waiter := h.boot(ctx, "i-0ha0nofreevol0001", config.RoleControlPlane, emptyZone)
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() { _, _, _, _ = waiter.Agent(wctx, "bootstrap") }() // it waits until cancelled: its outcome is the point of nothing here
+	eventually(t, 10*time.Minute, "the master with no volume says it waits", func() (bool, string) {
+		st, code := h.status(ctx, waiter)
+		p := st.Phase("volumes")
+		if p == nil {
+			return false, "no volumes phase yet"
+		}
+		if code != 1 || p.State != bootstrap.PhaseRunning || !strings.Contains(p.Progress, "no volume is tagged") || !strings.Contains(p.Progress, emptyZone) {
+			return false, fmt.Sprintf("exit %d, volumes %s: %q", code, p.State, p.Progress)
+		}
+		return true, ""
+	})
+
+	refused := h.boot(ctx, "i-0ha0junkvolume001", config.RoleControlPlane, junkZone)
+	_, stderr, code := h.agent(ctx, refused, "bootstrap")
+	if code == 0 {
+		t.Fatal("bootstrap succeeded on volumes holding unknown data")
+	}
+	st, _ := h.status(ctx, refused)
+	if p := st.Phase("volumes"); p == nil || p.State != bootstrap.PhaseFailed || !strings.Contains(p.Error, "refusing to format") {
+		t.Errorf("volumes phase %+v, want failed: refusing to format\n%s", p, lastLines(stderr, 10))
+	}
+	for _, id := range []string{"vol-0maine", "vol-0eventse"} {
+		b, err := os.ReadFile(filepath.Join(h.volumeDir, id+".img"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(b[:len(junk)*4096], bytes.Repeat(junk, 4096)) {
+			t.Errorf("%s was written to", id)
+		}
+	}
+	for _, n := range []*haNode{waiter, refused} {
+		if out, _, _ := n.M.Exec(ctx, nil, "sh", "-c", "grep -c /mnt/master- /proc/mounts || true"); strings.TrimSpace(string(out)) != "0" {
+			t.Errorf("%s mounted an etcd volume: %s", n.InstanceID, out)
+		}
+	}
 }
