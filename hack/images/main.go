@@ -125,7 +125,7 @@ func run(ctx context.Context, o options, stdout io.Writer) error {
 		return err
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 8, 2, ' ', 0)
-	fmt.Fprintf(tw, "IMAGE\tFILE\tSIZE\tSHA256\t\n")
+	fmt.Fprintf(tw, "IMAGE\tFILE\tSIZE\tSHA256\tSTATUS\n")
 	for _, e := range built {
 		fmt.Fprintf(tw, "%s\t%s\t%.1f MiB\t%s\t%s\n", e.Name, e.File, float64(e.Size)/(1<<20), e.SHA256[:16], e.status)
 	}

@@ -158,12 +158,7 @@ func write(w io.Writer, img Image, tmpDir string) (Result, error) {
 			return Result{}, fmt.Errorf("write archive: %w", err)
 		}
 	}
-	written := map[string]bool{}
 	for _, b := range blobs {
-		if written[b.digest] { // an empty layer may equal nothing else, but be safe
-			continue
-		}
-		written[b.digest] = true
 		r, err := b.open()
 		if err != nil {
 			return Result{}, fmt.Errorf("read staged blob %s: %w", b.digest, err)
