@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -57,6 +58,7 @@ func buildPhases(ctx context.Context, o Options, n *Node) (*phaseSet, error) {
 		cri.NewPhase(cri.Options{
 			Root: o.Root, Runtime: spec.ContainerRuntime, Systemd: connect, Log: log, PauseImage: spec.Images.PauseImage,
 			RegistryMirrors: spec.Containerd.RegistryMirrors, Networking: spec.Networking.Mode,
+			RestrictOOMScoreAdj: !canLowerOOM(log),
 		}),
 		// Before kubelet, so that its static pods find their images without a registry.
 		images.NewPhase(images.Options{
@@ -169,6 +171,17 @@ func (ps *phaseSet) readyChecks(connect func(context.Context) (*systemd.Manager,
 		}},
 		{name: "kubelet", fn: kubelet.Healthz},
 	}
+}
+
+// canLowerOOM says whether the runtime may lower containers' oom_score_adj here;
+// when it cannot be told, the answer is yes, as on an instance.
+func canLowerOOM(log *slog.Logger) bool {
+	ok, err := host.CanLowerOOMScore()
+	if err != nil {
+		log.Warn("cannot tell the process's capabilities; assuming an instance's root", "err", err)
+		return true
+	}
+	return ok
 }
 
 // etcdHealthOptions points the health phase at this node's local members; their

@@ -86,6 +86,10 @@ type Options struct {
 	// Networking is kubenet (default: a CNI template containerd renders with the
 	// node's pod CIDR) or cni (the CNI configuration comes from elsewhere).
 	Networking config.NetworkMode
+	// RestrictOOMScoreAdj tells containerd not to lower containers'
+	// oom_score_adj, for a node whose root lacks CAP_SYS_RESOURCE (a node inside
+	// a container); see host.CanLowerOOMScore.
+	RestrictOOMScoreAdj bool
 }
 
 func (o Options) withDefaults() Options {
@@ -151,7 +155,7 @@ func Render(o Options) (Plan, error) {
 	}
 	p := Plan{
 		Files: []systemd.File{
-			{Path: ContainerdConfigPath, Content: containerdConfig(o.PauseImage, runc, template), Mode: 0o644, Unit: "containerd.service"},
+			{Path: ContainerdConfigPath, Content: containerdConfig(o.PauseImage, runc, template, o.RestrictOOMScoreAdj), Mode: 0o644, Unit: "containerd.service"},
 			{Path: systemd.UnitDir + "/containerd.service", Content: containerdUnit(o.BinDir), Mode: 0o644},
 		},
 		Enable: []string{"containerd.service"},

@@ -285,3 +285,18 @@ func TestContainerdReadsConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestRestrictOOMScoreAdj: a node whose root may not lower oom_score_adj tells
+// containerd not to try, or no pod sandbox could start; an instance's does not.
+func TestRestrictOOMScoreAdj(t *testing.T) {
+	for _, restrict := range []bool{true, false} {
+		p, err := Render(Options{Root: fsutil.Root(t.TempDir()), RestrictOOMScoreAdj: restrict})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := strings.Contains(string(p.Files[0].Content), "restrict_oom_score_adj = true")
+		if got != restrict {
+			t.Errorf("RestrictOOMScoreAdj=%v: config.toml says restrict_oom_score_adj %v:\n%s", restrict, got, p.Files[0].Content)
+		}
+	}
+}

@@ -24,12 +24,16 @@ func searchPath(binDir string) string {
 
 // containerdConfig is config.toml. cniTemplate is the conf_template path, or
 // empty when something else provides the CNI configuration.
-func containerdConfig(pauseImage, runc, cniTemplate string) []byte {
+func containerdConfig(pauseImage, runc, cniTemplate string, restrictOOM bool) []byte {
 	// Version 2 is read by containerd 1.5 to 1.7 and migrated in memory by 2.x, so
 	// one file fits every runtime a node may be given.
 	tmpl := ""
 	if cniTemplate != "" {
 		tmpl = "      conf_template = " + strconv.Quote(cniTemplate) + "\n"
+	}
+	restrict := ""
+	if restrictOOM {
+		restrict = "    restrict_oom_score_adj = true\n"
 	}
 	s := fmt.Sprintf(`# Managed by nodeagent; changes are overwritten.
 version = 2
@@ -42,7 +46,7 @@ state = "/run/containerd"
 [plugins]
   [plugins."io.containerd.grpc.v1.cri"]
     sandbox_image = %s
-
+%s
     [plugins."io.containerd.grpc.v1.cri".cni]
       bin_dir = %s
       conf_dir = %s
@@ -58,7 +62,7 @@ state = "/run/containerd"
 
         [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
           SystemdCgroup = true
-`, strconv.Quote(ContainerdSocket), strconv.Quote(pauseImage), strconv.Quote(CNIBinDir), strconv.Quote(CNIConfDir),
+`, strconv.Quote(ContainerdSocket), strconv.Quote(pauseImage), restrict, strconv.Quote(CNIBinDir), strconv.Quote(CNIConfDir),
 		tmpl, strconv.Quote(RegistryHostsDir))
 	if runc != "" {
 		s += fmt.Sprintf("          BinaryName = %s\n", strconv.Quote(runc))
