@@ -204,6 +204,17 @@ func (s *Syncer) Sync(local netip.Prefix, peers []Peer) (Result, error) {
 	return res, errors.Join(errs...)
 }
 
+// RemoveAll removes every route of ours, for a node whose pod routes are now
+// managed elsewhere (spec.networking.podRoutes none), and returns them.
+func RemoveAll(nl Netlink, log *slog.Logger) ([]Route, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Syncer{o: Options{Netlink: nl, Log: log}, lastSkipped: map[string]string{}}
+	res, err := s.Sync(netip.Prefix{}, nil)
+	return res.Removed, err
+}
+
 // desired turns the peers into the routes they ask for, in name order, and the
 // peers that get none.
 func (s *Syncer) desired(local netip.Prefix, peers []Peer) ([]Route, []Skip) {

@@ -169,10 +169,20 @@ func TestRoutesFollowPeers(t *testing.T) {
 		}
 	})
 
-	t.Run("routes of others are never touched", func(t *testing.T) {
-		if _, err := s.Sync(local, nil); err != nil {
+	t.Run("switching pod routes off removes ours, and only ours", func(t *testing.T) {
+		removed, err := RemoveAll(h, nil)
+		if err != nil {
 			t.Fatal(err)
 		}
+		if len(removed) != 1 || removed[0].Dst != cidr("100.96.40.0/24") {
+			t.Errorf("removed %v, want the route of twin-a", removed)
+		}
+		if got := ourRoutes(t, self.NS); len(got) != 0 {
+			t.Errorf("routes left:\n%s", strings.Join(got, "\n"))
+		}
+	})
+
+	t.Run("routes of others are never touched", func(t *testing.T) {
 		if got := routesNotOurs(t, self.NS); !slices.Equal(got, foreign) {
 			t.Errorf("routes not ours changed:\n%s\nwere:\n%s", strings.Join(got, "\n"), strings.Join(foreign, "\n"))
 		}
