@@ -67,6 +67,8 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 		api.cluster = g.members
 		m.reg.MustRegister(g.collector())
 	}
+	pods := startPodNetwork(o, n, ps, g)
+	defer pods.close()
 	apiErr := make(chan error, 1)
 	go func() { apiErr <- api.serve(ctx, ro.Socket) }()
 
@@ -108,6 +110,7 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 		if g != nil {
 			g.setReady(rs.Ready)
 		}
+		pods.update()
 		if pub != nil {
 			pub.publish(ctx, o.store())
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -13,21 +14,23 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/nodeagent/nodeagent/cloud"
+	"github.com/nodeagent/nodeagent/config"
 	"github.com/nodeagent/nodeagent/gossip"
 	"github.com/nodeagent/nodeagent/manifests"
 )
 
 // gossipRunner is the daemon's seat in the cluster's gossip ring.
 type gossipRunner struct {
-	agent *gossip.Agent
-	mu    sync.Mutex
-	ready bool
-	names []string
+	agent   *gossip.Agent
+	mu      sync.Mutex
+	ready   bool
+	names   []string
+	podCIDR netip.Prefix
 }
 
 // gossipEnabled: like kops, a cluster whose name ends in .k8s.local has no DNS and
 // relies on the ring for names.
-func gossipEnabled(cluster string) bool { return strings.HasSuffix(cluster, ".k8s.local") }
+func gossipEnabled(cluster string) bool { return config.GossipCluster(cluster) }
 
 func startGossip(ctx context.Context, o Options, n *Node, ps *phaseSet) (*gossipRunner, error) {
 	spec := n.Config.Spec
@@ -121,6 +124,9 @@ func (g *gossipRunner) members() []ClusterMember {
 	for _, m := range g.agent.Members() {
 		cm := ClusterMember{Name: m.Name, IP: m.IP.String(), Role: m.Role, State: m.State, Ready: m.Ready}
 		cm.Names = append(cm.Names, m.Names...)
+		if m.PodCIDR.IsValid() {
+			cm.PodCIDR = m.PodCIDR.String()
+		}
 		out = append(out, cm)
 	}
 	return out
