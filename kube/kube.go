@@ -14,8 +14,9 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/nodeagent/nodeagent/internal/fsutil"
@@ -24,18 +25,19 @@ import (
 // RequestTimeout bounds one request to the API server.
 const RequestTimeout = 10 * time.Second
 
-// Client reads Node objects. Only the core/v1 client is built: the agent needs
-// nothing else, and the full clientset would add every API group to the binary.
+// Client reads Node objects. It is client-go's REST client for core/v1 with a
+// scheme of core/v1 alone: the typed clientset registers every API group of
+// k8s.io/api and would add some 20 MB to the binary for one GET.
 type Client struct {
-	nodes corev1client.NodesGetter
+	rest rest.Interface
 }
 
 // Load builds a client from the kubeconfig at path, a host path resolved under
 // root. The files the kubeconfig names (CA, client certificate and key, token
 // file) are host paths too, so they are resolved under root as well; relative
-// ones are taken relative to the kubeconfig's directory, as kubectl does. Client
-// certificate files are re-read by client-go when they change, so a renewed
-// certificate needs no new client.
+// ones are taken relative to the kubeconfig's directory, as kubectl does. client-go
+// re-reads client certificate files for new connections, so a renewed certificate
+// needs no new client.
 func Load(root fsutil.Root, path string) (*Client, error) {
 	file := root.Path(path)
 	data, err := os.ReadFile(file)
@@ -76,11 +78,21 @@ func FromBytes(root fsutil.Root, path string, data []byte) (*Client, error) {
 	}
 	rc.Timeout = RequestTimeout
 	rc.UserAgent = "nodeagent"
-	cs, err := corev1client.NewForConfig(rc)
+	// The scheme knows core/v1 and, through it, metav1.Status, so that the API
+	// server's error answers become apierrors (NotFound, Forbidden, ...).
+	scheme := runtime.NewScheme()
+	if err := corev1.AddToScheme(scheme); err != nil {
+		return nil, fmt.Errorf("kube: register core/v1: %w", err)
+	}
+	rc.APIPath = "/api"
+	rc.GroupVersion = &corev1.SchemeGroupVersion
+	rc.ContentType = runtime.ContentTypeJSON
+	rc.NegotiatedSerializer = serializer.NewCodecFactory(scheme).WithoutConversion()
+	c, err := rest.RESTClientFor(rc)
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig %s: %w", path, err)
 	}
-	return &Client{nodes: cs}, nil
+	return &Client{rest: c}, nil
 }
 
 // NodeStatus reads Node name and reports whether its Ready condition is True,
@@ -90,7 +102,8 @@ func FromBytes(root fsutil.Root, path string, data []byte) (*Client, error) {
 // error; err is set only when the question could not be asked or answered
 // (unreachable, refused credentials, forbidden).
 func (c *Client) NodeStatus(ctx context.Context, name string) (ready bool, reason string, podCIDR string, err error) {
-	node, err := c.nodes.Nodes().Get(ctx, name, metav1.GetOptions{})
+	node := &corev1.Node{}
+	err = c.rest.Get().Resource("nodes").Name(name).Do(ctx).Into(node)
 	if apierrors.IsNotFound(err) {
 		return false, fmt.Sprintf("Node %s not registered yet", name), "", nil
 	}
