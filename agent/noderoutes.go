@@ -108,19 +108,21 @@ type podNetwork struct {
 }
 
 // startPodNetwork returns nil when there is nothing to do: no gossip ring, or no
-// API server to learn a pod CIDR from. With podRoutes none it removes routes an
-// earlier configuration added, once.
+// API server to learn a pod CIDR from. The pod CIDR is published either way;
+// with podRoutes none, routes an earlier configuration added are removed, once.
 func startPodNetwork(o Options, n *Node, ps *phaseSet, g *gossipRunner) *podNetwork {
 	log := o.log().With("component", "podroutes")
 	nw := n.Config.Spec.Networking
 	if nw.PodRoutes != config.PodRoutesGossip {
 		removeOurPodRoutes(log)
-		return nil
 	}
 	if g == nil || ps.node == nil {
 		return nil
 	}
 	pn := &podNetwork{node: ps.node, g: g, self: n.Name, log: log}
+	if nw.PodRoutes != config.PodRoutesGossip {
+		return pn
+	}
 	cluster, err := netip.ParsePrefix(nw.PodCIDR)
 	if err == nil {
 		pn.nl, err = netlink.NewHandle()
