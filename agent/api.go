@@ -29,6 +29,8 @@ type ClusterMember struct {
 	State string   `json:"state"`
 	Ready bool     `json:"ready"`
 	Names []string `json:"names,omitempty"`
+	// PodCIDR is the pod CIDR the member publishes (its Node's spec.podCIDR).
+	PodCIDR string `json:"podCIDR,omitempty"`
 }
 
 // statusAPI serves /healthz, /readyz, /status, /cluster and /metrics over a root-only

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -38,6 +39,9 @@ func TestClusterStatus(t *testing.T) {
 	g := &gossipRunner{agent: agents[0], ready: true}
 	waitFor(t, func() bool { return len(g.members()) == 3 })
 	agents[1].SetReady(true)
+	if err := agents[1].SetPodCIDR(netip.MustParsePrefix("100.96.1.0/24")); err != nil {
+		t.Fatal(err)
+	}
 
 	dir := t.TempDir()
 	api := &statusAPI{store: bootstrap.StateStore{Dir: dir}, metrics: newMetrics(), cluster: g.members, log: quietLog()}
@@ -53,9 +57,9 @@ func TestClusterStatus(t *testing.T) {
 		out.Reset()
 		var err error
 		code, err = ClusterStatus(context.Background(), socket, &out, "table")
-		return err == nil && strings.Contains(out.String(), "worker-b  Node          127.0.0.1  alive  yes")
+		return err == nil && strings.Contains(out.String(), "worker-b  Node          127.0.0.1  alive  yes    100.96.1.0/24")
 	})
-	for _, want := range []string{"NODE", "cp-a", "ControlPlane", "worker-c"} {
+	for _, want := range []string{"NODE", "POD CIDR", "cp-a", "ControlPlane", "worker-c"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("status --cluster lacks %q:\n%s", want, out.String())
 		}

@@ -185,9 +185,9 @@ func ClusterStatus(ctx context.Context, socket string, w io.Writer, format strin
 		return code, err
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tROLE\tIP\tSTATE\tREADY")
+	fmt.Fprintln(tw, "NODE\tROLE\tIP\tSTATE\tREADY\tPOD CIDR")
 	for _, m := range members {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.Name, m.Role, m.IP, m.State, yesNo(m.Ready))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, m.Role, m.IP, m.State, yesNo(m.Ready), orDash(m.PodCIDR))
 	}
 	return code, tw.Flush()
 }

@@ -71,6 +71,8 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 		api.cluster = g.members
 		m.reg.MustRegister(g.collector())
 	}
+	pods := startPodNetwork(o, n, ps, g)
+	defer pods.close()
 	apiErr := make(chan error, 1)
 	go func() { apiErr <- api.serve(ctx, ro.Socket) }()
 
@@ -111,6 +113,10 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 		unlock, ok, err := o.store().TryLockRun()
 		if err != nil || !ok {
 			ps.readiness.heartbeat(ctx)
+			// The pod CIDR and routes do not wait for the run either: a run
+			// may wait long for this very Node to go Ready.
+			ps.learnPodCIDR(ctx)
+			pods.update()
 			return
 		}
 		rs := ps.readiness.refresh(ctx)
@@ -120,6 +126,7 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 		if g != nil {
 			g.setReady(rs.Ready)
 		}
+		pods.update()
 		if pub != nil {
 			pub.publish(ctx, o.store())
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -20,15 +21,16 @@ import (
 
 // gossipRunner is the daemon's seat in the cluster's gossip ring.
 type gossipRunner struct {
-	agent *gossip.Agent
-	mu    sync.Mutex
-	ready bool
-	names []string
+	agent   *gossip.Agent
+	mu      sync.Mutex
+	ready   bool
+	names   []string
+	podCIDR netip.Prefix
 }
 
 // gossipEnabled: like kops, a cluster whose name ends in .k8s.local has no DNS and
 // relies on the ring for names.
-func gossipEnabled(cluster string) bool { return strings.HasSuffix(cluster, ".k8s.local") }
+func gossipEnabled(cluster string) bool { return config.GossipCluster(cluster) }
 
 func startGossip(ctx context.Context, o Options, n *Node, names []string) (*gossipRunner, error) {
 	spec := n.Config.Spec
@@ -123,6 +125,9 @@ func (g *gossipRunner) members() []ClusterMember {
 	for _, m := range g.agent.Members() {
 		cm := ClusterMember{Name: m.Name, IP: m.IP.String(), Role: m.Role, State: m.State, Ready: m.Ready}
 		cm.Names = append(cm.Names, m.Names...)
+		if m.PodCIDR.IsValid() {
+			cm.PodCIDR = m.PodCIDR.String()
+		}
 		out = append(out, cm)
 	}
 	return out

@@ -32,6 +32,7 @@ type phaseSet struct {
 	phases    []bootstrap.Phase
 	volumes   *volumes.ClaimPhase // control plane only
 	readiness *readinessPhase
+	node      *nodeObject // nil when kubelet runs standalone
 	units     []string
 }
 
@@ -145,6 +146,7 @@ func buildPhases(ctx context.Context, o Options, n *Node) (*phaseSet, error) {
 		},
 		checks: append([]readyCheck{{name: "phases", fn: phasesDone(o.store())}}, ps.readyChecks(connect)...),
 	}
+	ps.addNodeCheck(o, n, kubeconfig)
 	ps.phases = append(ps.phases, ps.readiness)
 	return ps, nil
 }

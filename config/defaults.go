@@ -93,6 +93,12 @@ func (c *NodeConfig) SetDefaults() {
 	if s.Networking.ClusterDNS == "" {
 		s.Networking.ClusterDNS = DefaultClusterDNS
 	}
+	if s.Networking.PodRoutes == "" {
+		s.Networking.PodRoutes = PodRoutesNone
+		if GossipCluster(s.Cluster.Name) {
+			s.Networking.PodRoutes = PodRoutesGossip
+		}
+	}
 	if s.Readiness.Timeout == "" {
 		s.Readiness.Timeout = DefaultTimeout
 	}

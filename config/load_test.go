@@ -34,6 +34,7 @@ func TestParseWorkerAppliesDefaults(t *testing.T) {
 		{"gossip port", s.Gossip.Port, DefaultGossipPort},
 		{"no etcd on a worker", s.Etcd == nil, true},
 		{"kubelet override kept", s.Kubelet.Config["maxPods"], float64(50)},
+		{"a gossip cluster routes pod CIDRs over gossip", s.Networking.PodRoutes, PodRoutesGossip},
 	}
 	for _, c := range checks {
 		if !reflect.DeepEqual(c.got, c.want) {
@@ -49,6 +50,22 @@ func TestParseControlPlaneGetsEtcdClusters(t *testing.T) {
 	}
 	if !reflect.DeepEqual(cfg.Spec.Etcd.Clusters, DefaultEtcdClusters) {
 		t.Errorf("etcd clusters = %+v", cfg.Spec.Etcd.Clusters)
+	}
+}
+
+func TestPodRoutesDefaultFollowsGossip(t *testing.T) {
+	for cluster, want := range map[string]PodRoutes{"c.k8s.local": PodRoutesGossip, "prod.example.com": PodRoutesNone} {
+		cfg, err := Parse([]byte(strings.Replace(minimal("Node"), "c.k8s.local", cluster, 1)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := cfg.Spec.Networking.PodRoutes; got != want {
+			t.Errorf("cluster %s: podRoutes %q, want %q", cluster, got, want)
+		}
+	}
+	cfg, err := Parse([]byte(minimal("Node") + "  networking: {podRoutes: none}\n"))
+	if err != nil || cfg.Spec.Networking.PodRoutes != PodRoutesNone {
+		t.Errorf("explicit none on a gossip cluster: %v %+v", err, cfg)
 	}
 }
 
@@ -92,6 +109,9 @@ spec:
 		}},
 		{"managed kubelet field", minimal("Node") + "  kubelet: {config: {staticPodPath: /tmp}}\n", []string{"spec.kubelet.config.staticPodPath"}},
 		{"bad label", minimal("Node") + "  kubelet: {nodeLabels: {'-bad': x}}\n", []string{"spec.kubelet.nodeLabels[-bad]"}},
+		{"unknown pod routes", minimal("Node") + "  networking: {podRoutes: bgp}\n", []string{"spec.networking.podRoutes"}},
+		{"gossip pod routes without gossip", strings.Replace(minimal("Node"), "c.k8s.local", "prod.example.com", 1) +
+			"  networking: {podRoutes: gossip}\n", []string{"spec.networking.podRoutes"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -3,6 +3,8 @@
 // user-data unwrapping, merging over cluster-level defaults, defaulting and validation.
 package config
 
+import "strings"
+
 // APIVersion and Kind identify a NodeConfig document.
 const (
 	APIVersion = "nodeagent.io/v1alpha1"
@@ -174,7 +176,24 @@ type Networking struct {
 	ClusterDNS  string `json:"clusterDNS,omitempty"`
 	// Mode is kubenet (default) or cni.
 	Mode NetworkMode `json:"mode,omitempty"`
+	// PodRoutes says who routes each node's pod CIDR to it: gossip (the daemon
+	// keeps a route to every gossip peer's pod CIDR via the peer's IP, for nodes on
+	// one subnet) or none (the cloud's route table or the CNI plugin does it).
+	// Default gossip for a .k8s.local (gossip) cluster, none otherwise.
+	PodRoutes PodRoutes `json:"podRoutes,omitempty"`
 }
+
+// PodRoutes is how routes to other nodes' pod CIDRs are kept.
+type PodRoutes string
+
+const (
+	PodRoutesGossip PodRoutes = "gossip"
+	PodRoutesNone   PodRoutes = "none"
+)
+
+// GossipCluster reports whether a cluster relies on the gossip ring for its
+// internal names, as kops does for names ending in .k8s.local (no DNS zone).
+func GossipCluster(name string) bool { return strings.HasSuffix(name, ".k8s.local") }
 
 // PKI names where the cluster CA comes from when not from the state store.
 type PKI struct {

@@ -235,6 +235,15 @@ func (c *NodeConfig) Validate() error {
 	default:
 		add("spec.networking.mode", "must be kubenet or cni, got %q", s.Networking.Mode)
 	}
+	switch s.Networking.PodRoutes {
+	case PodRoutesNone:
+	case PodRoutesGossip:
+		if !GossipCluster(s.Cluster.Name) {
+			add("spec.networking.podRoutes", "gossip needs the gossip ring, which runs only for a cluster whose name ends in .k8s.local; use none")
+		}
+	default:
+		add("spec.networking.podRoutes", "must be gossip or none, got %q", s.Networking.PodRoutes)
+	}
 	if (s.PKI.CACertFile == "") != (s.PKI.CAKeyFile == "") {
 		add("spec.pki", "caCertFile and caKeyFile go together")
 	}

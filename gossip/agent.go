@@ -242,9 +242,9 @@ func (a *Agent) start(ctx context.Context) error {
 	return nil
 }
 
-// encodeLocked refreshes a.meta from ready/role/names; a.mu must be held.
+// encodeLocked refreshes a.meta from ready/role/names/pod CIDR; a.mu must be held.
 func (a *Agent) encodeLocked() error {
-	b, err := encodeMeta(metadata{Ready: a.ready, Leaving: a.leaving, Role: a.role, Names: a.names}, a.cfg.ClusterName)
+	b, err := encodeMeta(metadata{Ready: a.ready, Leaving: a.leaving, Role: a.role, Names: a.names, PodCIDR: a.podCIDR}, a.cfg.ClusterName)
 	if err != nil {
 		return err
 	}
@@ -502,7 +502,7 @@ func (a *Agent) observe(n *memberlist.Node, state string) viewMember {
 	if err != nil {
 		a.log.Warn("ignoring gossip member's names", "node", n.Name, "err", err)
 	} else {
-		v.Role, v.Ready, v.Names, v.leaving = md.Role, md.Ready, md.Names, md.Leaving
+		v.Role, v.Ready, v.Names, v.leaving, v.PodCIDR = md.Role, md.Ready, md.Names, md.Leaving, md.PodCIDR
 	}
 	if state == StateDead && v.leaving {
 		v.State = StateLeft

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -64,6 +65,9 @@ type Member struct {
 	State string   `json:"state"`
 	Ready bool     `json:"ready"`
 	Names []string `json:"names,omitempty"`
+	// PodCIDR is the member's published pod CIDR (its Node's spec.podCIDR); the
+	// zero Prefix when it published none.
+	PodCIDR netip.Prefix `json:"podCIDR,omitzero"`
 }
 
 // Status is the agent's health for `nodeagent status`.
@@ -100,7 +104,8 @@ type Agent struct {
 	leaving bool
 	role    string
 	names   []string
-	meta    []byte // encoded ready/role/names, handed to memberlist by NodeMeta
+	podCIDR netip.Prefix
+	meta    []byte // encoded ready/role/names/pod CIDR, handed to memberlist by NodeMeta
 
 	// view is the ring as memberlist's events reported it. memberlist's own
 	// Members() hands out pointers to nodes it keeps mutating (a data race), and
@@ -171,6 +176,27 @@ func (a *Agent) SetNames(names []string) error {
 		a.names = old
 		a.mu.Unlock()
 		return err
+	}
+	a.mu.Unlock()
+	a.signalMeta()
+	return nil
+}
+
+// SetPodCIDR publishes this node's pod CIDR (the zero Prefix withdraws it), so
+// that peers can route to its pods. It fails, changing nothing, for a prefix with
+// host bits set. Setting the value already published sends nothing.
+func (a *Agent) SetPodCIDR(p netip.Prefix) error {
+	a.mu.Lock()
+	if p == a.podCIDR {
+		a.mu.Unlock()
+		return nil
+	}
+	old := a.podCIDR
+	a.podCIDR = p
+	if err := a.encodeLocked(); err != nil {
+		a.podCIDR = old
+		a.mu.Unlock()
+		return fmt.Errorf("gossip: %w", err)
 	}
 	a.mu.Unlock()
 	a.signalMeta()

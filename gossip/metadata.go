@@ -19,7 +19,7 @@ import (
 // incarnation via UpdateNode, which memberlist already gossips and reconciles in
 // push/pull. The price is the 512-byte limit (memberlist.MetaMaxSize), which the
 // compact encoding below keeps far away: a control-plane node's role, flag and three
-// names take about 40 bytes.
+// names take about 40 bytes, and a pod CIDR 7 more.
 
 // Member states.
 const (
@@ -44,19 +44,30 @@ const (
 	kindInternal = 2 // name + ".internal." + cluster
 )
 
+// Optional fields follow the names as (uvarint tag, uvarint length, bytes). A
+// decoder skips tags it does not know, so a field added later does not make older
+// readers of this layout drop the whole record; a record without them is the
+// original layout, which every version reads.
+const (
+	fieldPodCIDR = 1 // netip.Prefix binary form: 4 or 16 address bytes, then the bit count
+)
+
 // metadata is what one node publishes.
 type metadata struct {
 	Ready   bool
 	Leaving bool
 	Role    string
 	Names   []string
+	// PodCIDR is the node's spec.podCIDR; the zero Prefix when it has none yet.
+	PodCIDR netip.Prefix
 }
 
 // ErrMetaTooLarge is returned when the names do not fit in node metadata.
 var ErrMetaTooLarge = errors.New("gossip metadata larger than memberlist's 512-byte limit")
 
 // encodeMeta lays out: version byte, flags byte, uvarint-prefixed role, uvarint
-// name count, then per name a uvarint of len<<2|kind and the name's bytes.
+// name count, then per name a uvarint of len<<2|kind and the name's bytes, then
+// the optional fields that are set.
 func encodeMeta(m metadata, cluster string) ([]byte, error) {
 	b := []byte{metaVersion, 0}
 	if m.Ready {
@@ -80,6 +91,18 @@ func encodeMeta(m metadata, cluster string) ([]byte, error) {
 		}
 		b = binary.AppendUvarint(b, uint64(len(short))<<2|uint64(kind))
 		b = append(b, short...)
+	}
+	if m.PodCIDR.IsValid() {
+		if m.PodCIDR != m.PodCIDR.Masked() {
+			return nil, fmt.Errorf("pod CIDR %s has host bits set", m.PodCIDR)
+		}
+		v, err := m.PodCIDR.MarshalBinary()
+		if err != nil {
+			return nil, fmt.Errorf("pod CIDR %s: %w", m.PodCIDR, err)
+		}
+		b = binary.AppendUvarint(b, fieldPodCIDR)
+		b = binary.AppendUvarint(b, uint64(len(v)))
+		b = append(b, v...)
 	}
 	if len(b) > memberlist.MetaMaxSize {
 		return nil, fmt.Errorf("%w: %d bytes for %d names", ErrMetaTooLarge, len(b), len(m.Names))
@@ -134,11 +157,25 @@ func decodeMeta(b []byte, cluster string) (metadata, error) {
 		}
 		m.Names = append(m.Names, name)
 	}
+	for r.err == nil && len(r.b) > 0 {
+		tag := r.uvarint()
+		v, err := r.bytes(r.uvarint())
+		if err != nil {
+			return m, fmt.Errorf("gossip metadata field %d: %w", tag, err)
+		}
+		switch tag {
+		case fieldPodCIDR:
+			var p netip.Prefix
+			if err := p.UnmarshalBinary(v); err != nil || !p.IsValid() || p != p.Masked() {
+				return m, fmt.Errorf("gossip metadata: pod CIDR %x is not a network prefix", v)
+			}
+			m.PodCIDR = p
+		default:
+			// A field of a newer agent: skipped, the rest still counts.
+		}
+	}
 	if r.err != nil {
 		return m, fmt.Errorf("gossip metadata: %w", r.err)
-	}
-	if len(r.b) != 0 {
-		return m, fmt.Errorf("gossip metadata: %d trailing bytes", len(r.b))
 	}
 	return m, nil
 }

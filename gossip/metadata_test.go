@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
@@ -23,6 +24,8 @@ func TestMetadataRoundTrip(t *testing.T) {
 		{"name under the cluster but not .internal", metadata{Names: []string{"bastion." + c}}, 14},
 		{"literal names from elsewhere", metadata{Names: []string{"ip-10-0-0-1.ec2.internal", "k8s.local"}}, 40},
 		{"the cluster name itself stays literal", metadata{Names: []string{c}}, 20},
+		{"a worker with its pod CIDR", metadata{Ready: true, Role: "Node", PodCIDR: netip.MustParsePrefix("100.96.17.0/24")}, 15},
+		{"an IPv6 pod CIDR", metadata{Role: "Node", PodCIDR: netip.MustParsePrefix("fd00:10:96:11::/64")}, 27},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -82,7 +85,11 @@ func TestDecodeMetaRejectsCorruptInput(t *testing.T) {
 		{"empty", nil},
 		{"other version", append([]byte{9}, good[1:]...)},
 		{"truncated", good[:len(good)-2]},
-		{"trailing bytes", append(append([]byte(nil), good...), 0)},
+		{"a trailing byte that is no whole field", append(append([]byte(nil), good...), 0)},
+		{"a field longer than the input", append(append([]byte(nil), good...), fieldPodCIDR, 9, 100, 96)},
+		{"a pod CIDR that is no prefix", append(append([]byte(nil), good...), fieldPodCIDR, 2, 100, 96)},
+		{"a pod CIDR with host bits", append(append([]byte(nil), good...), fieldPodCIDR, 5, 100, 96, 1, 7, 24)},
+		{"a pod CIDR with too many bits", append(append([]byte(nil), good...), fieldPodCIDR, 5, 100, 96, 1, 0, 33)},
 		{"role longer than input", []byte{1, 0, 200}},
 		{"huge name count", []byte{1, 0, 0, 0xff, 0xff, 0x03}},
 		{"unknown kind", []byte{1, 0, 0, 1, 1<<2 | 3, 'x'}},
@@ -95,6 +102,54 @@ func TestDecodeMetaRejectsCorruptInput(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The optional fields keep records readable across versions: what agents
+// before the pod CIDR published still decodes, and a field this version does not
+// know is skipped rather than costing the member its names.
+func TestMetadataCompatibility(t *testing.T) {
+	const c = "prod.k8s.local"
+	t.Run("a record of an agent before optional fields", func(t *testing.T) {
+		// ready, role "Node", one name "api.internal.<c>" in the original layout.
+		old := []byte{1, flagReady, 4, 'N', 'o', 'd', 'e', 1, 3<<2 | kindInternal, 'a', 'p', 'i'}
+		got, err := decodeMeta(old, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := metadata{Ready: true, Role: "Node", Names: []string{"api.internal." + c}}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("got %+v, want %+v", got, want)
+		}
+	})
+	t.Run("no pod CIDR encodes to the original layout", func(t *testing.T) {
+		b, err := encodeMeta(metadata{Role: "Node", Names: []string{"x." + c}}, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := []byte{1, 0, 4, 'N', 'o', 'd', 'e', 1, 1<<2 | kindCluster, 'x'}; !reflect.DeepEqual(b, want) {
+			t.Errorf("encoded %v, want %v", b, want)
+		}
+	})
+	t.Run("a field of a newer agent is skipped", func(t *testing.T) {
+		in := metadata{Role: "Node", Names: []string{"api.internal." + c}, PodCIDR: netip.MustParsePrefix("100.96.3.0/24")}
+		b, err := encodeMeta(in, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b = append(b, 42, 3, 'n', 'e', 'w')
+		got, err := decodeMeta(b, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got, in) {
+			t.Errorf("got %+v, want %+v", got, in)
+		}
+	})
+	t.Run("a pod CIDR with host bits is not published", func(t *testing.T) {
+		if _, err := encodeMeta(metadata{PodCIDR: netip.MustParsePrefix("100.96.3.7/24")}, c); err == nil {
+			t.Error("encoded 100.96.3.7/24")
+		}
+	})
 }
 
 func TestValidateKey(t *testing.T) {

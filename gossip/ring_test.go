@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -215,6 +216,28 @@ func TestRing(t *testing.T) {
 		waitFor(t, 5*time.Second, "new name everywhere", allHostsEqual(t, nodes, expectedHosts(nodes)))
 		if err := nodes[2].agent.SetNames([]string{"bad name"}); err == nil {
 			t.Fatal("SetNames accepted an invalid name")
+		}
+	})
+
+	t.Run("SetPodCIDR propagates", func(t *testing.T) {
+		cidr := netip.MustParsePrefix("100.96.2.0/24")
+		if err := nodes[2].agent.SetPodCIDR(cidr); err != nil {
+			t.Fatal(err)
+		}
+		took := waitFor(t, 5*time.Second, "pod CIDR everywhere", func() error {
+			for _, n := range nodes {
+				if m, _ := memberState(n.agent, "node-2"); m.PodCIDR != cidr {
+					return fmt.Errorf("%s sees node-2's pod CIDR as %v", n.cfg.NodeName, m.PodCIDR)
+				}
+			}
+			return nil
+		})
+		t.Logf("pod CIDR seen by all after %v", took)
+		if err := nodes[2].agent.SetPodCIDR(netip.MustParsePrefix("100.96.2.1/24")); err == nil {
+			t.Fatal("SetPodCIDR accepted a prefix with host bits")
+		}
+		if m, _ := memberState(nodes[0].agent, "node-2"); m.PodCIDR != cidr {
+			t.Fatalf("a refused SetPodCIDR changed what is published: %v", m.PodCIDR)
 		}
 	})
 
