@@ -21,7 +21,7 @@ func TestArgs(t *testing.T) {
 			stateDir: "/tmp/x/containerd",
 			want: []string{"--directory=/tmp/x/root", "--machine=m1", "--register=no", "--keep-unit",
 				"--kill-signal=SIGRTMIN+3", "--capability=all",
-				"--bind=/dev/kmsg", "--bind=/tmp/x/containerd:/var/lib/containerd", initPath},
+				"--bind=/dev/kmsg", "--system-call-filter=add_key keyctl request_key", "--bind=/tmp/x/containerd:/var/lib/containerd", initPath},
 			absent: []string{"--private-network", "-b", "--boot"},
 		},
 		{

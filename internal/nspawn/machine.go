@@ -95,6 +95,10 @@ func Args(o Options, dir, stateDir string) []string {
 		"--capability=all",
 		// kubelet's OOM watcher reads the kernel log; nspawn gives no /dev/kmsg.
 		"--bind=/dev/kmsg",
+		// runc gives every container a session keyring of its own; nspawn's
+		// seccomp filter refuses the keyring calls (keyrings are not namespaced),
+		// so no pod could start inside without them.
+		"--system-call-filter=add_key keyctl request_key",
 	}
 	if stateDir != "" {
 		// The kernel refuses overlay upper dirs on overlayfs, so containerd's
