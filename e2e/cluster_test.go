@@ -280,7 +280,7 @@ func (h *haLab) boot(ctx context.Context, id string, role config.Role, az string
 	defer cancel()
 	// The machine gets its slot's network namespace: its own eth0, its own
 	// ports, its own iptables, as an instance has.
-	n, err := testenv.BootNode(bctx, h.env, inst, builtAgent, console, "--network-namespace-path=/run/netns/"+ns.NS)
+	n, err := testenv.BootNode(bctx, h.env, inst, builtAgent, console, ns.NS)
 	if err != nil {
 		h.t.Fatal(err)
 	}

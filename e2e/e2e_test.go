@@ -87,7 +87,7 @@ func bootNode(t testing.TB, env *testenv.Env, inst awsemu.Instance) *testenv.Nod
 	if *verbose {
 		console = testWriter{t}
 	}
-	n, err := testenv.BootNode(ctx, env, inst, builtAgent, console)
+	n, err := testenv.BootNode(ctx, env, inst, builtAgent, console, "")
 	if err != nil {
 		t.Fatal(err)
 	}

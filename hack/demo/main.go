@@ -73,7 +73,7 @@ func run(ctx context.Context, agentBin, kubelet string, keep bool) error {
 	step("booting instance " + inst.ID + " (systemd in systemd-nspawn)")
 	bootCtx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
-	node, err := testenv.BootNode(bootCtx, env, inst, agentBin, nil)
+	node, err := testenv.BootNode(bootCtx, env, inst, agentBin, nil, "")
 	if err != nil {
 		return err
 	}

@@ -51,6 +51,12 @@ type Node struct {
 func New(t testing.TB, prefix, subnet string, n int) *Lab {
 	t.Helper()
 	l := &Lab{t: t, Bridge: prefix + "-br", Router: net.ParseIP(subnet + ".1")}
+	// A run killed before its clean-up leaves its namespaces behind; they carry
+	// these names and nothing else uses them.
+	exec.Command("ip", "netns", "del", l.Bridge).Run()
+	for i := range n {
+		exec.Command("ip", "netns", "del", fmt.Sprintf("%s-n%d", prefix, i)).Run()
+	}
 	t.Cleanup(l.destroy)
 	l.ip("netns", "add", l.Bridge)
 	l.ip("-n", l.Bridge, "link", "set", "lo", "up")

@@ -52,6 +52,13 @@ for m in $mounts; do
 		mount -o remount,bind,rw "$m" || echo "nspawn-init: cannot make $m writable" >&2
 	fi
 done
+# A machine on a network namespace of its own owns that namespace's sysctls
+# (/proc/sys/net): make them writable, as on an instance (CNI's bridge plugin
+# and kube-proxy write them). The host's are not reachable from here.
+if [ -e /usr/lib/nodeagent-nspawn/own-netns ]; then
+	{ mount --bind /proc/sys/net /proc/sys/net && mount -o remount,bind,rw /proc/sys/net; } ||
+		echo "nspawn-init: cannot make /proc/sys/net writable" >&2
+fi
 # /proc/sys is the host kernel's and read-only here: show the values in
 # sysctl/ instead (file name = dotted sysctl name), read-only as well.
 for f in /usr/lib/nodeagent-nspawn/sysctl/*; do
@@ -114,6 +121,9 @@ func Args(o Options, dir, stateDir string) []string {
 	}
 	for _, e := range o.Env {
 		args = append(args, "--setenv="+e)
+	}
+	if o.NetworkNamespace != "" {
+		args = append(args, "--network-namespace-path=/run/netns/"+o.NetworkNamespace)
 	}
 	args = append(args, o.ExtraArgs...)
 	return append(args, initPath)
@@ -180,6 +190,11 @@ func (m *Machine) boot(ctx context.Context, o Options) error {
 	}
 	if err := os.WriteFile(m.Path(initPath), []byte(initScript), 0o755); err != nil {
 		return fmt.Errorf("machine %s: write init wrapper: %w", m.Name, err)
+	}
+	if o.NetworkNamespace != "" {
+		if err := os.WriteFile(m.Path("/usr/lib/nodeagent-nspawn/own-netns"), []byte(o.NetworkNamespace+"\n"), 0o644); err != nil {
+			return fmt.Errorf("machine %s: %w", m.Name, err)
+		}
 	}
 	if err := m.writeSysctls(o.Sysctls); err != nil {
 		return err

@@ -44,6 +44,10 @@ type Options struct {
 	Env []string
 	// ExtraArgs are appended to the systemd-nspawn options (see Args).
 	ExtraArgs []string
+	// NetworkNamespace is a named network namespace (ip netns) the machine runs
+	// in, as an instance on its own network; its /proc/sys/net is then
+	// writable inside. Empty shares the host's network.
+	NetworkNamespace string
 	// Sysctls are values the machine sees instead of the host's for these
 	// sysctls (dotted names). /proc/sys is the host kernel's and read-only
 	// inside; a read-only file with the value is bound over the entry, so a

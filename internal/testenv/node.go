@@ -62,16 +62,16 @@ type Node struct {
 }
 
 // BootNode registers the instance with the emulator, boots its machine and copies
-// the agent binary in. The caller closes the node. extra are more systemd-nspawn
-// options, e.g. --network-namespace-path for a node on a lab's own network.
-func BootNode(ctx context.Context, e *Env, inst awsemu.Instance, agentBin string, console io.Writer, extra ...string) (*Node, error) {
+// the agent binary in. The caller closes the node. netns is the network
+// namespace the machine runs in (a lab's node), or "" for the host's network.
+func BootNode(ctx context.Context, e *Env, inst awsemu.Instance, agentBin string, console io.Writer, netns string) (*Node, error) {
 	env, err := e.AWSEnv(inst.ID)
 	if err != nil {
 		return nil, err
 	}
 	// The same settings reach every unit inside (nodeagent.service among them), as
 	// an instance's environment would.
-	m, err := nspawn.Boot(ctx, nspawn.Options{Name: inst.ID, Log: console, Env: env, ExtraArgs: extra})
+	m, err := nspawn.Boot(ctx, nspawn.Options{Name: inst.ID, Log: console, Env: env, NetworkNamespace: netns})
 	if err != nil {
 		return nil, err
 	}
