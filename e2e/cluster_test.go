@@ -511,3 +511,47 @@ func (l *machineLinker) Unlink(instanceID, loop, link string) error {
 	}
 	return nil
 }
+
+// memory sums the proportional set size (shared pages split among their users)
+// of every process in the running machines, so binaries mapped by several
+// processes count once: what the whole cluster costs in memory.
+func (h *haLab) memory() (total int64, byNode map[string]int64) {
+	byNode = map[string]int64{}
+	pidNS := map[string]string{} // pid namespace -> instance
+	h.mu.Lock()
+	for _, n := range h.nodes {
+		select {
+		case <-n.M.Exited():
+			continue
+		default:
+		}
+		if ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", n.M.Leader)); err == nil {
+			pidNS[ns] = n.InstanceID
+		}
+	}
+	h.mu.Unlock()
+	procs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, p := range procs {
+		ns, err := os.Readlink(p + "/ns/pid")
+		if err != nil {
+			continue // the process ended meanwhile
+		}
+		id, ok := pidNS[ns]
+		if !ok {
+			continue
+		}
+		b, err := os.ReadFile(p + "/smaps_rollup")
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "Pss:"); ok {
+				var kb int64
+				fmt.Sscanf(strings.TrimSpace(v), "%d", &kb)
+				byNode[id] += kb * 1024
+				total += kb * 1024
+			}
+		}
+	}
+	return total, byNode
+}

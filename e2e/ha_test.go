@@ -169,6 +169,8 @@ func haScenario(t *testing.T, stagger time.Duration, full bool) {
 	if err != nil || !cidr.Contains(net.ParseIP(podIP)) {
 		t.Errorf("pod IP %s is not in the worker's pod CIDR %s", podIP, node.Spec.PodCIDR)
 	}
+	total, byNode := h.memory()
+	t.Logf("FIGURE memory of the four-machine cluster (PSS): %d MiB %v", total>>20, mibs(byNode))
 	if got := h.env.Emu.LifecycleResults()[worker.InstanceID]; got != awsemu.LifecycleContinue {
 		t.Errorf("worker lifecycle result %q, want CONTINUE", got)
 	}
@@ -447,4 +449,12 @@ func TestHAVolumeRefusals(t *testing.T) {
 			t.Errorf("%s mounted an etcd volume: %s", n.InstanceID, out)
 		}
 	}
+}
+
+func mibs(m map[string]int64) map[string]string {
+	out := map[string]string{}
+	for k, v := range m {
+		out[k] = fmt.Sprintf("%d MiB", v>>20)
+	}
+	return out
 }
