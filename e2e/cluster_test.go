@@ -353,16 +353,7 @@ func (h *haLab) dial(ctx context.Context, network, addr string) (net.Conn, error
 // certificate the agent issued on master n.
 func (h *haLab) etcdClient(n *haNode, cluster string, endpoints ...string) *clientv3.Client {
 	h.t.Helper()
-	tlsCfg, err := pki.ClientTLS(fsutil.Root(n.M.Dir), cluster)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints: endpoints, TLS: tlsCfg, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
-		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
-			return h.dial(ctx, "tcp", addr)
-		})},
-	})
+	cli, err := h.newEtcdClient(n, cluster, endpoints)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -370,15 +361,59 @@ func (h *haLab) etcdClient(n *haNode, cluster string, endpoints ...string) *clie
 	return cli
 }
 
+// tryEtcdClient is etcdClient for a cluster still forming: nil until master n
+// has its client certificate.
+func (h *haLab) tryEtcdClient(n *haNode, cluster string, masters []*haNode) *clientv3.Client {
+	var eps []string
+	for _, m := range masters {
+		eps = append(eps, net.JoinHostPort(m.IP, "2379"))
+	}
+	cli, err := h.newEtcdClient(n, cluster, eps)
+	if err != nil {
+		return nil
+	}
+	return cli
+}
+
+func (h *haLab) newEtcdClient(n *haNode, cluster string, endpoints []string) (*clientv3.Client, error) {
+	tlsCfg, err := pki.ClientTLS(fsutil.Root(n.M.Dir), cluster)
+	if err != nil {
+		return nil, err
+	}
+	return clientv3.New(clientv3.Config{
+		Endpoints: endpoints, TLS: tlsCfg, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return h.dial(ctx, "tcp", addr)
+		})},
+	})
+}
+
 // apiClient is an HTTPS client for the API servers, with master n's
 // apiserver-kubelet-client identity (system:masters), that reaches addr through
 // the lab and checks the serving certificate for api.internal.<cluster>.
 func (h *haLab) apiClient(n *haNode, apiserverIP string) *http.Client {
 	h.t.Helper()
+	c, err := h.newAPIClient(n, apiserverIP)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return c
+}
+
+// tryAPIClient is apiClient while master n may not have its certificate yet.
+func (h *haLab) tryAPIClient(n *haNode, apiserverIP string) *http.Client {
+	c, err := h.newAPIClient(n, apiserverIP)
+	if err != nil {
+		return nil
+	}
+	return c
+}
+
+func (h *haLab) newAPIClient(n *haNode, apiserverIP string) (*http.Client, error) {
 	root := fsutil.Root(n.M.Dir)
 	cert, err := tls.LoadX509KeyPair(root.Path("/etc/kubernetes/pki/apiserver-kubelet-client.crt"), root.Path("/etc/kubernetes/pki/apiserver-kubelet-client.key"))
 	if err != nil {
-		h.t.Fatal(err)
+		return nil, err
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(h.ca)
@@ -387,7 +422,7 @@ func (h *haLab) apiClient(n *haNode, apiserverIP string) *http.Client {
 		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
 			return h.dial(ctx, network, net.JoinHostPort(apiserverIP, "443"))
 		},
-	}}
+	}}, nil
 }
 
 // apiGet GETs path from the API server at ip and decodes JSON into out; it

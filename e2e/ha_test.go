@@ -51,6 +51,7 @@ func haScenario(t *testing.T, stagger time.Duration, full bool) {
 		masters = append(masters, h.boot(ctx, fmt.Sprintf("i-0ha0master%07d", i), config.RoleControlPlane, z.az))
 	}
 	began := time.Now()
+	milestones := watchFormation(h, masters, began)
 	var wg sync.WaitGroup
 	results := make([]string, len(masters))
 	for i, m := range masters {
@@ -82,6 +83,8 @@ func haScenario(t *testing.T, stagger time.Duration, full bool) {
 		return true, ""
 	})
 	t.Logf("FIGURE masters started → all ready: %s", time.Since(began).Round(time.Second))
+	quorumAt, apiAt := milestones()
+	t.Logf("FIGURE masters started → etcd main quorum (3 members, 1 leader): %s; → all 3 API servers /readyz: %s", quorumAt, apiAt)
 
 	// etcd main and events: three voting members, one leader, peer URLs by the
 	// gossip names, every member answering.
@@ -457,4 +460,74 @@ func mibs(m map[string]int64) map[string]string {
 		out[k] = fmt.Sprintf("%d MiB", v>>20)
 	}
 	return out
+}
+
+// watchFormation polls, every second from began, for the moments the cluster
+// forms: etcd main answering with one leader on all three members, and all three
+// API servers answering /readyz. Stopping it returns both durations (zero: not
+// seen).
+func watchFormation(h *haLab, masters []*haNode, began time.Time) (stop func() (quorum, api time.Duration)) {
+	done := make(chan struct{})
+	var quorum, api time.Duration
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		var cli *clientv3.Client
+		defer func() {
+			if cli != nil {
+				_ = cli.Close()
+			}
+		}()
+		for quorum == 0 || api == 0 {
+			select {
+			case <-done:
+				return
+			case <-time.After(time.Second):
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			if quorum == 0 {
+				if cli == nil {
+					cli = h.tryEtcdClient(masters[0], "main", masters)
+				}
+				if cli != nil && etcdHasLeaderEverywhere(ctx, cli, masters) {
+					quorum = time.Since(began).Round(time.Second)
+				}
+			}
+			if api == 0 && apisReady(ctx, h, masters) {
+				api = time.Since(began).Round(time.Second)
+			}
+			cancel()
+		}
+	}()
+	return func() (time.Duration, time.Duration) {
+		close(done)
+		wg.Wait()
+		return quorum, api
+	}
+}
+
+func etcdHasLeaderEverywhere(ctx context.Context, cli *clientv3.Client, masters []*haNode) bool {
+	for _, m := range masters {
+		st, err := cli.Status(ctx, net.JoinHostPort(m.IP, "2379"))
+		if err != nil || st.Leader == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func apisReady(ctx context.Context, h *haLab, masters []*haNode) bool {
+	for _, m := range masters {
+		c := h.tryAPIClient(masters[0], m.IP)
+		if c == nil {
+			return false
+		}
+		code, err := apiGet(ctx, c, "/readyz", nil)
+		c.CloseIdleConnections()
+		if err != nil || code != http.StatusOK {
+			return false
+		}
+	}
+	return true
 }
