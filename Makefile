@@ -48,7 +48,7 @@ e2e: deps build e2e-parts
 
 test: deps lint unit e2e
 
-bench: deps build
+bench: deps build e2e-parts
 	hack/bench.sh
 
 demo: deps build e2e-parts

@@ -26,6 +26,12 @@ go test -count=1 -run '^$' -bench . -benchtime 3x ./pki/ | grep -E 'Benchmark|ok
 echo "== volumes: claim → mounted over the emulator's attach latency"
 go test -count=1 -run '^$' -bench BenchmarkClaim -benchtime 3x ./volumes/ | grep -E 'Benchmark|ok|FAIL'
 
+echo "== HA control plane: three masters in three zones, a worker, a master replaced (e2e, machines in network namespaces)"
+# Targets: masters → quorum and API well inside the lifecycle hook's default hour; a
+# replaced master's members healthy with quorum never lost; the cluster fits a 2-core, 24 GB box.
+go test -tags e2e -count=1 -timeout 40m -run 'TestHAControlPlane/masters_started_one_by_one' -v ./e2e/ \
+  -args -agent "$PWD/bin/nodeagent" | grep -E 'FIGURE|^(--- |ok|FAIL)' | sed 's/^ *ha_test.go:[0-9]*: FIGURE /HA: /'
+
 echo "== gossip ring at scale (in-process agents, GOSSIP_N sizes started GOSSIP_BATCH a second)"
 # Every agent of an in-process ring shares this machine's cores: a size that does not
 # converge here prints FAIL with how far it got, rather than no figure.
