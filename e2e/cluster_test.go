@@ -78,6 +78,8 @@ type haLab struct {
 	// volumeDir holds the volumes' backing files (<volume-id>.img); a test may
 	// put data in one before the volume is first attached.
 	volumeDir string
+	// readinessTimeout is the launch template's spec.readiness.timeout.
+	readinessTimeout string
 
 	mu    sync.Mutex
 	nodes []*haNode
@@ -156,7 +158,7 @@ func newHALab(t *testing.T, extraVolumes ...awsemu.Volume) *haLab {
 	world.LifecycleHooks = append(world.LifecycleHooks, awsemu.LifecycleHook{AutoScalingGroup: "nodes", Name: haHook})
 	world.Volumes = append(world.Volumes, extraVolumes...)
 
-	h := &haLab{t: t, net: lab, ca: caCert, images: images, volumeDir: t.TempDir()}
+	h := &haLab{t: t, net: lab, ca: caCert, images: images, volumeDir: t.TempDir(), readinessTimeout: "15m"}
 	h.linker = &machineLinker{machines: map[string]*nspawn.Machine{}}
 	env, err := testenv.Start(testenv.Options{
 		Binaries:  bins,
@@ -221,7 +223,7 @@ func (h *haLab) userData(role config.Role) []byte {
 		Extra: func(c *config.NodeConfig) {
 			c.Spec.Cluster.StateStore = "s3://" + haStateBkt + "/" + haCluster
 			c.Spec.Readiness.LifecycleHook = haHook
-			c.Spec.Readiness.Timeout = "15m"
+			c.Spec.Readiness.Timeout = h.readinessTimeout
 			var assets []config.Asset
 			byName := map[string]imageEntry{}
 			for _, im := range h.images {

@@ -28,6 +28,11 @@ import (
 // zones form one etcd quorum (main and events) over gossip names and serve the
 // API behind api.internal.<cluster>; a worker joins and runs a pod; a killed
 // master is replaced by a new instance that takes over its volumes and members.
+//
+// Started one by one, the first master boots alone until its bootstrap gives up
+// (a short spec.readiness.timeout): it must hand over to its daemon, not abandon
+// the launch, and heartbeat the lifecycle hook while it waits for its peers,
+// which then start 30 s apart.
 func TestHAControlPlane(t *testing.T) {
 	for _, start := range []struct {
 		name    string
@@ -41,8 +46,15 @@ func TestHAControlPlane(t *testing.T) {
 	}
 }
 
+// firstAloneTimeout is the staggered scenario's spec.readiness.timeout: how long
+// the first master's bootstrap waits alone before it leaves the rest to its daemon.
+const firstAloneTimeout = 90 * time.Second
+
 func haScenario(t *testing.T, stagger time.Duration, full bool) {
 	h := newHALab(t)
+	if stagger > 0 {
+		h.readinessTimeout = firstAloneTimeout.String()
+	}
 	ctx := context.Background()
 
 	// 1. Three masters, one per zone, each booting from the same launch template.
@@ -54,8 +66,28 @@ func haScenario(t *testing.T, stagger time.Duration, full bool) {
 	milestones := watchFormation(h, masters, began)
 	var wg sync.WaitGroup
 	results := make([]string, len(masters))
+	if stagger > 0 {
+		first := masters[0]
+		_, stderr, code := h.agent(ctx, first, "bootstrap")
+		st, scode := h.status(ctx, first)
+		t.Logf("%s alone: bootstrap exit %d\n%s", first.InstanceID, code, lastLines(stderr, 5))
+		if p := st.Phase("etcd-health"); code == 0 || scode != 1 || p == nil || p.State != bootstrap.PhaseWaiting {
+			t.Fatalf("a master alone: bootstrap exit %d, status exit %d, etcd-health %+v: want a non-zero exit and etcd-health waiting", code, scode, p)
+		}
+		if got := h.env.Emu.LifecycleResults()[first.InstanceID]; got != "" {
+			t.Fatalf("a master waiting for its peers completed its launch with %s", got)
+		}
+		eventually(t, time.Minute, "the waiting master heartbeats its launch hook", func() (bool, string) {
+			n := h.env.Emu.Heartbeats(first.InstanceID)
+			return n > 0, fmt.Sprintf("%d heartbeats", n)
+		})
+		results[0] = fmt.Sprintf("%s: bootstrap exit %d (waiting; handed to the daemon)", first.InstanceID, code)
+	}
 	for i, m := range masters {
-		if i > 0 && stagger > 0 {
+		if stagger > 0 && i == 0 {
+			continue
+		}
+		if i > 1 && stagger > 0 {
 			time.Sleep(stagger) // the scenario: masters launched 30 s apart, not a wait for a condition
 		}
 		wg.Add(1)
@@ -83,6 +115,12 @@ func haScenario(t *testing.T, stagger time.Duration, full bool) {
 		return true, ""
 	})
 	t.Logf("FIGURE masters started → all ready: %s", time.Since(began).Round(time.Second))
+	// Every launch completed once, with CONTINUE: the first master's by its daemon.
+	for _, m := range masters {
+		if got := h.env.Emu.LifecycleResults()[m.InstanceID]; got != awsemu.LifecycleContinue {
+			t.Errorf("%s lifecycle result %q, want CONTINUE", m.InstanceID, got)
+		}
+	}
 	quorumAt, apiAt := milestones()
 	t.Logf("FIGURE masters started → etcd main quorum (3 members, 1 leader): %s; → all 3 API servers /readyz: %s", quorumAt, apiAt)
 
