@@ -70,6 +70,12 @@ func TestStatusExitCodesAndFormats(t *testing.T) {
 	if code, err := Status(o, &out, "table"); err != nil || code != StatusUnknown {
 		t.Fatalf("no state: code %d err %v, want %d", code, err, StatusUnknown)
 	}
+	// A script asking for JSON before the first run still gets JSON it can parse.
+	out.Reset()
+	var empty bootstrap.State
+	if code, err := Status(o, &out, "json"); err != nil || code != StatusUnknown || json.Unmarshal(out.Bytes(), &empty) != nil {
+		t.Fatalf("no state, -o json: code %d err %v, output %q", code, err, out.String())
+	}
 	started := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
 	if _, err := o.store().Update(func(st *bootstrap.State) {
 		st.Node = bootstrap.NodeInfo{Name: "ip-10-0-1-5.ec2.internal", Cluster: "unit.example.com", Role: "Node", InstanceID: "i-0abc"}

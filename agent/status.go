@@ -26,10 +26,6 @@ const (
 // Status prints the node's state in the given format (table, json or yaml) and
 // returns the exit code: ready, not ready, or unknown (nothing recorded yet).
 func Status(o Options, w io.Writer, format string) (int, error) {
-	if _, err := os.Stat(o.store().Path()); errors.Is(err, fs.ErrNotExist) {
-		fmt.Fprintf(w, "no state at %s: nodeagent has not run on this node\n", o.store().Path())
-		return StatusUnknown, nil
-	}
 	st, err := o.store().Load()
 	if err != nil {
 		return StatusUnknown, err
@@ -37,6 +33,14 @@ func Status(o Options, w io.Writer, format string) (int, error) {
 	code := StatusNotReady
 	if st.Readiness.Ready {
 		code = StatusReady
+	}
+	if _, err := os.Stat(o.store().Path()); errors.Is(err, fs.ErrNotExist) {
+		code = StatusUnknown
+		if format != "json" && format != "yaml" {
+			// Scripts asking for json or yaml get the (empty) state they parse.
+			fmt.Fprintf(w, "no state at %s: nodeagent has not run on this node\n", o.store().Path())
+			return code, nil
+		}
 	}
 	switch format {
 	case "json":
