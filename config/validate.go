@@ -121,20 +121,7 @@ func (c *NodeConfig) Validate() error {
 			}
 			names[a.Name] = i
 		}
-		if len(a.URLs) == 0 {
-			add(p+".urls", "at least one URL is required")
-		}
-		for j, u := range a.URLs {
-			if err := validateAssetURL(u); err != nil {
-				add(fmt.Sprintf("%s.urls[%d]", p, j), "%v", err)
-			}
-		}
-		switch {
-		case a.SHA256 == "":
-			add(p+".sha256", "required: the asset's SHA-256 as 64 hex characters")
-		case !sha256Hex.MatchString(a.SHA256):
-			add(p+".sha256", "must be 64 hex characters, got %d characters", len(a.SHA256))
-		}
+		validateSource(add, p, "asset", a.URLs, a.SHA256)
 		if a.Path != "" {
 			if !strings.HasPrefix(a.Path, "/") || strings.Contains(a.Path, "..") {
 				add(p+".path", "must be an absolute path without '..', got %q", a.Path)
@@ -279,20 +266,7 @@ func validateImages(s *Spec, add func(path, format string, args ...any)) {
 			}
 			names[a.Name] = i
 		}
-		if len(a.URLs) == 0 {
-			add(p+".urls", "at least one URL is required")
-		}
-		for j, u := range a.URLs {
-			if err := validateAssetURL(u); err != nil {
-				add(fmt.Sprintf("%s.urls[%d]", p, j), "%v", err)
-			}
-		}
-		switch {
-		case a.SHA256 == "":
-			add(p+".sha256", "required: the archive's SHA-256 as 64 hex characters")
-		case !sha256Hex.MatchString(a.SHA256):
-			add(p+".sha256", "must be 64 hex characters, got %d characters", len(a.SHA256))
-		}
+		validateSource(add, p, "archive", a.URLs, a.SHA256)
 	}
 
 	mirrors := s.Containerd.RegistryMirrors
@@ -388,4 +362,23 @@ func validateAssetURL(raw string) error {
 		return fmt.Errorf("%q: scheme must be https, http, s3 or file", raw)
 	}
 	return nil
+}
+
+// validateSource checks what every verified download has: at least one usable
+// URL and the SHA-256 it must match. what names the thing (asset, archive).
+func validateSource(add func(path, format string, args ...any), p, what string, urls []string, sum string) {
+	if len(urls) == 0 {
+		add(p+".urls", "at least one URL is required")
+	}
+	for j, u := range urls {
+		if err := validateAssetURL(u); err != nil {
+			add(fmt.Sprintf("%s.urls[%d]", p, j), "%v", err)
+		}
+	}
+	switch {
+	case sum == "":
+		add(p+".sha256", "required: the %s's SHA-256 as 64 hex characters", what)
+	case !sha256Hex.MatchString(sum):
+		add(p+".sha256", "must be 64 hex characters, got %d characters", len(sum))
+	}
 }
