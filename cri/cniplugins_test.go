@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"text/template"
 	"time"
 )
 
@@ -41,20 +40,13 @@ func TestKubenetConflistWorksWithTheCNIPlugins(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
-	tmpl, err := template.New("kubenet").Parse(string(kubenetTemplate()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rendered bytes.Buffer
-	if err := tmpl.Execute(&rendered, templateData{PodCIDR: "100.96.9.0/24", PodCIDRRanges: []string{"100.96.9.0/24"}, Routes: []string{"0.0.0.0/0"}}); err != nil {
-		t.Fatal(err)
-	}
+	rendered := renderKubenet(t, templateData{PodCIDR: "100.96.9.0/24", PodCIDRRanges: []string{"100.96.9.0/24"}, Routes: []string{"0.0.0.0/0"}})
 	var list struct {
 		CNIVersion string           `json:"cniVersion"`
 		Name       string           `json:"name"`
 		Plugins    []map[string]any `json:"plugins"`
 	}
-	if err := json.Unmarshal(rendered.Bytes(), &list); err != nil {
+	if err := json.Unmarshal(rendered, &list); err != nil {
 		t.Fatal(err)
 	}
 

@@ -51,7 +51,7 @@ func TestRegistryMirrorsBecomeHostsFiles(t *testing.T) {
 	}
 }
 
-// writeManaged puts a file on the host as an earlier run (or someone else) left it.
+// writeFile puts a file on the host as an earlier run (or someone else) left it.
 func writeFile(t *testing.T, root fsutil.Root, p, content string) {
 	t.Helper()
 	if err := fsutil.WriteFileAtomic(root.Path(p), []byte(content), 0o644); err != nil {
@@ -160,6 +160,25 @@ type templateData struct {
 	Routes        []string
 }
 
+// renderKubenet renders the kubenet template as containerd's CRI plugin does:
+// template.ParseFiles on the file, executed with data.
+func renderKubenet(t *testing.T, data templateData) []byte {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "cni-kubenet.conflist.tmpl")
+	if err := os.WriteFile(path, kubenetTemplate(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tmpl, err := template.ParseFiles(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := tmpl.Execute(&out, data); err != nil {
+		t.Fatal(err)
+	}
+	return out.Bytes()
+}
+
 // conflist is the part of a CNI network configuration list we rely on.
 type conflist struct {
 	CNIVersion string `json:"cniVersion"`
@@ -212,23 +231,11 @@ func TestKubenetTemplateRendersAsContainerdDoes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			// containerd parses the file with template.ParseFiles and executes it.
-			path := filepath.Join(t.TempDir(), "cni-kubenet.conflist.tmpl")
-			if err := os.WriteFile(path, kubenetTemplate(), 0o644); err != nil {
-				t.Fatal(err)
+			out := renderKubenet(t, tt.data)
+			if strings.Contains(string(out), "Managed by") || !strings.HasPrefix(string(out), "{") {
+				t.Errorf("the header comment must vanish when rendered:\n%s", out)
 			}
-			tmpl, err := template.ParseFiles(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var out bytes.Buffer
-			if err := tmpl.Execute(&out, tt.data); err != nil {
-				t.Fatal(err)
-			}
-			if strings.Contains(out.String(), "Managed by") || !strings.HasPrefix(out.String(), "{") {
-				t.Errorf("the header comment must vanish when rendered:\n%s", out.String())
-			}
-			checkKubenetConflist(t, out.Bytes(), tt.wantRanges, tt.wantRoutes)
+			checkKubenetConflist(t, out, tt.wantRanges, tt.wantRoutes)
 		})
 	}
 	golden(t, "cni-kubenet.conflist.tmpl", kubenetTemplate())

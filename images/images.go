@@ -291,25 +291,45 @@ func (p *Phase) Check(ctx context.Context) ([]bootstrap.Change, error) {
 		}
 		return out, nil
 	}
-	s, err := p.store()
-	if err != nil {
-		return nil, err
-	}
-	digests, err := s.digests(ctx, p.refs())
-	if err != nil {
-		return nil, err
-	}
-	rec, err := p.readRecord()
+	_, todo, _, err := p.survey(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var out []bootstrap.Change
-	for _, a := range p.o.Archives {
-		if why := p.reason(a, digests, rec); why != "" {
-			out = append(out, change(a, why))
-		}
+	for _, i := range todo {
+		out = append(out, change(i.archive, i.why))
 	}
 	return out, nil
+}
+
+// pending is an archive to import and why.
+type pending struct {
+	archive config.ImageArchive
+	why     string
+}
+
+// survey compares the store and the record of imports with the archives: it
+// returns the runtime's store, the archives to import, in order, and the record.
+func (p *Phase) survey(ctx context.Context) (store, []pending, map[string]Imported, error) {
+	s, err := p.store()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	digests, err := s.digests(ctx, p.refs())
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	rec, err := p.readRecord()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	var todo []pending
+	for _, a := range p.o.Archives {
+		if why := p.reason(a, digests, rec); why != "" {
+			todo = append(todo, pending{a, why})
+		}
+	}
+	return s, todo, rec, nil
 }
 
 // Act fetches and imports every archive that needs it. One failing does not
@@ -318,30 +338,18 @@ func (p *Phase) Act(ctx context.Context) error {
 	if len(p.o.Archives) == 0 {
 		return nil
 	}
-	s, err := p.store()
-	if err != nil {
-		return err
-	}
-	digests, err := s.digests(ctx, p.refs())
-	if err != nil {
-		return err
-	}
-	rec, err := p.readRecord()
+	s, todo, rec, err := p.survey(ctx)
 	if err != nil {
 		return err
 	}
 	var errs []error
-	for _, a := range p.o.Archives {
-		why := p.reason(a, digests, rec)
-		if why == "" {
-			continue
-		}
-		imp, err := p.importOne(ctx, s, a, why)
+	for _, i := range todo {
+		imp, err := p.importOne(ctx, s, i.archive, i.why)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		rec[Normalize(a.Name)] = imp
+		rec[Normalize(i.archive.Name)] = imp
 		if err := p.writeRecord(rec); err != nil {
 			errs = append(errs, err)
 		}
@@ -403,23 +411,13 @@ func (p *Phase) Verify(ctx context.Context) error {
 	if len(p.o.Archives) == 0 {
 		return nil
 	}
-	s, err := p.store()
-	if err != nil {
-		return err
-	}
-	digests, err := s.digests(ctx, p.refs())
-	if err != nil {
-		return err
-	}
-	rec, err := p.readRecord()
+	_, todo, _, err := p.survey(ctx)
 	if err != nil {
 		return err
 	}
 	var errs []error
-	for _, a := range p.o.Archives {
-		if why := p.reason(a, digests, rec); why != "" {
-			errs = append(errs, fmt.Errorf("image %s: %s", a.Name, why))
-		}
+	for _, i := range todo {
+		errs = append(errs, fmt.Errorf("image %s: %s", i.archive.Name, i.why))
 	}
 	return errors.Join(errs...)
 }

@@ -18,6 +18,8 @@ import (
 )
 
 // node is a host root with its asset cache, and a real containerd to import into.
+// n.d.Ctr looks into containerdtest.Namespace, k8s.io: the CRI plugin's, where
+// the phase imports.
 type node struct {
 	root fsutil.Root
 	d    *containerdtest.Daemon
@@ -95,7 +97,7 @@ func TestArchivesAreImportedWhereKubeletFindsThem(t *testing.T) {
 			t.Errorf("CRI ImageStatus(%s) = %+v found=%v err=%v", ref, img, found, err)
 		}
 	}
-	snaps, err := n.d.Ctr(ctx(t), t, "--namespace", "k8s.io", "snapshots", "--snapshotter", "overlayfs", "ls")
+	snaps, err := n.d.Ctr(ctx(t), "snapshots", "--snapshotter", "overlayfs", "ls")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +147,7 @@ func TestAnImageReplacedBehindOurBackIsImportedAgain(t *testing.T) {
 	if err := os.WriteFile(file, other.Bytes, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := n.d.Ctr(ctx(t), t, "--namespace", "k8s.io", "images", "import", file); err != nil {
+	if out, err := n.d.Ctr(ctx(t), "images", "import", file); err != nil {
 		t.Fatalf("ctr import: %v\n%s", err, out)
 	}
 	changes := converge(t, n.phase(ours))
@@ -154,7 +156,7 @@ func TestAnImageReplacedBehindOurBackIsImportedAgain(t *testing.T) {
 	}
 
 	// And removed: imported again too.
-	if out, err := n.d.Ctr(ctx(t), t, "--namespace", "k8s.io", "images", "rm", ref); err != nil {
+	if out, err := n.d.Ctr(ctx(t), "images", "rm", ref); err != nil {
 		t.Fatalf("ctr rm: %v\n%s", err, out)
 	}
 	changes = converge(t, n.phase(ours))

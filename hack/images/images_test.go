@@ -11,11 +11,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/nodeagent/nodeagent/internal/ctrtest"
+	"github.com/nodeagent/nodeagent/internal/containerdtest"
 	"github.com/nodeagent/nodeagent/internal/imagearchive"
 )
 
@@ -93,7 +92,7 @@ func TestASecondRunKeepsUnchangedArchivesAndRebuildsChangedOnes(t *testing.T) {
 }
 
 // writeImage writes img to a temporary archive and imports it.
-func writeImage(t *testing.T, ctr *ctrtest.Containerd, img imagearchive.Image, err error) string {
+func writeImage(t *testing.T, ctrd *containerdtest.Daemon, img imagearchive.Image, err error) string {
 	t.Helper()
 	if err != nil {
 		t.Fatalf("assemble image: %v", err)
@@ -102,66 +101,58 @@ func writeImage(t *testing.T, ctr *ctrtest.Containerd, img imagearchive.Image, e
 	if _, err := imagearchive.WriteFile(file, img); err != nil {
 		t.Fatalf("WriteFile: %v", err)
 	}
-	ctr.Import(file)
+	ctrd.Import(t, file)
 	return img.Refs[0]
-}
-
-// syncBuffer collects a command's output while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // runUntilSIGTERM starts a container, waits for it to run and for ready (given
 // the output so far) to hold, sends it SIGTERM and returns the error of `ctr run`
 // (nil: exit status 0).
-func runUntilSIGTERM(t *testing.T, ctr *ctrtest.Containerd, ctrArgs []string, ref, id string, ready func(output string) error, args ...string) error {
+func runUntilSIGTERM(t *testing.T, ctrd *containerdtest.Daemon, ctrArgs []string, ref, id string, ready func(output string) error, args ...string) error {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := ctr.Command(ctx, append(append(append([]string{"run", "--rm"}, ctrArgs...), ref, id), args...)...)
-	var output syncBuffer
-	cmd.Stdout, cmd.Stderr = &output, &output
+	cmd := ctrd.RunCommand(ctx, ctrArgs, ref, id, args...)
+	// ctr writes straight into the file, which the test reads while it runs.
+	log, err := os.Create(filepath.Join(t.TempDir(), "ctr-run.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	output := func() string {
+		b, _ := os.ReadFile(log.Name())
+		return string(b)
+	}
+	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("ctr run %s: %v", ref, err)
 	}
-	if err := ctr.WaitTask(id, "RUNNING", time.Minute); err != nil {
+	if err := ctrd.WaitTask(id, "RUNNING", time.Minute); err != nil {
 		cmd.Process.Kill()
-		t.Fatalf("%v\nctr run said: %s", err, output.String())
+		t.Fatalf("%v\nctr run said: %s", err, output())
 	}
 	deadline := time.Now().Add(30 * time.Second)
-	for err := ready(output.String()); err != nil; err = ready(output.String()) {
+	for err := ready(output()); err != nil; err = ready(output()) {
 		if time.Now().After(deadline) {
-			ctr.Ctr(context.Background(), "tasks", "kill", "-s", "SIGKILL", id)
+			ctrd.Ctr(context.Background(), "tasks", "kill", "-s", "SIGKILL", id)
 			cmd.Wait()
-			t.Fatalf("%s not ready within 30s: %v\n%s", ref, err, output.String())
+			t.Fatalf("%s not ready within 30s: %v\n%s", ref, err, output())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if out, err := ctr.Ctr(context.Background(), "tasks", "kill", "-s", "SIGTERM", id); err != nil {
+	if out, err := ctrd.Ctr(context.Background(), "tasks", "kill", "-s", "SIGTERM", id); err != nil {
 		t.Fatalf("ctr tasks kill: %v\n%s", err, out)
 	}
-	err := cmd.Wait()
+	err = cmd.Wait()
 	if err != nil {
-		t.Logf("ctr run %s said: %s", ref, output.String())
+		t.Logf("ctr run %s said: %s", ref, output())
 	}
 	return err
 }
 
 func TestTheImagesRunInContainerd(t *testing.T) {
-	ctr := ctrtest.Start(t)
+	ctrd := containerdtest.Paths(t)
+	ctrd.Start(t, ctrd.MinimalConfig())
 	o := options{out: t.TempDir()}
 	pause, err := goBuild(context.Background(), o, "pause")
 	if err != nil {
@@ -174,7 +165,7 @@ func TestTheImagesRunInContainerd(t *testing.T) {
 
 	t.Run("pause blocks until SIGTERM and exits 0", func(t *testing.T) {
 		img, err := pauseImage("registry.k8s.io/pause:3.10", pause)
-		ref := writeImage(t, ctr, img, err)
+		ref := writeImage(t, ctrd, img, err)
 		// Its line on stderr says its handlers are in place: a SIGTERM before
 		// that would test nothing.
 		ready := func(output string) error {
@@ -183,14 +174,14 @@ func TestTheImagesRunInContainerd(t *testing.T) {
 			}
 			return nil
 		}
-		if err := runUntilSIGTERM(t, ctr, nil, ref, "pause", ready); err != nil {
+		if err := runUntilSIGTERM(t, ctrd, nil, ref, "pause", ready); err != nil {
 			t.Errorf("pause ended with %v after SIGTERM, want exit status 0", err)
 		}
 	})
 
 	t.Run("hello answers the address it was reached on", func(t *testing.T) {
 		img, err := helloImage("nodeagent.test/hello:1", hello)
-		ref := writeImage(t, ctr, img, err)
+		ref := writeImage(t, ctrd, img, err)
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
@@ -208,7 +199,7 @@ func TestTheImagesRunInContainerd(t *testing.T) {
 			answer = string(b)
 			return err
 		}
-		err = runUntilSIGTERM(t, ctr, []string{"--net-host"}, ref, "hello", ready, "/usr/local/bin/hello", "-listen", addr)
+		err = runUntilSIGTERM(t, ctrd, []string{"--net-host"}, ref, "hello", ready, "/usr/local/bin/hello", "-listen", addr)
 		if err != nil {
 			t.Errorf("hello ended with %v after SIGTERM, want exit status 0", err)
 		}
@@ -226,11 +217,11 @@ func TestTheImagesRunInContainerd(t *testing.T) {
 				imagearchive.Bytes("/rules.v4", []byte(kubeProxyLikeRules), 0o644),
 				imagearchive.Bytes("/rules.v6", []byte(ip6Rules), 0o644))
 		}
-		ref := writeImage(t, ctr, img, err)
+		ref := writeImage(t, ctrd, img, err)
 
 		// The containers share one network namespace of the test's own, so what
 		// one restores the next can save, and the host's rules are untouched.
-		ns := fmt.Sprintf("ctrtest-%d", os.Getpid())
+		ns := fmt.Sprintf("imagestest-%d", os.Getpid())
 		if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
 			t.Fatalf("ip netns add: %v\n%s", err, out)
 		}
@@ -243,7 +234,7 @@ func TestTheImagesRunInContainerd(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			// Bare names: found through the image's PATH, as kube-proxy finds them.
-			out, err := ctr.Run(ctx, ctrArgs, ref, fmt.Sprintf("kube-proxy-%d", n), args...)
+			out, err := ctrd.Run(ctx, ctrArgs, ref, fmt.Sprintf("kube-proxy-%d", n), args...)
 			if err != nil {
 				t.Fatalf("%s in the kube-proxy image: %v\n%s", strings.Join(args, " "), err, out)
 			}

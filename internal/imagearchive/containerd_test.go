@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nodeagent/nodeagent/internal/ctrtest"
+	"github.com/nodeagent/nodeagent/internal/containerdtest"
 	"github.com/nodeagent/nodeagent/internal/imagearchive"
 )
 
@@ -58,7 +58,8 @@ func buildStatic(t *testing.T, source string) string {
 }
 
 func TestContainerdImportsTheArchiveAndRunsTheImage(t *testing.T) {
-	ctr := ctrtest.Start(t)
+	ctrd := containerdtest.Paths(t)
+	ctrd.Start(t, ctrd.MinimalConfig())
 	bin := buildStatic(t, helloSource)
 	for _, gz := range []bool{false, true} {
 		ref := "nodeagent.test/hello:plain"
@@ -84,8 +85,8 @@ func TestContainerdImportsTheArchiveAndRunsTheImage(t *testing.T) {
 			t.Fatalf("WriteFile: %v", err)
 		}
 
-		ctr.Import(file)
-		names := ctr.ImageNames()
+		ctrd.Import(t, file)
+		names := ctrd.ImageNames(t)
 		for _, want := range []string{ref, ref + "-alias"} {
 			if !slices.Contains(names, want) {
 				t.Fatalf("after import, ctr images ls shows %v; want %s among them", names, want)
@@ -93,7 +94,7 @@ func TestContainerdImportsTheArchiveAndRunsTheImage(t *testing.T) {
 		}
 
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		out, err := ctr.Run(ctx, nil, ref, "hello-"+strings.TrimPrefix(ref, "nodeagent.test/hello:"))
+		out, err := ctrd.Run(ctx, nil, ref, "hello-"+strings.TrimPrefix(ref, "nodeagent.test/hello:"))
 		cancel()
 		if err != nil {
 			t.Fatalf("ctr run %s: %v\n%s", ref, err, out)

@@ -54,14 +54,16 @@ func (img Image) Fingerprint() (string, error) {
 			e.Kind = "symlink"
 		case f.Source != "":
 			e.Kind = "file"
-			sum, mode, err := hashFile(f.Source)
+			src, _, mode, err := f.source()
 			if err != nil {
 				return "", fmt.Errorf("fingerprint %s: %w", f.Path, err)
 			}
-			e.Content = sum
-			if e.Mode == 0 {
-				e.Mode = mode
+			e.Content, err = sha256Of(src)
+			src.Close()
+			if err != nil {
+				return "", fmt.Errorf("fingerprint %s: %w", f.Path, err)
 			}
+			e.Mode = mode
 		default:
 			e.Kind = "file"
 			sum := sha256.Sum256(f.Data)
@@ -78,29 +80,21 @@ func (img Image) Fingerprint() (string, error) {
 	return hex.EncodeToString(sum[:]), nil
 }
 
-// hashFile returns the hex SHA-256 of a regular file and its permission bits.
-func hashFile(name string) (string, fs.FileMode, error) {
-	f, err := os.Open(name)
-	if err != nil {
-		return "", 0, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return "", 0, err
-	}
-	if !st.Mode().IsRegular() {
-		return "", 0, fmt.Errorf("%s is not a regular file", name)
-	}
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", 0, fmt.Errorf("read %s: %w", name, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), st.Mode() & (fs.ModePerm | specialBits), nil
-}
-
 // SHA256File returns the hex SHA-256 of a file's content.
 func SHA256File(name string) (string, error) {
-	sum, _, err := hashFile(name)
-	return sum, err
+	f, err := os.Open(name)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	return sha256Of(f)
+}
+
+// sha256Of returns the hex SHA-256 of what f holds from where it stands.
+func sha256Of(f *os.File) (string, error) {
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("read %s: %w", f.Name(), err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }

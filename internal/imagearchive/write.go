@@ -303,30 +303,43 @@ func writeEntry(tw *tar.Writer, f File) error {
 		_, err := tw.Write(f.Data)
 		return wrapEntry(f, err)
 	}
-	src, err := os.Open(f.Source)
+	src, size, mode, err := f.source()
 	if err != nil {
 		return wrapEntry(f, err)
 	}
 	defer src.Close()
-	st, err := src.Stat()
-	if err != nil {
-		return wrapEntry(f, err)
-	}
-	if !st.Mode().IsRegular() {
-		return wrapEntry(f, fmt.Errorf("%s is not a regular file", f.Source))
-	}
-	mode := f.Mode
-	if mode == 0 {
-		mode = st.Mode() & (fs.ModePerm | specialBits)
-	}
-	hdr.Typeflag, hdr.Mode, hdr.Size = tar.TypeReg, tarMode(mode, 0o644), st.Size()
+	hdr.Typeflag, hdr.Mode, hdr.Size = tar.TypeReg, tarMode(mode, 0o644), size
 	if err := tw.WriteHeader(hdr); err != nil {
 		return wrapEntry(f, err)
 	}
-	if _, err := io.CopyN(tw, src, st.Size()); err != nil {
+	if _, err := io.CopyN(tw, src, size); err != nil {
 		return wrapEntry(f, fmt.Errorf("copy %s: %w (did it change while being read?)", f.Source, err))
 	}
 	return nil
+}
+
+// source opens the host file of f, which must be a regular file, and returns it
+// with its size and the mode of its entry: f.Mode, or when that is zero the
+// source's permission and special bits.
+func (f File) source() (src *os.File, size int64, mode fs.FileMode, err error) {
+	src, err = os.Open(f.Source)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	st, err := src.Stat()
+	if err != nil {
+		src.Close()
+		return nil, 0, 0, err
+	}
+	if !st.Mode().IsRegular() {
+		src.Close()
+		return nil, 0, 0, fmt.Errorf("%s is not a regular file", f.Source)
+	}
+	mode = f.Mode
+	if mode == 0 {
+		mode = st.Mode() & (fs.ModePerm | specialBits)
+	}
+	return src, st.Size(), mode, nil
 }
 
 func wrapEntry(f File, err error) error {
