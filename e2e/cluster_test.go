@@ -151,7 +151,7 @@ func newHALab(t *testing.T, extraVolumes ...awsemu.Volume) *haLab {
 	}}}
 	for _, z := range haZones {
 		for _, ec := range []string{"main", "events"} {
-			world.Volumes = append(world.Volumes, haVolume(ec, z.member, z.az))
+			world.Volumes = append(world.Volumes, haVolume(ec, z.member, "a,b,c", z.az))
 		}
 		world.LifecycleHooks = append(world.LifecycleHooks, awsemu.LifecycleHook{AutoScalingGroup: masterASG(z.az), Name: haHook})
 	}
@@ -180,12 +180,13 @@ func newHALab(t *testing.T, extraVolumes ...awsemu.Volume) *haLab {
 
 func masterASG(az string) string { return "master-" + az + ".masters." + haCluster }
 
-func haVolume(etcdCluster, member, az string) awsemu.Volume {
+// haVolume is one etcd volume as kops tags it: member of the members listed.
+func haVolume(etcdCluster, member, members, az string) awsemu.Volume {
 	return awsemu.Volume{ID: "vol-0" + etcdCluster + member, AvailabilityZone: az, SizeMiB: haVolumeMiB, Tags: map[string]string{
 		"KubernetesCluster":                  haCluster,
 		"kubernetes.io/cluster/" + haCluster: "owned",
 		"k8s.io/role/master":                 "1",
-		"k8s.io/etcd/" + etcdCluster:         member + "/a,b,c",
+		"k8s.io/etcd/" + etcdCluster:         member + "/" + members,
 	}}
 }
 

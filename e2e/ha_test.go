@@ -442,7 +442,7 @@ func lastLines(b []byte, n int) string {
 // formatted in either case.
 func TestHAVolumeRefusals(t *testing.T) {
 	const junkZone, emptyZone = "us-east-1e", "us-east-1d"
-	h := newHALab(t, haVolume("main", "e", junkZone), haVolume("events", "e", junkZone))
+	h := newHALab(t, haVolume("main", "e", "e", junkZone), haVolume("events", "e", "e", junkZone))
 	ctx := context.Background()
 	junk := []byte("not a filesystem nodeagent knows, but somebody's data\n")
 	for _, id := range []string{"vol-0maine", "vol-0eventse"} {
