@@ -17,6 +17,7 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 
 	"github.com/nodeagent/nodeagent/config"
+	"github.com/nodeagent/nodeagent/bootstrap"
 	"github.com/nodeagent/nodeagent/internal/fsutil"
 	"github.com/nodeagent/nodeagent/pki"
 )
@@ -84,7 +85,11 @@ func newCluster(t *testing.T, name, member string) *cluster {
 	}
 }
 
-func (c *cluster) start(t *testing.T) {
+func (c *cluster) start(t *testing.T) { c.startWith(t, nil, true) }
+
+// startWith starts the member with absentPeers in its initial cluster too (names
+// → peer URLs nobody listens on); wait says whether to wait until it serves.
+func (c *cluster) startWith(t *testing.T, absentPeers map[string]string, wait bool) {
 	t.Helper()
 	p := pki.DefaultPaths()
 	tlsInfo := func(cert, key string) transport.TLSInfo {
@@ -101,6 +106,9 @@ func (c *cluster) start(t *testing.T) {
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
 	cfg.InitialCluster = c.member + "=" + c.peerURL
+	for name, u := range absentPeers {
+		cfg.InitialCluster += "," + name + "=" + u
+	}
 	cfg.ClientTLSInfo = tlsInfo(p.EtcdServerCert(c.name), p.EtcdServerKey(c.name))
 	cfg.PeerTLSInfo = tlsInfo(p.EtcdPeerCert(c.name), p.EtcdPeerKey(c.name))
 	cfg.ClientAutoTLS, cfg.PeerAutoTLS = false, false
@@ -108,6 +116,13 @@ func (c *cluster) start(t *testing.T) {
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		t.Fatalf("start etcd: %v", err)
+	}
+	c.etcd = e
+	if !wait {
+		// embed's Close waits for client servers that a member which never
+		// became ready never started; stopping the server first lets them go.
+		t.Cleanup(func() { e.Server.HardStop(); e.Close() })
+		return
 	}
 	t.Cleanup(e.Close)
 	select {
@@ -117,7 +132,6 @@ func (c *cluster) start(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("etcd not ready after 60s")
 	}
-	c.etcd = e
 }
 
 func (c *cluster) tls(cluster string) (*tls.Config, error) { return pki.ClientTLS(c.root, cluster) }
@@ -247,6 +261,10 @@ func TestHealthPhaseWaitsForEtcd(t *testing.T) {
 		err = ph.Act(ctx)
 		if err == nil || !strings.Contains(err.Error(), "etcd not healthy after 1.5s") {
 			t.Fatalf("act: %v", err)
+		}
+		// Nothing listens: the member is this node's problem, not a quorum's.
+		if bootstrap.IsWaiting(err) {
+			t.Errorf("a member that never started counts as waiting for peers: %v", err)
 		}
 		// One probe may still be in flight at the deadline; it is bounded too.
 		if d := time.Since(start); d > 8*time.Second {
@@ -408,4 +426,24 @@ func TestPublisher(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestHealthPhaseWaitsForPeers: a member that runs but whose peers are not up
+// has no quorum; giving up on it is waiting (the master waits for its peers, the
+// launch is not abandoned), and the reason names the peers it cannot reach.
+func TestHealthPhaseWaitsForPeers(t *testing.T) {
+	c := newCluster(t, "main", "a")
+	c.startWith(t, map[string]string{"b": fmt.Sprintf("https://127.0.0.1:%d", freePort(t)), "c": fmt.Sprintf("https://127.0.0.1:%d", freePort(t))}, false)
+	ph := NewHealthPhase(HealthOptions{Clusters: c.members(), TLS: c.tls, Timeout: 4 * time.Second, ProbeTimeout: time.Second,
+		ClusterName: "peers.k8s.local", PeerPorts: map[string]int{"main": 2380}})
+	ph.UseFacts(bootstrap.Facts{EtcdMembers: []bootstrap.EtcdMemberFact{{Cluster: "main", Member: "a", Members: []string{"a", "b", "c"}}}})
+	err := ph.Act(context.Background())
+	if !bootstrap.IsWaiting(err) {
+		t.Fatalf("Act = %v, want waiting for quorum", err)
+	}
+	for _, want := range []string{"no quorum", "peers: b unreachable", "etcd-b.internal.peers.k8s.local", "c unreachable"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("reason %q does not say %q", err, want)
+		}
+	}
 }
