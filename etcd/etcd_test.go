@@ -16,8 +16,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 
-	"github.com/nodeagent/nodeagent/config"
 	"github.com/nodeagent/nodeagent/bootstrap"
+	"github.com/nodeagent/nodeagent/config"
 	"github.com/nodeagent/nodeagent/internal/fsutil"
 	"github.com/nodeagent/nodeagent/pki"
 )
