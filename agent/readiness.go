@@ -64,8 +64,12 @@ func (p *readinessPhase) Check(ctx context.Context) ([]bootstrap.Change, error) 
 	}
 	now := p.evaluate(ctx)
 	var changes []bootstrap.Change
-	if now.Ready != st.Readiness.Ready {
-		changes = append(changes, bootstrap.Change{Kind: "readiness", Target: "node", Action: "update", Detail: fmt.Sprintf("ready=%v", now.Ready)})
+	switch {
+	case !now.Ready:
+		// Not ready yet is what Act waits out (within the readiness timeout).
+		changes = append(changes, bootstrap.Change{Kind: "readiness", Target: "node", Action: "wait", Detail: now.Reason})
+	case !st.Readiness.Ready:
+		changes = append(changes, bootstrap.Change{Kind: "readiness", Target: "node", Action: "update", Detail: "ready=true"})
 	}
 	if p.hook != "" && st.Readiness.Lifecycle == "" {
 		changes = append(changes, bootstrap.Change{Kind: "lifecycle", Target: p.hook, Action: "complete", Detail: cloud.LifecycleContinue})
