@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -141,7 +142,15 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 	// bootstrap to finish (the run lock), and readiness reporting, the launch
 	// hook's heartbeat and the status API must go on meanwhile.
 	reconciled := make(chan struct{}, 1)
+	var bg sync.WaitGroup
+	// Runs before the deferred gossip stop: no reconcile outlives the daemon.
+	defer func() {
+		cancel()
+		bg.Wait()
+	}()
+	bg.Add(1)
 	go func() {
+		defer bg.Done()
 		t := time.NewTicker(ro.ReconcileInterval)
 		defer t.Stop()
 		for {
