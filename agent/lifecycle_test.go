@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+
 	"github.com/nodeagent/nodeagent/awsemu"
 	"github.com/nodeagent/nodeagent/bootstrap"
 	"github.com/nodeagent/nodeagent/cloud"
@@ -17,17 +19,8 @@ import (
 // action (spaced out), once it is ready it completes it with CONTINUE, once.
 func TestDaemonCarriesTheLaunchOfAWaitingNode(t *testing.T) {
 	const id, hook = "i-0waiting", "nodeagent-ready"
-	emu := awsemu.Start(t, &awsemu.World{
-		Instances: []awsemu.Instance{{ID: id, Type: "m5.large", AvailabilityZone: "us-east-1a", PrivateIP: "10.0.1.5",
-			State: "running", AutoScalingGroup: "masters"}},
-		LifecycleHooks: []awsemu.LifecycleHook{{AutoScalingGroup: "masters", Name: hook}},
-	}, awsemu.Options{})
-	emu.Setenv(t, id)
+	emu, awsCfg := launchingInstance(t, id, "masters", hook)
 	ctx := context.Background()
-	awsCfg, err := cloud.LoadConfig(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
 	store := bootstrap.StateStore{Dir: t.TempDir()}
 	var quorum atomic.Bool
 	p := &readinessPhase{store: store, hook: hook, instanceID: id, log: quietLog(), heartbeatEvery: time.Hour,
@@ -66,4 +59,21 @@ func TestDaemonCarriesTheLaunchOfAWaitingNode(t *testing.T) {
 	if got := emu.E.Heartbeats(id); got != 1 {
 		t.Errorf("heartbeats after completion = %d, want still 1", got)
 	}
+}
+
+// launchingInstance is an emulated account with one instance of an Auto Scaling
+// group whose launch hook is pending, and the SDK configured as that instance.
+func launchingInstance(t *testing.T, id, group, hook string) (*awsemu.Running, aws.Config) {
+	t.Helper()
+	emu := awsemu.Start(t, &awsemu.World{
+		Instances: []awsemu.Instance{{ID: id, Type: "m5.large", AvailabilityZone: "us-east-1a", PrivateIP: "10.0.1.5",
+			State: "running", AutoScalingGroup: group}},
+		LifecycleHooks: []awsemu.LifecycleHook{{AutoScalingGroup: group, Name: hook}},
+	}, awsemu.Options{})
+	emu.Setenv(t, id)
+	awsCfg, err := cloud.LoadConfig(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return emu, awsCfg
 }

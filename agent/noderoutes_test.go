@@ -31,17 +31,8 @@ import (
 // Node is Ready, and exactly once, whatever re-runs and restarts follow.
 func TestLifecycleContinuesOnceTheNodeIsReady(t *testing.T) {
 	const id, hook, name = "i-0ready", "nodeagent-ready", "ip-10-0-1-5.ec2.internal"
-	emu := awsemu.Start(t, &awsemu.World{
-		Instances: []awsemu.Instance{{ID: id, Type: "m5.large", AvailabilityZone: "us-east-1a", PrivateIP: "10.0.1.5",
-			State: "running", AutoScalingGroup: "nodes"}},
-		LifecycleHooks: []awsemu.LifecycleHook{{AutoScalingGroup: "nodes", Name: hook}},
-	}, awsemu.Options{})
-	emu.Setenv(t, id)
+	emu, awsCfg := launchingInstance(t, id, "nodes", hook)
 	ctx := context.Background()
-	awsCfg, err := cloud.LoadConfig(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
 	api := startFakeAPIServer(t, name)
 	root := fsutil.Root(t.TempDir())
 	api.writeKubeconfig(t, root)
