@@ -197,10 +197,10 @@ func (p *HealthPhase) members() []Member {
 	return slices.Clone(p.o.Clusters)
 }
 
-// MemberHealth.Waiting: why a member that answers cannot be healthy yet.
-// A member is waiting (not failed) when its etcd runs but has no leader, or does
-// not serve clients yet because it has not joined a quorum: both are what a master
-// sees until enough of its peers are up.
+// waitingForQuorum reports whether an unhealthy member is waiting for its peers
+// rather than broken: its etcd runs but has no leader, or does not serve clients
+// yet because it has not joined a quorum. Both are what a master sees until
+// enough of its peers are up.
 func waitingForQuorum(r MemberHealth) bool { return r.Err != "" && !r.local }
 
 // Results returns the outcome of the last probe of each member.
