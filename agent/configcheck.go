@@ -1,10 +1,13 @@
 package agent
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+
+	"sigs.k8s.io/yaml"
 
 	"github.com/nodeagent/nodeagent/config"
 )
@@ -12,6 +15,62 @@ import (
 // CheckConfig validates a NodeConfig file ("-" for stdin; user-data MIME wrapping is
 // accepted) and prints every problem with its field path. It returns 0 when valid.
 func CheckConfig(path string, stdin io.Reader, w io.Writer) int {
+	r := checkConfig(path, stdin)
+	switch {
+	case len(r.Problems) > 0:
+		fmt.Fprintf(w, "%s: %d problem(s):\n", path, len(r.Problems))
+		for _, p := range r.Problems {
+			fmt.Fprintf(w, "  %s: %s\n", p.Path, p.Message)
+		}
+		return 1
+	case r.Error != "":
+		fmt.Fprintf(w, "%s: %s\n", path, r.Error)
+		return 1
+	}
+	fmt.Fprintf(w, "%s: valid NodeConfig for %s (role %s, Kubernetes %s, %d assets)\n",
+		path, r.Cluster, r.Role, r.KubernetesVersion, r.Assets)
+	return 0
+}
+
+// ConfigCheck is the result of checking a NodeConfig, as `config check -o json`
+// prints it.
+type ConfigCheck struct {
+	File              string          `json:"file"`
+	Valid             bool            `json:"valid"`
+	Error             string          `json:"error,omitempty"`
+	Problems          []ConfigProblem `json:"problems,omitempty"`
+	Cluster           string          `json:"cluster,omitempty"`
+	Role              string          `json:"role,omitempty"`
+	KubernetesVersion string          `json:"kubernetesVersion,omitempty"`
+	Assets            int             `json:"assets,omitempty"`
+}
+
+// ConfigProblem is one invalid field.
+type ConfigProblem struct {
+	Path    string `json:"path"`
+	Message string `json:"message"`
+}
+
+// CheckConfigFormat is CheckConfig printing its result as json or yaml.
+func CheckConfigFormat(path string, stdin io.Reader, w io.Writer, format string) int {
+	r := checkConfig(path, stdin)
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err == nil && format == "yaml" {
+		b, err = yaml.JSONToYAML(b)
+	}
+	if err != nil {
+		fmt.Fprintf(w, "%s: %v\n", path, err)
+		return 1
+	}
+	w.Write(append(b, '\n'))
+	if !r.Valid {
+		return 1
+	}
+	return 0
+}
+
+func checkConfig(path string, stdin io.Reader) ConfigCheck {
+	r := ConfigCheck{File: path}
 	var raw []byte
 	var err error
 	if path == "-" {
@@ -23,23 +82,24 @@ func CheckConfig(path string, stdin io.Reader, w io.Writer) int {
 		raw, err = config.ExtractUserData(raw)
 	}
 	if err != nil {
-		fmt.Fprintf(w, "%s: %v\n", path, err)
-		return 1
+		r.Error = err.Error()
+		return r
 	}
 	cfg, err := config.Parse(raw)
 	var verr config.ValidationError
 	switch {
 	case errors.As(err, &verr):
-		fmt.Fprintf(w, "%s: %d problem(s):\n", path, len(verr))
 		for _, fe := range verr {
-			fmt.Fprintf(w, "  %s: %s\n", fe.Path, fe.Message)
+			r.Problems = append(r.Problems, ConfigProblem{Path: fe.Path, Message: fe.Message})
 		}
-		return 1
+		r.Error = fmt.Sprintf("%d problem(s)", len(verr))
+		return r
 	case err != nil:
-		fmt.Fprintf(w, "%s: %v\n", path, err)
-		return 1
+		r.Error = err.Error()
+		return r
 	}
-	fmt.Fprintf(w, "%s: valid NodeConfig for %s (role %s, Kubernetes %s, %d assets)\n",
-		path, cfg.Spec.Cluster.Name, cfg.Spec.Role, cfg.Spec.KubernetesVersion, len(cfg.Spec.Assets))
-	return 0
+	r.Valid = true
+	r.Cluster, r.Role = cfg.Spec.Cluster.Name, string(cfg.Spec.Role)
+	r.KubernetesVersion, r.Assets = cfg.Spec.KubernetesVersion, len(cfg.Spec.Assets)
+	return r
 }
