@@ -19,6 +19,15 @@ func TestJSONOutputMatchesItsSchema(t *testing.T) {
 	root := t.TempDir()
 	fullState(t, filepath.Join(root, "/var/lib/nodeagent"))
 	bad := writeFile(t, "bad.yaml", badConfig)
+	// A worker with no state store: the plan needs nothing from AWS.
+	worker := writeFile(t, "worker.yaml", `apiVersion: nodeagent.io/v1alpha1
+kind: NodeConfig
+spec:
+  cluster: {name: plan.example.com}
+  role: Node
+  kubernetesVersion: v1.34.4
+  host: {hostname: ip-10-0-1-5.ec2.internal}
+`)
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -26,6 +35,7 @@ func TestJSONOutputMatchesItsSchema(t *testing.T) {
 		{"status", []string{"status", "--root", root, "-o", "json"}},
 		{"version", []string{"version", "-o", "json"}},
 		{"config-check", []string{"config", "check", "-o", "json", bad}},
+		{"plan", []string{"plan", "--config", worker, "--root", t.TempDir(), "-o", "json"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, out, stderr := nodeagent(t, "", tc.args...)
