@@ -39,18 +39,33 @@ func Bootstrap(ctx context.Context, o Options) error {
 	}
 	log.Info("bootstrapping", "node", n.Name, "cluster", n.Config.Spec.Cluster.Name,
 		"role", n.Config.Spec.Role, "instance", n.Identity.InstanceID, "config", n.ConfigHash)
-	if err := saveEffectiveConfig(o, n.Config); err != nil {
-		return err
-	}
 	ps, err := buildPhases(ctx, o, n)
 	if err != nil {
 		return err
 	}
+	// The config is decided under the run lock: the daemon's reconcile, which
+	// takes it too, then re-reads the inputs kept here and runs this config, not
+	// the one it had (bootstrap and the daemon never fight).
+	unlock, err := o.store().LockRun(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	applied, _, err := loadApplied(o)
+	if err != nil {
+		log.Warn("the applied config is unreadable; taking the new one as the first", "err", err)
+	}
+	if err := admit(applied, n); err != nil {
+		if rerr := recordRejected(ctx, o, n, n.ConfigHash, err); rerr != nil {
+			log.Error("record the refused config", "err", rerr)
+		}
+		return err
+	}
+	if err := recordApplied(ctx, o, n); err != nil {
+		return err
+	}
 	runner := &bootstrap.Runner{Store: o.store(), Log: log, Node: n.Info(), ConfigHash: n.ConfigHash}
-	timeout, _ := time.ParseDuration(n.Config.Spec.Readiness.Timeout)
-	runCtx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	if err := runner.Run(runCtx, ps.phases); err != nil {
+	if err := runner.RunHeld(ctx, ps.phases); err != nil {
 		if bootstrap.IsWaiting(err) {
 			// Waiting on others (a master on its peers) is not a failed launch:
 			// the daemon, already running, keeps at it, heartbeats the launch
@@ -131,7 +146,7 @@ func Bake(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	cfg, err := config.Parse(raw)
+	cfg, err := parseConfig(raw)
 	if err != nil {
 		return err
 	}

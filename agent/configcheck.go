@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"sigs.k8s.io/yaml"
 
 	"github.com/nodeagent/nodeagent/config"
+	"github.com/nodeagent/nodeagent/kubelet"
 )
 
 // CheckConfig validates a NodeConfig file ("-" for stdin; user-data MIME wrapping is
@@ -18,7 +20,7 @@ func CheckConfig(path string, stdin io.Reader, w io.Writer) int {
 	r := checkConfig(path, stdin)
 	switch {
 	case len(r.Problems) > 0:
-		fmt.Fprintf(w, "%s: %d problem(s):\n", path, len(r.Problems))
+		fmt.Fprintf(w, "%s: %s:\n", path, config.Problems(len(r.Problems)))
 		for _, p := range r.Problems {
 			fmt.Fprintf(w, "  %s: %s\n", p.Path, p.Message)
 		}
@@ -85,14 +87,14 @@ func checkConfig(path string, stdin io.Reader) ConfigCheck {
 		r.Error = err.Error()
 		return r
 	}
-	cfg, err := config.Parse(raw)
+	cfg, err := parseConfig(raw)
 	var verr config.ValidationError
 	switch {
 	case errors.As(err, &verr):
 		for _, fe := range verr {
 			r.Problems = append(r.Problems, ConfigProblem{Path: fe.Path, Message: fe.Message})
 		}
-		r.Error = fmt.Sprintf("%d problem(s)", len(verr))
+		r.Error = config.Problems(len(verr))
 		return r
 	case err != nil:
 		r.Error = err.Error()
@@ -102,4 +104,33 @@ func checkConfig(path string, stdin io.Reader) ConfigCheck {
 	r.Cluster, r.Role = cfg.Spec.Cluster.Name, string(cfg.Spec.Role)
 	r.KubernetesVersion, r.Assets = cfg.Spec.KubernetesVersion, len(cfg.Spec.Assets)
 	return r
+}
+
+// validateForPhases checks what a phase would refuse about the config alone, so
+// that a config `config check` and bootstrap accept never fails later for a
+// reason the config decides. The rules stay with the packages that own them
+// (kubelet's strict KubeletConfiguration merge); the field paths are theirs.
+func validateForPhases(cfg *config.NodeConfig) error {
+	var errs config.ValidationError
+	if _, err := kubelet.BuildConfig(cfg.Spec); err != nil {
+		msg := strings.TrimPrefix(err.Error(), "spec.kubelet.config: ")
+		errs = append(errs, config.FieldError{Path: "spec.kubelet.config", Message: msg})
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return errs
+}
+
+// parseConfig is config.Parse plus validateForPhases: what `config check`
+// accepts is what bootstrap and the daemon accept.
+func parseConfig(raw []byte) (*config.NodeConfig, error) {
+	cfg, err := config.Parse(raw)
+	if err != nil {
+		return nil, err
+	}
+	if err := validateForPhases(cfg); err != nil {
+		return nil, err
+	}
+	return cfg, nil
 }

@@ -4,11 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -24,7 +22,14 @@ type RunOptions struct {
 	ReconcileInterval time.Duration
 	// ReadinessInterval is how often readiness is re-evaluated and reported upward.
 	ReadinessInterval time.Duration
+	// ConfigInterval is how often the config inputs (user-data, the kept
+	// --config document, the state store's cluster.yaml by a conditional GET)
+	// are re-read between reconciles; a change starts a reconcile at once.
+	ConfigInterval time.Duration
 }
+
+// DefaultConfigInterval is RunOptions.ConfigInterval's default.
+const DefaultConfigInterval = 15 * time.Second
 
 // Run is the daemon behind nodeagent.service (Type=notify): it serves the status
 // API, joins the gossip ring, re-runs the phases to repair drift, and keeps
@@ -37,17 +42,21 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 	if ro.ReadinessInterval <= 0 {
 		ro.ReadinessInterval = 10 * time.Second
 	}
+	if ro.ConfigInterval <= 0 {
+		ro.ConfigInterval = DefaultConfigInterval
+	}
+	// The daemon starts on the config the node last took (a newer one in the
+	// inputs may need a new instance, or be invalid: the first poll decides),
+	// or, on a node never bootstrapped, on its inputs.
+	var applied []byte
 	if o.ConfigFile == "" {
-		// Reconcile against what bootstrap ran with; fall back to user-data on a node
-		// that was never bootstrapped.
-		saved := filepath.Join(o.stateDir(), effectiveConfigName)
-		if _, err := os.Stat(saved); err == nil {
-			o.ConfigFile = saved
-		} else if !errors.Is(err, fs.ErrNotExist) {
-			return err
+		var err error
+		if _, applied, err = loadApplied(o); err != nil {
+			log.Warn("the applied config is unreadable; starting from the inputs", "err", err)
+			applied = nil
 		}
 	}
-	n, err := LoadNode(ctx, o, needIdentity)
+	n, err := loadNode(ctx, o, followInputs, applied)
 	if err != nil {
 		return err
 	}
@@ -56,6 +65,8 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 		return err
 	}
 	m := newMetrics()
+	m.setConfig(n.ConfigHash)
+	f := &follower{o: o, log: log, m: m, n: n, ps: ps}
 	api := &statusAPI{store: o.store(), metrics: m, log: log}
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -80,17 +91,37 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 	if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
 		log.Warn("sd_notify failed", "err", err)
 	}
-	runner := &bootstrap.Runner{Store: o.store(), Log: log, Node: n.Info(), ConfigHash: n.ConfigHash, Observe: m.observePhase}
 	var pub *etcdPublisher
 	if n.IsControlPlane() {
 		pub = newEtcdPublisher(o, n, log)
 		defer pub.close()
 	}
 
+	var (
+		reconciling atomic.Bool
+		lastRunMu   sync.Mutex
+		lastRun     error = errors.New("no run finished yet")
+	)
 	reconcile := func() {
 		rctx, rcancel := context.WithTimeout(ctx, ro.ReconcileInterval*5)
 		defer rcancel()
-		err := runner.Run(rctx, ps.phases)
+		// Under the run lock, the inputs are re-read first: a bootstrap that
+		// held the lock has kept new inputs, and this run applies them.
+		unlock, err := o.store().LockRun(rctx)
+		if err != nil {
+			log.Error("reconcile: wait for the run lock", "err", err)
+			return
+		}
+		reconciling.Store(true)
+		f.poll(rctx)
+		cur, ps := f.current()
+		runner := &bootstrap.Runner{Store: o.store(), Log: log, Node: cur.Info(), ConfigHash: cur.ConfigHash, Observe: m.observePhase}
+		err = runner.RunHeld(rctx, ps.phases)
+		reconciling.Store(false)
+		unlock()
+		lastRunMu.Lock()
+		lastRun = err
+		lastRunMu.Unlock()
 		result := "ok"
 		switch {
 		case err == nil:
@@ -102,7 +133,9 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 			log.Error("reconcile failed", "err", err)
 		}
 		if g != nil {
-			g.setNames(gossipNames(n, loadFacts(o, log)))
+			if err := g.setNames(gossipNames(n, loadFacts(o, log))); err != nil {
+				log.Error("publish gossip names; retried at the next report", "err", err)
+			}
 		}
 		m.reconciles.WithLabelValues(result).Inc()
 		m.lastReconcile.SetToCurrentTime()
@@ -111,7 +144,33 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 		// Readiness is judged between runs: while a run (the boot's own bootstrap,
 		// say) is acting, its phases are incomplete by design. The launch hook is
 		// heartbeated all the same, so a long wait does not time the launch out.
+		_, ps := f.current()
+		if g != nil {
+			if err := g.setNames(gossipNames(n, loadFacts(o, log))); err != nil {
+				log.Warn("publish gossip names", "err", err)
+			}
+		}
 		unlock, ok, err := o.store().TryLockRun()
+		if err != nil {
+			log.Error("readiness: run lock", "err", err)
+		}
+		if (err != nil || !ok) && reconciling.Load() {
+			// Our own reconcile runs (it may wait long): readiness is judged on
+			// its last finished run and the live checks, not left stale.
+			lastRunMu.Lock()
+			last := lastRun
+			lastRunMu.Unlock()
+			rs := ps.readiness.refreshDuringRun(ctx, last)
+			m.setReady(rs.Ready)
+			if g != nil {
+				g.setReady(rs.Ready)
+			}
+			if !rs.Ready {
+				ps.readiness.heartbeat(ctx)
+			}
+			pods.update()
+			return
+		}
 		if err != nil || !ok {
 			ps.readiness.heartbeat(ctx)
 			// The pod CIDR and routes do not wait for the run either: a run
@@ -153,16 +212,29 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 		defer bg.Done()
 		t := time.NewTicker(ro.ReconcileInterval)
 		defer t.Stop()
+		poll := time.NewTicker(ro.ConfigInterval)
+		defer poll.Stop()
 		for {
 			reconcile()
 			select {
 			case reconciled <- struct{}{}:
 			default:
 			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
+			// Between reconciles the inputs are polled; a config the node
+			// takes is applied at once (reconcile re-reads it under the lock).
+		wait:
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					break wait
+				case <-poll.C:
+					if f.poll(ctx) {
+						t.Reset(ro.ReconcileInterval)
+						break wait
+					}
+				}
 			}
 		}
 	}()

@@ -110,14 +110,18 @@ func gossipNames(n *Node, facts bootstrap.Facts) []string {
 }
 
 // setNames republishes this node's names (they change once volumes are claimed).
-func (g *gossipRunner) setNames(names []string) {
+// A failed publish is returned and not remembered, so the next call retries it.
+func (g *gossipRunner) setNames(names []string) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if slices.Equal(g.names, names) {
-		return
+		return nil
+	}
+	if err := g.agent.SetNames(names); err != nil {
+		return fmt.Errorf("gossip: publish names %v: %w", names, err)
 	}
 	g.names = names
-	_ = g.agent.SetNames(names)
+	return nil
 }
 
 func (g *gossipRunner) members() []ClusterMember {

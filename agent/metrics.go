@@ -19,6 +19,7 @@ type metrics struct {
 	reconciles    *prometheus.CounterVec
 	ready         prometheus.Gauge
 	lastReconcile prometheus.Gauge
+	configMetrics
 }
 
 func newMetrics() *metrics {
@@ -42,7 +43,9 @@ func newMetrics() *metrics {
 		lastReconcile: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "nodeagent_last_reconcile_timestamp_seconds", Help: "When the last reconcile run ended.",
 		}),
+		configMetrics: newConfigMetrics(),
 	}
+	m.reg.MustRegister(m.configMetrics.collectors()...)
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "nodeagent_build_info", Help: "Build of the running agent.",
 	}, []string{"version", "commit", "goversion"})

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -71,6 +70,8 @@ type Node struct {
 	// check on a machine that is not an instance).
 	AWS   *aws.Config
 	Store *cloud.StateStore
+	// Inputs are the raw inputs Config was derived from.
+	Inputs *configInputs
 }
 
 // IsControlPlane reports whether the node runs the control plane.
@@ -93,56 +94,47 @@ const (
 	needIdentity loadMode = iota
 	// identityIfAvailable: plan shows what it can even off EC2.
 	identityIfAvailable
+	// followInputs: the daemon needs its identity and takes the node's document
+	// from where the last bootstrap took it (user-data, or its --config file).
+	followInputs
 )
 
-// LoadNode reads the NodeConfig (file or user-data), merges the cluster config from
-// the state store, validates it, and learns the instance's identity. Nothing on the
-// host is touched.
+// LoadNode reads the node's raw config inputs (its document from --config or
+// user-data, the state store's cluster.yaml), derives the effective config from
+// them, validates it, and learns the instance's identity. Nothing on the host
+// is touched.
 func LoadNode(ctx context.Context, o Options, mode loadMode) (*Node, error) {
+	return loadNode(ctx, o, mode, nil)
+}
+
+// loadNode is LoadNode; a non-nil preset is the config to derive from instead
+// of the inputs (the daemon starts on the config the node last took).
+func loadNode(ctx context.Context, o Options, mode loadMode, preset []byte) (*Node, error) {
 	n := &Node{}
 	awsCfg, awsErr := cloud.LoadConfig(ctx)
 	if awsErr == nil {
 		n.AWS = &awsCfg
 	}
-
-	var raw []byte
-	var err error
-	switch {
-	case o.ConfigFile == "-":
-		raw, err = io.ReadAll(io.LimitReader(o.Stdin, 1<<20))
-	case o.ConfigFile != "":
-		raw, err = os.ReadFile(o.ConfigFile)
-	default:
-		if n.AWS == nil {
-			return nil, fmt.Errorf("no --config given and AWS is not configured: %w", awsErr)
-		}
-		raw, err = cloud.FetchUserData(ctx, cloud.NewIMDS(*n.AWS))
-		if err == nil {
-			raw, err = config.ExtractUserData(raw)
-		}
-	}
+	saved, err := loadInputs(o)
 	if err != nil {
-		return nil, fmt.Errorf("read config: %w", err)
+		o.log().Warn("kept config inputs unreadable; reading them afresh", "err", err)
+		saved = nil
 	}
-
-	var cluster []byte
-	if url := stateStoreURL(raw); url != "" {
-		if n.AWS == nil {
-			return nil, fmt.Errorf("spec.cluster.stateStore is %s but AWS is not configured: %w", url, awsErr)
+	var in *configInputs
+	var store *cloud.StateStore
+	if preset != nil {
+		in = &configInputs{NodeSource: "applied", Node: preset, StateStore: stateStoreURL(preset)}
+		if saved != nil {
+			in = saved // what it was derived from, for status
 		}
-		if n.Store, err = cloud.NewStateStore(cloud.NewS3(*n.AWS), url); err != nil {
-			return nil, fmt.Errorf("spec.cluster.stateStore: %w", err)
+		if url := stateStoreURL(preset); url != "" && n.AWS != nil {
+			if store, err = cloud.NewStateStore(cloud.NewS3(*n.AWS), url); err != nil {
+				return nil, fmt.Errorf("spec.cluster.stateStore: %w", err)
+			}
 		}
-		cluster, err = n.Store.Get(ctx, cloud.ClusterConfigKey)
-		if err != nil && !errors.Is(err, cloud.ErrNotFound) {
-			return nil, fmt.Errorf("cluster config: %w", err)
-		}
-	}
-	if n.Config, err = config.Merge(cluster, raw); err != nil {
+	} else if in, store, err = readInputs(ctx, o, n.AWS, awsErr, saved, mode == followInputs); err != nil {
 		return nil, err
 	}
-	n.ConfigHash = hashConfig(n.Config)
-
 	if n.AWS != nil {
 		idCtx, cancel := context.WithTimeout(ctx, identityTimeout(mode))
 		n.Identity, err = cloud.FetchIdentity(idCtx, cloud.NewIMDS(*n.AWS))
@@ -151,22 +143,51 @@ func LoadNode(ctx context.Context, o Options, mode loadMode) (*Node, error) {
 		err = awsErr
 	}
 	if err != nil {
-		if mode == needIdentity {
+		if mode != identityIfAvailable {
 			return nil, fmt.Errorf("learn instance identity: %w", err)
 		}
 		o.log().Warn("instance identity unavailable; planning without it", "err", err)
 		n.Identity.Hostname, _ = os.Hostname()
 	}
-	n.Name = n.Identity.Hostname
-	if h := n.Config.Spec.Host.Hostname; h != "" {
-		n.Name = h
+	if preset != nil {
+		return n.deriveFrom(preset, in, store)
 	}
-	n.Labels = nodeLabels(n.Config, n.Identity)
-	return n, nil
+	return n.derive(in, store)
+}
+
+// derive is the node with the effective config of in: the node's document
+// merged over cluster.yaml, defaulted and validated. n's AWS and identity are
+// kept; n itself is not changed.
+func (n *Node) derive(in *configInputs, store *cloud.StateStore) (*Node, error) {
+	cfg, err := config.Merge(in.Cluster, in.Node)
+	return n.withConfig(cfg, err, in, store)
+}
+
+// deriveFrom is the node with an effective config kept as a whole (config.yaml),
+// recorded as derived from in.
+func (n *Node) deriveFrom(effective []byte, in *configInputs, store *cloud.StateStore) (*Node, error) {
+	cfg, err := config.Parse(effective)
+	return n.withConfig(cfg, err, in, store)
+}
+
+func (n *Node) withConfig(cfg *config.NodeConfig, err error, in *configInputs, store *cloud.StateStore) (*Node, error) {
+	if err == nil {
+		err = validateForPhases(cfg)
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := &Node{Config: cfg, ConfigHash: hashConfig(cfg), Identity: n.Identity, AWS: n.AWS, Store: store, Inputs: in}
+	out.Name = out.Identity.Hostname
+	if h := cfg.Spec.Host.Hostname; h != "" {
+		out.Name = h
+	}
+	out.Labels = nodeLabels(cfg, out.Identity)
+	return out, nil
 }
 
 func identityTimeout(mode loadMode) time.Duration {
-	if mode == needIdentity {
+	if mode != identityIfAvailable {
 		return 2 * time.Minute
 	}
 	return 5 * time.Second

@@ -101,7 +101,7 @@ func buildPhases(ctx context.Context, o Options, n *Node) (*phaseSet, error) {
 			EtcdClusters: spec.Etcd.Clusters, Log: log,
 		})
 		pkiPhase := pki.NewPhase(pki.Options{
-			Root: o.Root, CA: caSource, ClusterName: spec.Cluster.Name, NodeName: n.Name, NodeIP: nodeIP,
+			Root: o.Root, CA: caSource, ClusterName: spec.Cluster.Name, APIServer: spec.Cluster.APIServer, NodeName: n.Name, NodeIP: nodeIP,
 			ServiceCIDR: spec.Networking.ServiceCIDR, Role: spec.Role, EtcdClusters: spec.Etcd.Clusters,
 			OmitKubeletKubeconfig: true, ServiceAccountKey: saKeySourceFor(o, n), Log: log,
 		})
@@ -113,7 +113,7 @@ func buildPhases(ctx context.Context, o Options, n *Node) (*phaseSet, error) {
 		ps.phases = append(ps.phases, ps.volumes, daemonPhase, pkiPhase)
 	} else if caSource != nil {
 		ps.phases = append(ps.phases, pki.NewPhase(pki.Options{
-			Root: o.Root, CA: caSource, ClusterName: spec.Cluster.Name, NodeName: n.Name, NodeIP: nodeIP,
+			Root: o.Root, CA: caSource, ClusterName: spec.Cluster.Name, APIServer: spec.Cluster.APIServer, NodeName: n.Name, NodeIP: nodeIP,
 			ServiceCIDR: spec.Networking.ServiceCIDR, Role: spec.Role, OmitKubeletKubeconfig: true, Log: log,
 		}))
 	}
@@ -136,8 +136,12 @@ func buildPhases(ctx context.Context, o Options, n *Node) (*phaseSet, error) {
 		ps.phases = append(ps.phases, daemonPhase)
 	}
 
+	timeout, err := time.ParseDuration(spec.Readiness.Timeout)
+	if err != nil {
+		return nil, fmt.Errorf("spec.readiness.timeout: %w", err)
+	}
 	ps.readiness = &readinessPhase{
-		store: o.store(), hook: spec.Readiness.LifecycleHook, instanceID: n.Identity.InstanceID, log: log,
+		store: o.store(), hook: spec.Readiness.LifecycleHook, instanceID: n.Identity.InstanceID, log: log, timeout: timeout,
 		asg: func() (cloud.AutoScalingAPI, error) {
 			if n.AWS == nil {
 				return nil, errors.New("AWS is not configured")

@@ -32,6 +32,9 @@ type readinessPhase struct {
 	// (default defaultHeartbeatEvery); lastHeartbeat is the daemon's last one.
 	heartbeatEvery time.Duration
 	lastHeartbeat  time.Time
+	// timeout bounds how long Act waits for the node to become ready
+	// (spec.readiness.timeout); the phases before it are not bounded by it.
+	timeout time.Duration
 }
 
 // defaultHeartbeatEvery is well inside Auto Scaling's shortest useful heartbeat
@@ -78,6 +81,11 @@ func (p *readinessPhase) Check(ctx context.Context) ([]bootstrap.Change, error) 
 }
 
 func (p *readinessPhase) Act(ctx context.Context) error {
+	if p.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, p.timeout)
+		defer cancel()
+	}
 	rs, err := p.waitReady(ctx)
 	if err != nil {
 		return err
@@ -110,7 +118,9 @@ func (p *readinessPhase) waitReady(ctx context.Context) (bootstrap.ReadinessStat
 		p.log.Info("node not ready yet", "reason", rs.Reason, "retry_in", delay)
 		select {
 		case <-ctx.Done():
-			_, _ = p.store.Update(func(st *bootstrap.State) { st.Readiness = rs })
+			if _, err := p.store.Update(func(st *bootstrap.State) { st.Readiness = rs }); err != nil {
+				p.log.Error("record readiness", "err", err)
+			}
 			return rs, fmt.Errorf("not ready: %s", rs.Reason)
 		case <-time.After(delay):
 		}
@@ -131,11 +141,43 @@ func (p *readinessPhase) Verify(ctx context.Context) error {
 
 // refresh re-evaluates readiness for the daemon and records it; it returns the result.
 func (p *readinessPhase) refresh(ctx context.Context) bootstrap.ReadinessStatus {
-	rs := p.evaluate(ctx)
-	_, _ = p.store.Update(func(st *bootstrap.State) {
+	return p.record(p.evaluate(ctx))
+}
+
+// refreshDuringRun is refresh while the daemon's own reconcile runs: the
+// phases are mid-run by design, so their condition is the outcome of the last
+// finished run (lastRun) and every other condition is checked now. A long
+// reconcile so never leaves /readyz stale.
+func (p *readinessPhase) refreshDuringRun(ctx context.Context, lastRun error) bootstrap.ReadinessStatus {
+	rs := bootstrap.ReadinessStatus{Ready: true, CheckedAt: time.Now().UTC()}
+	var reasons []string
+	for _, c := range p.checks {
+		var err error
+		if c.name == "phases" {
+			err = lastRun
+		} else {
+			cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+			err = c.fn(cctx)
+			cancel()
+		}
+		if err != nil {
+			rs.Ready = false
+			reasons = append(reasons, c.name+": "+err.Error())
+		}
+	}
+	rs.Reason = strings.Join(reasons, "; ")
+	return p.record(rs)
+}
+
+// record writes rs (keeping the lifecycle result) and returns it; a failed
+// write is logged, and the next report writes again.
+func (p *readinessPhase) record(rs bootstrap.ReadinessStatus) bootstrap.ReadinessStatus {
+	if _, err := p.store.Update(func(st *bootstrap.State) {
 		rs.Lifecycle = st.Readiness.Lifecycle
 		st.Readiness = rs
-	})
+	}); err != nil {
+		p.log.Error("record readiness: /readyz and status keep the last recorded state", "err", err)
+	}
 	return rs
 }
 
@@ -146,9 +188,16 @@ func (p *readinessPhase) abandon(ctx context.Context, cause error) {
 	if p == nil {
 		return
 	}
+	// A run ended by SIGTERM has a cancelled context; telling Auto Scaling
+	// must still happen.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
 	st, err := p.store.Load()
 	if err != nil {
-		return
+		p.log.Error("read state before abandoning the launch", "err", err)
+	}
+	if st == nil {
+		st = &bootstrap.State{}
 	}
 	lifecycle := st.Readiness.Lifecycle
 	if p.hook != "" && lifecycle == "" {
@@ -159,9 +208,11 @@ func (p *readinessPhase) abandon(ctx context.Context, cause error) {
 			lifecycle = cloud.LifecycleAbandon
 		}
 	}
-	_, _ = p.store.Update(func(st *bootstrap.State) {
+	if _, err := p.store.Update(func(st *bootstrap.State) {
 		st.Readiness = bootstrap.ReadinessStatus{Ready: false, Reason: cause.Error(), CheckedAt: time.Now().UTC(), Lifecycle: lifecycle}
-	})
+	}); err != nil {
+		p.log.Error("record readiness", "err", err)
+	}
 }
 
 // wait records that the node is not ready because it waits on something outside

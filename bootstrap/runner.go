@@ -32,13 +32,19 @@ type Runner struct {
 // converged phase is only verified). It stops at the first failure and returns it
 // as "phase NAME: reason"; later phases stay pending.
 func (r *Runner) Run(ctx context.Context, phases []Phase) error {
-	now := r.clock()
-	log := r.logger()
 	unlock, err := r.Store.LockRun(ctx)
 	if err != nil {
 		return err
 	}
 	defer unlock()
+	return r.RunHeld(ctx, phases)
+}
+
+// RunHeld is Run for a caller that already holds the run lock (StateStore.LockRun),
+// e.g. to decide under it which config the run applies.
+func (r *Runner) RunHeld(ctx context.Context, phases []Phase) error {
+	now := r.clock()
+	log := r.logger()
 	start := now()
 	var facts Facts
 	if _, err := r.Store.Update(func(st *State) {
@@ -76,6 +82,10 @@ func (r *Runner) Run(ctx context.Context, phases []Phase) error {
 				st.FinishedAt = now()
 			}
 		})
+		if werr != nil && (ps.State == PhaseFailed || ps.State == PhaseWaiting) {
+			// The phase's own error is what the run returns; the record's is logged.
+			log.Error("record phase outcome", "phase", ps.Name, "err", werr)
+		}
 		switch ps.State {
 		case PhaseFailed:
 			return &PhaseError{Phase: ps.Name, Message: ps.Error}
@@ -86,7 +96,7 @@ func (r *Runner) Run(ctx context.Context, phases []Phase) error {
 			return werr
 		}
 	}
-	_, err = r.Store.Update(func(st *State) { st.FinishedAt = now() })
+	_, err := r.Store.Update(func(st *State) { st.FinishedAt = now() })
 	log.Info("bootstrap finished", "phases", len(phases), "duration", now().Sub(start).Round(time.Millisecond))
 	return err
 }
@@ -94,12 +104,16 @@ func (r *Runner) Run(ctx context.Context, phases []Phase) error {
 func (r *Runner) runPhase(ctx context.Context, p Phase, facts *Facts, log *slog.Logger) PhaseStatus {
 	now := r.clock()
 	ps := PhaseStatus{Name: p.Name(), State: PhaseRunning, Started: now()}
-	_, _ = r.Store.Update(func(st *State) {
+	log = log.With("phase", ps.Name)
+	if _, err := r.Store.Update(func(st *State) {
 		if cur := st.Phase(ps.Name); cur != nil {
 			*cur = ps
 		}
-	})
-	log = log.With("phase", ps.Name)
+	}); err != nil {
+		// The phase runs all the same; status shows it pending until its outcome
+		// is written (which reports its own failure).
+		log.Warn("record phase running", "err", err)
+	}
 	var (
 		progressMu   sync.Mutex // a phase may report from several goroutines
 		lastProgress string

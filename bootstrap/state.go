@@ -51,6 +51,46 @@ type State struct {
 	Readiness ReadinessStatus  `json:"readiness"`
 	// Facts are what the phases learned about this node (see Facts).
 	Facts Facts `json:"facts,omitzero"`
+	// Config is the effective config the node runs and where it came from, and
+	// a newer one it could not take in place.
+	Config *ConfigStatus `json:"config,omitempty"`
+}
+
+// ConfigStatus is the node's effective config: derived from its raw inputs
+// (user-data or a --config file, the state store's cluster.yaml) on every
+// reconcile.
+type ConfigStatus struct {
+	// Hash identifies the effective config applied (also ConfigHash).
+	Hash string `json:"hash"`
+	// Sources are the inputs it was derived from, with their versions.
+	Sources []ConfigSource `json:"sources,omitempty"`
+	// AppliedAt is when the node took this config.
+	AppliedAt time.Time `json:"appliedAt,omitzero"`
+	// Effective is the merged, defaulted config (secrets redacted).
+	Effective json.RawMessage `json:"effective,omitempty"`
+	// Rejected is a newer config the node did not take; nil when none.
+	Rejected *RejectedConfig `json:"rejected,omitempty"`
+}
+
+// ConfigSource is one raw input of the effective config.
+type ConfigSource struct {
+	// Name is user-data, file or cluster.yaml.
+	Name string `json:"name"`
+	// Location is the file path or s3:// URL; empty for user-data.
+	Location string `json:"location,omitempty"`
+	// Version is the S3 ETag of cluster.yaml, or a SHA-256 prefix of the bytes.
+	Version string `json:"version,omitempty"`
+}
+
+// RejectedConfig is a config the node cannot take in place: it changes what
+// only a new instance can change (NeedsReplacement), or it is invalid (Error).
+type RejectedConfig struct {
+	Hash  string    `json:"hash,omitempty"`
+	Since time.Time `json:"since"`
+	// NeedsReplacement lists the changes that need a new instance, e.g.
+	// "spec.role: Node → ControlPlane".
+	NeedsReplacement []string `json:"needsReplacement,omitempty"`
+	Error            string   `json:"error,omitempty"`
 }
 
 // NodeInfo identifies the node.

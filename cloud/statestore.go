@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"path"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	smithyhttp "github.com/aws/smithy-go/transport/http"
 
 	"github.com/nodeagent/nodeagent/config"
 )
@@ -88,3 +90,35 @@ func (s *StateStore) CA(ctx context.Context) (certPEM, keyPEM []byte, err error)
 	}
 	return certPEM, keyPEM, nil
 }
+
+// GetIfChanged reads one object unless its ETag is still etag (a conditional
+// GET: If-None-Match, answered 304 without a body). changed is false when the
+// object is unchanged; a missing object is ErrNotFound.
+func (s *StateStore) GetIfChanged(ctx context.Context, key, etag string) (data []byte, newETag string, changed bool, err error) {
+	full := path.Join(s.Prefix, key)
+	in := &s3.GetObjectInput{Bucket: aws.String(s.Bucket), Key: aws.String(full)}
+	if etag != "" {
+		in.IfNoneMatch = aws.String(etag)
+	}
+	out, err := s.S3.GetObject(ctx, in)
+	if err != nil {
+		var re *smithyhttp.ResponseError
+		if errors.As(err, &re) && re.HTTPStatusCode() == http.StatusNotModified {
+			return nil, etag, false, nil
+		}
+		var nsk *types.NoSuchKey
+		if errors.As(err, &nsk) {
+			return nil, "", true, fmt.Errorf("s3://%s/%s: %w", s.Bucket, full, ErrNotFound)
+		}
+		return nil, "", false, fmt.Errorf("read s3://%s/%s: %w", s.Bucket, full, err)
+	}
+	defer out.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(out.Body, 8<<20))
+	if err != nil {
+		return nil, "", false, fmt.Errorf("read s3://%s/%s: %w", s.Bucket, full, err)
+	}
+	return b, aws.ToString(out.ETag), true, nil
+}
+
+// URL is the state store's s3:// URL of key.
+func (s *StateStore) URL(key string) string { return "s3://" + s.Bucket + "/" + path.Join(s.Prefix, key) }

@@ -41,7 +41,7 @@ func (c *NodeConfig) SetDefaults() {
 		s.ContainerRuntime = RuntimeContainerd
 	}
 	if s.Cluster.APIServer == "" && s.Cluster.Name != "" {
-		s.Cluster.APIServer = APIInternalName(s.Cluster.Name) + ":443"
+		s.Cluster.APIServer = DefaultAPIServer(s.Cluster.Name)
 	}
 	sysctls := make(map[string]string, len(DefaultSysctls)+len(s.Host.Sysctls))
 	for k, v := range DefaultSysctls {

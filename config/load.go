@@ -14,6 +14,7 @@ import (
 	"net/mail"
 	"reflect"
 	"sort"
+	"strconv"
 	"strings"
 
 	"sigs.k8s.io/yaml"
@@ -46,6 +47,15 @@ func Merge(cluster, node []byte) (*NodeConfig, error) {
 	}
 	var errs ValidationError
 	unknownFields(merged, reflect.TypeOf(NodeConfig{}), "", &errs)
+	// Values of the wrong type (kubernetesVersion: 1.31, a YAML number) are
+	// reported and dropped, so that the rest of the document is still decoded
+	// and every other problem reported with them.
+	typeErrors := len(errs)
+	wrongTypes(merged, reflect.TypeOf(NodeConfig{}), "", &errs)
+	typed := map[string]bool{}
+	for _, e := range errs[typeErrors:] {
+		typed[e.Path] = true
+	}
 
 	raw, err := json.Marshal(merged)
 	if err != nil {
@@ -61,7 +71,11 @@ func Merge(cluster, node []byte) (*NodeConfig, error) {
 	}
 	cfg.SetDefaults()
 	if verr := cfg.Validate(); verr != nil {
-		errs = append(errs, verr.(ValidationError)...)
+		for _, e := range verr.(ValidationError) {
+			if !typed[e.Path] { // said once, as a type error
+				errs = append(errs, e)
+			}
+		}
 	}
 	if len(errs) > 0 {
 		return nil, errs
@@ -147,6 +161,148 @@ func unknownFields(v any, t reflect.Type, path string, errs *ValidationError) {
 			unknownFields(item, t.Elem(), fmt.Sprintf("%s[%d]", path, i), errs)
 		}
 	}
+}
+
+// wrongTypes walks a decoded document alongside the Go type it decodes into,
+// reports each value of the wrong kind with its path, and removes it from the
+// document (so decoding goes on). A number or boolean where a string belongs
+// gets the hint to quote it: YAML reads 1.31 as a number.
+func wrongTypes(v any, t reflect.Type, path string, errs *ValidationError) {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		m, ok := v.(map[string]any)
+		if !ok {
+			return
+		}
+		fields := map[string]reflect.Type{}
+		for i := 0; i < t.NumField(); i++ {
+			f := t.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if name != "" && name != "-" {
+				fields[name] = f.Type
+			}
+		}
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			ft, ok := fields[k]
+			if !ok {
+				continue // unknownFields reports it
+			}
+			p := joinPath(path, k)
+			if msg := kindMismatch(m[k], ft); msg != "" {
+				*errs = append(*errs, FieldError{Path: p, Message: msg})
+				delete(m, k)
+				continue
+			}
+			wrongTypes(m[k], ft, p, errs)
+		}
+	case reflect.Slice:
+		list, ok := v.([]any)
+		if !ok {
+			return
+		}
+		for i := 0; i < len(list); i++ {
+			p := fmt.Sprintf("%s[%d]", path, i)
+			if msg := kindMismatch(list[i], t.Elem()); msg != "" {
+				*errs = append(*errs, FieldError{Path: p, Message: msg})
+				list[i] = nil
+				continue
+			}
+			wrongTypes(list[i], t.Elem(), p, errs)
+		}
+	case reflect.Map:
+		m, ok := v.(map[string]any)
+		if !ok {
+			return
+		}
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			p := path + "[" + k + "]"
+			if msg := kindMismatch(m[k], t.Elem()); msg != "" {
+				*errs = append(*errs, FieldError{Path: p, Message: msg})
+				delete(m, k)
+				continue
+			}
+			wrongTypes(m[k], t.Elem(), p, errs)
+		}
+	}
+}
+
+// kindMismatch says why a decoded JSON value cannot go into a Go type, or "".
+func kindMismatch(v any, t reflect.Type) string {
+	if v == nil {
+		return ""
+	}
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	got := func() string {
+		switch x := v.(type) {
+		case string:
+			return fmt.Sprintf("the string %q", x)
+		case float64:
+			return "the number " + strconv.FormatFloat(x, 'f', -1, 64)
+		case bool:
+			return fmt.Sprintf("the boolean %t", x)
+		case []any:
+			return "a list"
+		case map[string]any:
+			return "a mapping"
+		}
+		return fmt.Sprintf("%T", v)
+	}
+	switch t.Kind() {
+	case reflect.Interface:
+		return ""
+	case reflect.String:
+		switch x := v.(type) {
+		case string:
+			return ""
+		case float64:
+			return fmt.Sprintf("expected a string, got %s: quote it (\"%v\"); YAML reads an unquoted %v as a number, not text", got(), x, x)
+		case bool:
+			return fmt.Sprintf("expected a string, got %s: quote it (\"%v\"); YAML reads an unquoted %v as a boolean, not text", got(), x, x)
+		}
+		return "expected a string, got " + got()
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		if f, ok := v.(float64); ok && f == float64(int64(f)) {
+			return ""
+		}
+		return "expected a whole number, got " + got()
+	case reflect.Float32, reflect.Float64:
+		if _, ok := v.(float64); ok {
+			return ""
+		}
+		return "expected a number, got " + got()
+	case reflect.Bool:
+		if _, ok := v.(bool); ok {
+			return ""
+		}
+		return "expected true or false, got " + got()
+	case reflect.Struct, reflect.Map:
+		if _, ok := v.(map[string]any); ok {
+			return ""
+		}
+		return "expected a mapping, got " + got()
+	case reflect.Slice:
+		if _, ok := v.([]any); ok {
+			return ""
+		}
+		return "expected a list, got " + got()
+	}
+	return ""
 }
 
 func joinPath(path, k string) string {

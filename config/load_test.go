@@ -70,7 +70,7 @@ func TestPodRoutesDefaultFollowsGossip(t *testing.T) {
 }
 
 func minimal(role string) string {
-	return "apiVersion: nodeagent.io/v1alpha1\nkind: NodeConfig\nspec:\n  cluster: {name: c.k8s.local}\n  role: " + role + "\n  kubernetesVersion: v1.31.2\n"
+	return "apiVersion: nodeagent.io/v1alpha1\nkind: NodeConfig\nspec:\n  cluster: {name: c.k8s.local}\n  gossip: {secretKeyFile: /etc/nodeagent/gossip.key}\n  role: " + role + "\n  kubernetesVersion: v1.31.2\n"
 }
 
 // TestParseRejects lists bad documents and the field paths their errors must name.
@@ -86,7 +86,9 @@ func TestParseRejects(t *testing.T) {
 		{"unknown nested field", minimal("Node") + "  kubelet: {nodeLabelz: {a: b}}\n", []string{"spec.kubelet.nodeLabelz"}},
 		{"unknown field in list item", minimal("Node") + "  assets: [{name: k, urls: [https://x/k], sha256: " + strings.Repeat("a", 64) + ", mode: 7}]\n", []string{"spec.assets[0].mode"}},
 		{"duplicate key", minimal("Node") + "  role: Node\n", nil},
-		{"wrong type", minimal("Node") + "  gossip: {port: abc}\n", []string{"spec.gossip.port"}},
+		{"wrong type", minimal("Node") + "  readiness: {timeout: 5}\n", []string{"spec.readiness.timeout"}},
+		{"a version YAML reads as a number, with a bad role: both said", strings.Replace(strings.Replace(minimal("Node"), "v1.31.2", "1.31", 1), "role: Node", "role: Worker", 1), []string{"spec.kubernetesVersion", "spec.role"}},
+		{"gossip cluster without a key", strings.Replace(minimal("Node"), "  gossip: {secretKeyFile: /etc/nodeagent/gossip.key}\n", "", 1), []string{"spec.gossip.secretKeyFile"}},
 		{"every problem listed", `apiVersion: v1
 kind: Pod
 spec:
@@ -146,7 +148,7 @@ func TestMergeNodeOverCluster(t *testing.T) {
 	cluster := []byte(`apiVersion: nodeagent.io/v1alpha1
 kind: NodeConfig
 spec:
-  cluster: {name: c.k8s.local}
+  cluster: {name: c.k8s.local, stateStore: s3://state/c.k8s.local}
   kubernetesVersion: v1.30.0
   images: {registry: mirror.example}
   host: {sysctls: {a.b: "1", c.d: "2"}}

@@ -28,13 +28,22 @@ func (v ValidationError) Error() string {
 	for i, e := range v {
 		msgs[i] = e.Error()
 	}
-	return fmt.Sprintf("invalid NodeConfig (%d problems): %s", len(v), strings.Join(msgs, "; "))
+	return fmt.Sprintf("invalid NodeConfig (%s): %s", Problems(len(v)), strings.Join(msgs, "; "))
+}
+
+// Problems counts problems in English: "1 problem", "2 problems".
+func Problems(n int) string {
+	if n == 1 {
+		return "1 problem"
+	}
+	return fmt.Sprintf("%d problems", n)
 }
 
 var (
 	dns1123Label   = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
 	sha256Hex      = regexp.MustCompile(`^[0-9a-f]{64}$`)
 	k8sVersion     = regexp.MustCompile(`^v1\.[0-9]+\.[0-9]+$`)
+	imageTagRE     = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
 	sysctlKey      = regexp.MustCompile(`^[a-z0-9_]+(\.[a-zA-Z0-9_-]+)+$`)
 	moduleName     = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
 	assetName      = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]*$`)
@@ -168,6 +177,9 @@ func (c *NodeConfig) Validate() error {
 	}
 
 	if s.Etcd != nil {
+		if v := s.Etcd.Version; v != "" && !imageTagRE.MatchString(v) {
+			add("spec.etcd.version", "%q is not usable as an image tag, e.g. %s", v, DefaultEtcdVersion)
+		}
 		if s.Role != RoleControlPlane {
 			add("spec.etcd", "only allowed when spec.role is ControlPlane")
 		}
@@ -202,6 +214,12 @@ func (c *NodeConfig) Validate() error {
 	}
 	if s.Gossip.SecretKeyFile != "" && !strings.HasPrefix(s.Gossip.SecretKeyFile, "/") {
 		add("spec.gossip.secretKeyFile", "must be an absolute path")
+	}
+	if GossipCluster(s.Cluster.Name) && s.Gossip.SecretKeyFile == "" && s.Cluster.StateStore == "" {
+		// The daemon joins the gossip ring of every .k8s.local cluster and cannot
+		// without a key: said here, before the host is touched, not by a
+		// crash-looping nodeagent.service after the boot.
+		add("spec.gossip.secretKeyFile", "a .k8s.local cluster runs the gossip ring, which needs its key: set spec.gossip.secretKeyFile, or spec.cluster.stateStore holding nodeagent/gossip.key")
 	}
 	if d, err := time.ParseDuration(s.Readiness.Timeout); err != nil || d <= 0 {
 		add("spec.readiness.timeout", "must be a positive duration such as 10m, got %q", s.Readiness.Timeout)

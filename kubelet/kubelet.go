@@ -218,17 +218,10 @@ func kubeletRefuses(key string) bool {
 
 // apiServerURL is https://<spec.cluster.apiServer>, default api.internal.<cluster>:443.
 func apiServerURL(spec config.Spec) (string, error) {
-	s := spec.Cluster.APIServer
-	if s == "" {
-		if spec.Cluster.Name == "" {
-			return "", errors.New("kubelet: neither spec.cluster.apiServer nor spec.cluster.name is set")
-		}
-		s = config.APIInternalName(spec.Cluster.Name) + ":443"
+	if spec.Cluster.APIServer == "" && spec.Cluster.Name == "" {
+		return "", errors.New("kubelet: neither spec.cluster.apiServer nor spec.cluster.name is set")
 	}
-	if strings.Contains(s, "://") {
-		return s, nil
-	}
-	return "https://" + s, nil
+	return config.APIServerURL(spec.Cluster), nil
 }
 
 // renderKubeconfig writes a kubeconfig (clientcmd v1 layout) with one cluster,

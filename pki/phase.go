@@ -261,7 +261,8 @@ func (p *phase) targets(a *authority) ([]target, []string, error) {
 	if !cp && o.Role != config.RoleNode {
 		return nil, nil, fmt.Errorf("unknown role %q", o.Role)
 	}
-	server := "https://" + config.APIInternalName(o.ClusterName) + ":443"
+	apiCluster := config.Cluster{Name: o.ClusterName, APIServer: o.APIServer}
+	server := config.APIServerURL(apiCluster)
 	if cp {
 		// The control plane talks to its own apiserver so that it does not depend
 		// on the api.internal name resolving (gossip) before it is up.
@@ -296,14 +297,21 @@ func (p *phase) targets(a *authority) ([]target, []string, error) {
 		if err != nil {
 			return nil, nil, err
 		}
+		apiDNS := []string{"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local",
+			config.APIInternalName(o.ClusterName), config.APIPublicName(o.ClusterName), o.NodeName, "localhost"}
+		apiIPs := []net.IP{o.NodeIP, svcIP, net.IPv4(127, 0, 0, 1)}
+		// The name (or address) every worker's kubeconfig points at.
+		if h := config.APIServerHost(apiCluster); h != "" {
+			if ip := net.ParseIP(h); ip != nil {
+				apiIPs = append(apiIPs, ip)
+			} else if !slices.Contains(apiDNS, h) {
+				apiDNS = append(apiDNS, h)
+			}
+		}
 		ts = append(ts,
 			target{kind: kindFile, path: ps.CAKey, content: caKey, perm: keyPerm},
 			target{kind: kindCert, path: ps.APIServerCert, keyPath: ps.APIServerKey, spec: certSpec{
-				CN: "kube-apiserver",
-				DNS: []string{"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local",
-					config.APIInternalName(o.ClusterName), "api." + o.ClusterName, o.NodeName, "localhost"},
-				IPs:    []net.IP{o.NodeIP, svcIP, net.IPv4(127, 0, 0, 1)},
-				Usages: serverUsage,
+				CN: "kube-apiserver", DNS: apiDNS, IPs: apiIPs, Usages: serverUsage,
 			}},
 			target{kind: kindCert, path: ps.APIServerKubeletClientCert, keyPath: ps.APIServerKubeletClientKey,
 				spec: certSpec{CN: "kube-apiserver-kubelet-client", Orgs: []string{"system:masters"}, Usages: clientUsage}},

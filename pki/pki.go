@@ -83,7 +83,11 @@ type Options struct {
 	Root        fsutil.Root
 	CA          CASource
 	ClusterName string
-	NodeName    string
+	// APIServer is spec.cluster.apiServer (host:port or URL): the apiserver's
+	// certificate names its host, and the kubeconfigs of nodes that reach the
+	// API servers over the network point at it. Default api.internal.<cluster>:443.
+	APIServer string
+	NodeName  string
 	NodeIP      net.IP
 	// ServiceCIDR is the cluster's service range; the apiserver's service IP (the
 	// first host of it) goes into the serving certificate. Default 100.64.0.0/13.

@@ -179,8 +179,10 @@ func runCmd(g *globals) *cobra.Command {
 		Short: "The daemon: reconcile drift, gossip, readiness, status API",
 		Long: `Run the daemon behind nodeagent.service (Type=notify): serve the status API
 on a unix socket, join the gossip ring, re-check every phase and repair drift,
-and keep readiness current. It reconciles against the config bootstrap ran
-with, unless --config is given.
+and keep readiness current. It follows the node's config: the inputs bootstrap
+ran with (user-data or its --config file, the state store's cluster.yaml) are
+re-read every --config-interval; a change the node can take is applied in place,
+one that needs a new instance is refused and reported as needs-replacement.
 
 Exit codes:
   0  stopped (SIGTERM or SIGINT)
@@ -199,6 +201,7 @@ Exit codes:
 	socketFlag(c, &socket)
 	c.Flags().DurationVar(&ro.ReconcileInterval, "reconcile-interval", time.Minute, "how often every phase is re-checked and drift repaired")
 	c.Flags().DurationVar(&ro.ReadinessInterval, "readiness-interval", 10*time.Second, "how often readiness is re-evaluated and reported")
+	c.Flags().DurationVar(&ro.ConfigInterval, "config-interval", agent.DefaultConfigInterval, "how often the config inputs (user-data, cluster.yaml) are re-read; a change is applied at once")
 	return c
 }
 

@@ -146,8 +146,8 @@ func TestConfigCheck(t *testing.T) {
 		want  []string
 	}{
 		{"a valid file", "", []string{"config", "check", good}, 0, []string{"valid NodeConfig for"}},
-		{"a bad file lists field paths", "", []string{"config", "check", bad}, 1, []string{"2 problem(s)", "spec.cluster.name", "spec.role"}},
-		{"stdin", badConfig, []string{"config", "check", "-"}, 1, []string{"-: 2 problem(s)", "spec.role"}},
+		{"a bad file lists field paths", "", []string{"config", "check", bad}, 1, []string{"2 problems", "spec.cluster.name", "spec.role"}},
+		{"stdin", badConfig, []string{"config", "check", "-"}, 1, []string{"-: 2 problems", "spec.role"}},
 		{"json", "", []string{"config", "check", "-o", "json", bad}, 1, []string{`"valid": false`, `"path": "spec.cluster.name"`}},
 		{"yaml after the file", "", []string{"config", "check", bad, "-o", "yaml"}, 1, []string{"valid: false", "path: spec.role"}},
 		{"a missing file", "", []string{"config", "check", "/nonexistent.yaml"}, 1, []string{"/nonexistent.yaml:"}},
