@@ -90,6 +90,22 @@ func Plan(ctx context.Context, o Options, w io.Writer, format string) error {
 		}
 		return err
 	}
+	applied, _, err := loadApplied(o)
+	if err != nil {
+		o.log().Warn("planning without the applied config", "err", err)
+	}
+	changes := config.Classify(applied, n.Config)
+	if format != "json" && format != "yaml" && len(changes) > 0 {
+		fmt.Fprintf(w, "Config %s → %s:\n", hashConfig(applied), n.ConfigHash)
+		for _, c := range changes {
+			fmt.Fprintf(w, "  %s\n", c)
+		}
+		if rep := config.Replacements(changes); len(rep) > 0 {
+			fmt.Fprintf(w, "\nneeds-replacement: %d change(s) need a new instance; bootstrap refuses this config and the node keeps running as it is.\n", len(rep))
+			return nil
+		}
+		fmt.Fprintln(w)
+	}
 	ps, err := buildPhases(ctx, o, n)
 	if err != nil {
 		return err

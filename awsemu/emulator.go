@@ -524,3 +524,27 @@ func privateDNSName(ip, region string) string {
 var stateCodes = map[string]int{
 	"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48, "stopping": 64, "stopped": 80,
 }
+
+// SetUserData replaces an instance's user-data, as ModifyInstanceAttribute does
+// on a stopped instance before it is started again.
+func (e *Emulator) SetUserData(id, userData string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	in, ok := e.instances[id]
+	if !ok {
+		e.log.Error("set user-data of unknown instance", "instance", id)
+		return
+	}
+	in.UserData = userData
+}
+
+// InstanceTags returns a copy of an instance's tags (nil when unknown).
+func (e *Emulator) InstanceTags(id string) map[string]string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	in, ok := e.instances[id]
+	if !ok {
+		return nil
+	}
+	return cloneMap(in.Tags)
+}

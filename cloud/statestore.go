@@ -121,4 +121,6 @@ func (s *StateStore) GetIfChanged(ctx context.Context, key, etag string) (data [
 }
 
 // URL is the state store's s3:// URL of key.
-func (s *StateStore) URL(key string) string { return "s3://" + s.Bucket + "/" + path.Join(s.Prefix, key) }
+func (s *StateStore) URL(key string) string {
+	return "s3://" + s.Bucket + "/" + path.Join(s.Prefix, key)
+}

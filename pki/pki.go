@@ -88,7 +88,7 @@ type Options struct {
 	// API servers over the network point at it. Default api.internal.<cluster>:443.
 	APIServer string
 	NodeName  string
-	NodeIP      net.IP
+	NodeIP    net.IP
 	// ServiceCIDR is the cluster's service range; the apiserver's service IP (the
 	// first host of it) goes into the serving certificate. Default 100.64.0.0/13.
 	ServiceCIDR  string
