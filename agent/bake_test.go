@@ -35,6 +35,7 @@ func TestBakeCachesAssetsAndImageArchives(t *testing.T) {
 kind: NodeConfig
 spec:
   cluster: {name: bake.k8s.local}
+  gossip: {secretKeyFile: /etc/nodeagent/gossip.key}
   role: Node
   kubernetesVersion: v1.34.4
   assets:
