@@ -7,7 +7,7 @@ COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -s -w -X github.com/nodeagent/nodeagent/agent.Version=$(VERSION) -X github.com/nodeagent/nodeagent/agent.Commit=$(COMMIT)
 E2E_TIMEOUT ?= 50m
 
-.PHONY: all build deps test unit e2e e2e-parts bench demo lint clean
+.PHONY: all build deps test unit fuzz e2e e2e-parts bench demo lint clean
 
 # e2e-parts builds (once; all cached in /var/cache/nodeagent-e2e) the real parts the end-to-end
 # tests run: the Debian rootfs the machines boot, kubelet and the control plane (kube-apiserver,
@@ -37,6 +37,14 @@ lint:
 
 unit:
 	$(GO) test -race -count=1 ./...
+	$(MAKE) fuzz
+
+# fuzz runs each Go native fuzz target for a bounded time (FUZZTIME each); the
+# committed corpus (testdata/fuzz) is also replayed by every plain `go test`.
+FUZZTIME ?= 20s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzUserData$$' -fuzztime $(FUZZTIME) ./config/
+	$(GO) test -run '^$$' -fuzz '^FuzzMerge$$' -fuzztime $(FUZZTIME) ./config/
 
 # e2e boots real systemd machines (systemd-nspawn), real loop devices, network namespaces, a real
 # kubelet built from source, all against the wire-level AWS emulator.

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/nodeagent/nodeagent/awsemu"
 	"github.com/nodeagent/nodeagent/cloud"
 	"github.com/nodeagent/nodeagent/config"
@@ -97,7 +96,6 @@ spec:
   host:
     sysctls: {vm.max_map_count: "%s"}
 `, strings.TrimSpace(string(maxMap)))))
-		start := time.Now()
 		took := eventually(t, 90*time.Second, "the kubelet config and sysctl applied", func() (bool, string) {
 			kc, _ := os.ReadFile(n.M.Path("/var/lib/kubelet/config.yaml"))
 			sc, _ := os.ReadFile(n.M.Path("/etc/sysctl.d/99-nodeagent.conf"))
@@ -133,7 +131,6 @@ spec:
 		if again := invocations(t, n); again["kubelet.service"] != after["kubelet.service"] {
 			t.Error("kubelet restarted again without a change")
 		}
-		_ = start
 		before = after
 	})
 
@@ -245,4 +242,3 @@ func reconcileRuns(metrics string) int {
 	}
 	return total
 }
-
