@@ -7,6 +7,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os/exec"
+	"strconv"
 	"strings"
 	"time"
 
@@ -213,9 +215,37 @@ func (m *Manager) why(ctx context.Context, unit string) string {
 		return state
 	}
 	if s, ok := p.Value.Value().(string); ok && s != "" {
-		return state + ", result=" + s
+		state += ", result=" + s
 	}
-	return state
+	if strings.HasPrefix(state, "active/") {
+		return state
+	}
+	return state + lastLogLines(ctx, unit)
+}
+
+// journalLines is how many of a failed unit's last journal lines its error
+// carries: the unit's own words (a config it refused, a missing file), not just
+// systemd's job result.
+const journalLines = 5
+
+// lastLogLines returns "; last log lines: a | b | c" from the unit's journal, or
+// "" when journalctl cannot tell (it reads the same machine systemd runs on).
+func lastLogLines(ctx context.Context, unit string) string {
+	out, err := exec.CommandContext(ctx, "journalctl", "--no-pager", "--quiet", "-o", "cat",
+		"-n", strconv.Itoa(journalLines), "-u", unit).Output()
+	if err != nil {
+		return ""
+	}
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) == 0 {
+		return ""
+	}
+	return "; last log lines: " + strings.Join(lines, " | ")
 }
 
 // unitType maps a unit name to its D-Bus interface suffix (foo.service → Service).
