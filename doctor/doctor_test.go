@@ -26,7 +26,9 @@ import (
 
 func TestReportWorstAndExitCode(t *testing.T) {
 	check := func(name string, r Result) Check {
-		return Check{Name: name, Run: func(context.Context) []Finding { return []Finding{{Result: r, Message: name + " says " + string(r), Fix: "do x"}} }}
+		return Check{Name: name, Run: func(context.Context) []Finding {
+			return []Finding{{Result: r, Message: name + " says " + string(r), Fix: "do x"}}
+		}}
 	}
 	for _, tc := range []struct {
 		results []Result

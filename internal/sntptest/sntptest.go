@@ -79,10 +79,10 @@ func (s *Server) serve() {
 		s.mu.Unlock()
 		recv := time.Now().Add(off)
 		resp := make([]byte, 48)
-		resp[0] = 0<<6 | 4<<3 | 4 // leap none, version 4, mode 4 (server)
-		resp[1] = 1               // stratum 1: a reference clock
-		resp[2] = buf[2]          // poll
-		resp[3] = 0xEC            // precision 2^-20
+		resp[0] = 0<<6 | 4<<3 | 4                       // leap none, version 4, mode 4 (server)
+		resp[1] = 1                                     // stratum 1: a reference clock
+		resp[2] = buf[2]                                // poll
+		resp[3] = 0xEC                                  // precision 2^-20
 		binary.BigEndian.PutUint32(resp[8:], 1<<16/100) // root dispersion 10 ms
 		copy(resp[12:16], "TEST")
 		putTime(resp[16:], recv.Add(-time.Second)) // reference time
