@@ -46,7 +46,7 @@ func Bootstrap(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	runner := &bootstrap.Runner{Store: o.store(), Log: log, Node: n.Info(), ConfigHash: n.ConfigHash}
+	runner := &bootstrap.Runner{Store: o.store(), Log: log, Node: n.Info(), ConfigHash: n.ConfigHash, RecordBoot: true}
 	timeout, _ := time.ParseDuration(n.Config.Spec.Readiness.Timeout)
 	runCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()

@@ -56,6 +56,7 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 		return err
 	}
 	m := newMetrics()
+	m.reg.MustRegister(newBootCollector(o.store()))
 	api := &statusAPI{store: o.store(), metrics: m, log: log}
 
 	ctx, cancel := context.WithCancel(ctx)
