@@ -28,7 +28,7 @@ type Runner struct {
 	// RecordBoot makes this run the boot's timeline (State.Boot): bootstrap
 	// sets it, the daemon's reconcile runs do not.
 	RecordBoot bool
-	now     func() time.Time
+	now        func() time.Time
 }
 
 // Run runs every phase: check, then act and verify when check found changes (a
