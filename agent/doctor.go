@@ -148,7 +148,7 @@ func doctorNode(ctx context.Context, o Options) (*Node, error) {
 	saved := filepath.Join(o.stateDir(), effectiveConfigName)
 	raw, err := os.ReadFile(saved)
 	if errors.Is(err, fs.ErrNotExist) {
-		lctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 		return LoadNode(lctx, o, identityIfAvailable)
 	}
