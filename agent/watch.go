@@ -49,6 +49,14 @@ func WatchStatus(ctx context.Context, o Options, w io.Writer, interval time.Dura
 				return StatusUnknown, err
 			}
 			if !st.StartedAt.IsZero() && !st.StartedAt.Equal(run) {
+				// The daemon's run can follow the boot's so closely that the
+				// boot's last steps were never seen: its timeline tells them.
+				if b := st.Boot; b != nil && seen != nil && b.StartedAt.Equal(run) && !b.FinishedAt.Equal(ended) {
+					ended = b.FinishedAt
+					if code, done := watchBootEnd(w, b, seen); done {
+						return code, nil
+					}
+				}
 				run, seen = st.StartedAt, map[string]bootstrap.PhaseStatus{}
 				n := st.Node
 				fmt.Fprintf(w, "%s run started: node %s (%s, %s), %d phases\n", st.StartedAt.Format("15:04:05"), orDash(n.Name), orDash(n.Cluster), orDash(n.Role), len(st.Phases))
@@ -80,6 +88,35 @@ func WatchStatus(ctx context.Context, o Options, w io.Writer, interval time.Dura
 		case <-t.C:
 		}
 	}
+}
+
+// watchBootEnd prints the rest of a boot from its recorded timeline; done is
+// true when the boot ended the watch (ready, or failed).
+func watchBootEnd(w io.Writer, b *bootstrap.BootRecord, seen map[string]bootstrap.PhaseStatus) (code int, done bool) {
+	for _, p := range b.Phases {
+		if prev, had := seen[p.Name]; had && prev.State == p.State {
+			continue
+		}
+		dur := time.Duration(p.Duration).Round(time.Millisecond)
+		switch p.State {
+		case bootstrap.PhaseDone:
+			fmt.Fprintf(w, "%s %s done in %s\n", at(p.Started.Add(dur), b.StartedAt), p.Name, dur)
+		case bootstrap.PhaseFailed, bootstrap.PhaseWaiting:
+			fmt.Fprintf(w, "%s %s %s after %s\n", at(p.Started.Add(dur), b.StartedAt), p.Name, p.State, dur)
+		}
+	}
+	took := b.FinishedAt.Sub(b.StartedAt).Round(time.Millisecond)
+	switch b.Result {
+	case string(bootstrap.PhaseDone):
+		// bootstrap succeeds only when the node is ready.
+		fmt.Fprintf(w, "%s ready: every phase done in %s\n", at(b.FinishedAt, b.StartedAt), took)
+		return StatusReady, true
+	case string(bootstrap.PhaseFailed):
+		fmt.Fprintf(w, "%s failed after %s\n", at(b.FinishedAt, b.StartedAt), took)
+		return StatusNotReady, true
+	}
+	fmt.Fprintf(w, "%s waiting, not failed; nodeagent.service keeps trying, following its runs\n", at(b.FinishedAt, b.StartedAt))
+	return 0, false
 }
 
 // watchPhases prints what changed since the last look.

@@ -59,6 +59,12 @@ func (p *progressPhase) Report(st *bootstrap.State) {
 }
 
 func watchRun(t *testing.T, phases func(shown func(string) bool) []bootstrap.Phase) (string, int, error) {
+	return watchRuns(t, 5*time.Millisecond, false, phases)
+}
+
+// watchRuns runs a boot while the watcher polls every interval; with daemon,
+// the daemon's first run follows the boot at once, as nodeagent.service's does.
+func watchRuns(t *testing.T, interval time.Duration, daemon bool, phases func(shown func(string) bool) []bootstrap.Phase) (string, int, error) {
 	t.Helper()
 	o := Options{Root: fsutil.Root(t.TempDir()), StateDir: "/var/lib/nodeagent", Log: quietLog()}
 	var out syncBuffer
@@ -70,7 +76,7 @@ func watchRun(t *testing.T, phases func(shown func(string) bool) []bootstrap.Pha
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	go func() {
-		code, err := WatchStatus(ctx, o, &out, 5*time.Millisecond)
+		code, err := WatchStatus(ctx, o, &out, interval)
 		done <- result{code, err}
 	}()
 	// The watcher is up before the boot starts, as in a second session.
@@ -78,7 +84,14 @@ func watchRun(t *testing.T, phases func(shown func(string) bool) []bootstrap.Pha
 		time.Sleep(5 * time.Millisecond)
 	}
 	r := &bootstrap.Runner{Store: o.store(), Log: quietLog(), Node: bootstrap.NodeInfo{Name: "n1", Cluster: "c.example.com", Role: "Node"}, RecordBoot: true}
-	runErr := r.Run(ctx, phases(func(s string) bool { return strings.Contains(out.String(), s) }))
+	ps := phases(func(s string) bool { return strings.Contains(out.String(), s) })
+	runErr := r.Run(ctx, ps)
+	if daemon {
+		d := &bootstrap.Runner{Store: o.store(), Log: quietLog(), Node: r.Node}
+		if err := d.Run(ctx, ps); err != nil {
+			t.Fatal(err)
+		}
+	}
 	res := <-done
 	t.Logf("status -w:\n%s", out.String())
 	if runErr != nil && res.code == StatusReady {
@@ -118,5 +131,29 @@ func TestWatchEndsAtAFailedPhase(t *testing.T) {
 	}
 	if !strings.Contains(out, "assets FAILED after") || !strings.Contains(out, "failed after") || strings.Contains(out, "readiness running") {
 		t.Errorf("output does not end at the failure")
+	}
+}
+
+// The daemon's run starts the moment the boot's ends: the watcher that did
+// not see the boot's last phases tells them from the boot's timeline.
+func TestWatchTellsABootEndItDidNotSee(t *testing.T) {
+	out, code, err := watchRuns(t, 400*time.Millisecond, true, func(shown func(string) bool) []bootstrap.Phase {
+		return []bootstrap.Phase{
+			&progressPhase{name: "assets", progress: "downloading kubelet", shown: shown},
+			&progressPhase{name: "kubelet", shown: shown},
+			&progressPhase{name: "readiness", shown: shown, ready: true},
+		}
+	})
+	if err != nil || code != StatusReady {
+		t.Fatalf("watch = %d, %v; want ready", code, err)
+	}
+	boot, _, _ := strings.Cut(out, "ready: every phase done in")
+	for _, want := range []string{"assets: downloading kubelet", "kubelet done in", "readiness done in"} {
+		if !strings.Contains(boot, want) {
+			t.Errorf("the boot's part of the output lacks %q", want)
+		}
+	}
+	if strings.Count(out, "run started") != 1 {
+		t.Errorf("the watch did not end with the boot")
 	}
 }

@@ -38,11 +38,13 @@ import (
 // file), an expired kubelet certificate; the boot's timeline is in /metrics;
 // the support archive holds what it should and no secret.
 func TestSRE(t *testing.T) {
-	env := startEnv(t, &awsemu.World{Buckets: map[string]map[string]string{"state": {
-		cluster + "/nodeagent/cluster.yaml": "apiVersion: nodeagent.io/v1alpha1\nkind: NodeConfig\nspec: {}\n",
-	}}})
-	ud := workerUserData(t, env, func(c *config.NodeConfig) { c.Spec.Cluster.StateStore = "s3://state/" + cluster })
-	n := bootNode(t, env, workerInstance(t, "i-0e2e0sre00000001", ud))
+	// A launch lifecycle hook: the node's role must be allowed the Auto Scaling
+	// calls that complete it.
+	env := startEnv(t, &awsemu.World{LifecycleHooks: []awsemu.LifecycleHook{{AutoScalingGroup: "nodes", Name: "nodeagent-ready"}}})
+	ud := workerUserData(t, env, func(c *config.NodeConfig) { c.Spec.Readiness.LifecycleHook = "nodeagent-ready" })
+	inst := workerInstance(t, "i-0e2e0sre00000001", ud)
+	inst.AutoScalingGroup = "nodes"
+	n := bootNode(t, env, inst)
 
 	t.Run("status -w follows the boot", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -63,7 +65,7 @@ func TestSRE(t *testing.T) {
 			t.Fatalf("status -w: %v", err)
 		}
 		out := watch.String()
-		for _, want := range []string{"run started: node", "host-prep running", "assets done in", "container-runtime done in",
+		for _, want := range []string{"run started: node", "host-prep done in", "assets done in", "container-runtime done in",
 			"kubelet done in", "readiness done in", "ready: every phase done in"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("status -w output lacks %q", want)
@@ -119,7 +121,7 @@ func TestSRE(t *testing.T) {
 
 	t.Run("doctor on the healthy node", func(t *testing.T) {
 		rep := doc(t)
-		for _, check := range []string{"imds", "identity", "state-store", "swap", "disk", "certificates"} {
+		for _, check := range []string{"imds", "identity", "aws-permissions", "swap", "disk", "certificates"} {
 			for _, f := range rep.Find(check) {
 				if f.Result == doctor.Fail {
 					t.Errorf("%s fails on a healthy node: %s", check, f.Message)
@@ -138,9 +140,9 @@ func TestSRE(t *testing.T) {
 	})
 
 	t.Run("credentials denied for a needed call", func(t *testing.T) {
-		env.Emu.SetFaults(awsemu.ServiceS3, awsemu.Faults{Deny: []string{"GetObject"}})
-		defer env.Emu.SetFaults(awsemu.ServiceS3, awsemu.Faults{})
-		named(t, doc(t), "state-store", doctor.Fail, "credentials denied for s3:GetObject s3://state/"+cluster+"/nodeagent/cluster.yaml")
+		env.Emu.SetFaults(awsemu.ServiceAutoScaling, awsemu.Faults{Deny: []string{"DescribeAutoScalingInstances"}})
+		defer env.Emu.SetFaults(awsemu.ServiceAutoScaling, awsemu.Faults{})
+		named(t, doc(t), "aws-permissions", doctor.Fail, "credentials denied for autoscaling:DescribeAutoScalingInstances", "AccessDenied")
 	})
 
 	t.Run("clock offset", func(t *testing.T) {
@@ -186,7 +188,7 @@ func TestSRE(t *testing.T) {
 		}
 		files := readArchive(t, n.M.Path("/root/support.tar.gz"))
 		for _, want := range []string{"state.json", "status.txt", "doctor.json", "config.yaml", "journal.txt", "kubelet/config.yaml",
-			"containerd/config.toml", "mounts.txt", "manifests/kube-proxy.yaml", "hosts-managed-block.txt", "README.txt"} {
+			"containerd/config.toml", "mounts.txt", "hosts-managed-block.txt", "README.txt"} {
 			if _, ok := files[want]; !ok {
 				t.Errorf("archive lacks %s\n%s", want, files["README.txt"])
 			}
