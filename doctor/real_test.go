@@ -65,4 +65,3 @@ func TestFullVarLib(t *testing.T) {
 	f.Close()
 	want(t, run(t, Disk(r, "/var/lib")), Fail, "/var/lib is (nearly) full", "eviction")
 }
-
