@@ -133,7 +133,9 @@ func awsChecks(o Options, n *Node) []doctor.Check {
 	g := doctor.GossipOptions{Enabled: gossipOn, ClusterName: spec.Cluster.Name, NodeName: n.Name,
 		BindIP: net.ParseIP(n.Identity.PrivateIP), Port: spec.Gossip.Port}
 	if gossipOn {
-		g.Key, g.KeyErr = gossipKey(context.Background(), o, n)
+		kctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		g.Key, g.KeyErr = gossipKey(kctx, o, n)
+		cancel()
 		seeds := &gossip.EC2Seeds{Client: ec2c, ClusterName: spec.Cluster.Name, Self: n.Identity.PrivateIP}
 		g.Peers = seeds.Seeds
 	}
