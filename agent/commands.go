@@ -64,7 +64,7 @@ func Bootstrap(ctx context.Context, o Options) error {
 	if err := recordApplied(ctx, o, n); err != nil {
 		return err
 	}
-	runner := &bootstrap.Runner{Store: o.store(), Log: log, Node: n.Info(), ConfigHash: n.ConfigHash}
+	runner := &bootstrap.Runner{Store: o.store(), Log: log, Node: n.Info(), ConfigHash: n.ConfigHash, RecordBoot: true}
 	if err := runner.RunHeld(ctx, ps.phases); err != nil {
 		if bootstrap.IsWaiting(err) {
 			// Waiting on others (a master on its peers) is not a failed launch:

@@ -67,6 +67,7 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 	m := newMetrics()
 	m.setConfig(n.ConfigHash)
 	f := &follower{o: o, log: log, m: m, n: n, ps: ps}
+	m.reg.MustRegister(newBootCollector(o.store()))
 	api := &statusAPI{store: o.store(), metrics: m, log: log}
 
 	ctx, cancel := context.WithCancel(ctx)

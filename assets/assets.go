@@ -26,6 +26,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
+	"github.com/nodeagent/nodeagent/bootstrap"
 	"github.com/nodeagent/nodeagent/config"
 	"github.com/nodeagent/nodeagent/internal/fsutil"
 )
@@ -234,7 +235,11 @@ func (i *Installer) download(ctx context.Context, name, raw, src, cachePath, sum
 		}
 	}()
 	h := sha256.New()
-	prog := &progress{log: i.logger().With("asset", name, "url", src), every: progressEvery, last: time.Now()}
+	prog := &progress{log: i.logger().With("asset", name, "url", src), every: progressEvery, last: time.Now(),
+		report: func(msg string) { bootstrap.Progress(ctx, "downloading "+name+": "+msg) }, reportEvery: reportEvery}
+	if sz, ok := body.(interface{ Size() int64 }); ok {
+		prog.total = sz.Size()
+	}
 	n, err := io.Copy(io.MultiWriter(tmp, h, prog), body)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -368,27 +373,57 @@ func (i *Installer) Bake(ctx context.Context, list []config.Asset) error {
 	return errors.Join(errs...)
 }
 
-// progressEvery is how often a long download says how far it got.
-const progressEvery = 10 * time.Second
+// progressEvery is how often a long download says how far it got in the log;
+// reportEvery how often in the phase's progress (status -w).
+const (
+	progressEvery = 10 * time.Second
+	reportEvery   = time.Second
+)
 
 // progress logs a running byte count of a download, at most once per interval,
-// so a slow mirror is visible in the journal before the download ends.
+// so a slow mirror is visible in the journal before the download ends, and
+// reports bytes and rate as the phase's progress for `status -w`.
 type progress struct {
 	log   *slog.Logger
 	every time.Duration
 	n     int64
+	total int64 // 0 when unknown
 	start time.Time
 	last  time.Time
+
+	report      func(string)
+	reportEvery time.Duration
+	lastReport  time.Time
 }
 
 func (p *progress) Write(b []byte) (int, error) {
 	if p.start.IsZero() {
 		p.start = p.last
+		p.lastReport = p.last
 	}
 	p.n += int64(len(b))
-	if now := time.Now(); now.Sub(p.last) >= p.every {
+	now := time.Now()
+	if now.Sub(p.last) >= p.every {
 		p.last = now
 		p.log.Info("asset download progress", "bytes", p.n, "elapsed", now.Sub(p.start).Round(time.Second))
 	}
+	if p.report != nil && now.Sub(p.lastReport) >= p.reportEvery {
+		p.lastReport = now
+		p.report(p.String(now))
+	}
 	return len(b), nil
 }
+
+// String says how far the download got: "12.0 MiB of 48.0 MiB at 6.0 MiB/s".
+func (p *progress) String(now time.Time) string {
+	s := mib(p.n)
+	if p.total > 0 {
+		s += " of " + mib(p.total)
+	}
+	if el := now.Sub(p.start).Seconds(); el > 0 {
+		s += " at " + mib(int64(float64(p.n)/el)) + "/s"
+	}
+	return s
+}
+
+func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }

@@ -309,3 +309,23 @@ func TestProgressIsLogged(t *testing.T) {
 		t.Errorf("progress log:\n%s", lb.String())
 	}
 }
+
+// A download reports bytes, size and rate as its phase's progress, at most once
+// per interval.
+func TestProgressIsReported(t *testing.T) {
+	var lb logBuffer
+	var got []string
+	start := time.Now().Add(-2 * time.Second)
+	p := &progress{log: lb.logger(), every: time.Hour, last: start, total: 4 << 20,
+		report: func(m string) { got = append(got, m) }, reportEvery: time.Nanosecond}
+	p.Write(make([]byte, 1<<20))
+	p.Write(make([]byte, 1<<20))
+	if len(got) != 2 || !strings.HasPrefix(got[1], "2.0 MiB of 4.0 MiB at ") || !strings.HasSuffix(got[1], " MiB/s") {
+		t.Errorf("progress reports: %q", got)
+	}
+	p.reportEvery = time.Hour
+	p.Write(make([]byte, 1))
+	if len(got) != 2 {
+		t.Errorf("reported again within the interval: %q", got)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/nodeagent/nodeagent/config"
@@ -125,7 +126,7 @@ func (i *Installer) openHTTP(ctx context.Context, raw, src string) (io.ReadClose
 		return nil, transient(fmt.Errorf("GET %s: %w", src, err))
 	}
 	if resp.StatusCode/100 == 2 {
-		return resp.Body, nil
+		return sized{resp.Body, resp.ContentLength}, nil
 	}
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
 	resp.Body.Close()
@@ -171,5 +172,14 @@ func (i *Installer) openS3(ctx context.Context, raw, src string) (io.ReadCloser,
 		// No HTTP response at all: connection refused, reset, DNS, timeout.
 		return nil, transient(err)
 	}
-	return out.Body, nil
+	return sized{out.Body, aws.ToInt64(out.ContentLength)}, nil
 }
+
+// sized is a download body whose length the server announced (0 or -1 when
+// it did not), for progress reports.
+type sized struct {
+	io.ReadCloser
+	n int64
+}
+
+func (s sized) Size() int64 { return max(s.n, 0) }

@@ -46,6 +46,10 @@ func (e *Emulator) serveEC2(w http.ResponseWriter, req *request) *apiError {
 		resp any
 		aerr *apiError
 	)
+	if req.form.Get("DryRun") == "true" {
+		// Permissions were checked (denied) before: a dry run stops here.
+		return errorf(412, "DryRunOperation", "Request would have succeeded, but DryRun flag is set.")
+	}
 	switch req.action {
 	case "DescribeInstances":
 		resp, aerr = e.describeInstances(req)

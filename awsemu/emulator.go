@@ -241,6 +241,12 @@ func validFaults(svc string, f Faults) error {
 	if f.Latency < 0 {
 		return fmt.Errorf("faults %s: negative latency", svc)
 	}
+	if f.PutHopLimitExceeded && svc != ServiceIMDS {
+		return fmt.Errorf("faults %s: putHopLimitExceeded is an imds fault", svc)
+	}
+	if len(f.Deny) > 0 && svc == ServiceIMDS {
+		return errors.New("faults imds: deny is for ec2, s3 and autoscaling actions")
+	}
 	return nil
 }
 

@@ -2,6 +2,7 @@ package awsemu
 
 import (
 	"errors"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -136,5 +137,58 @@ func TestIMDSFaults(t *testing.T) {
 	r.E.SetFaults("imds", Faults{})
 	if _, err := c.GetMetadata(ctx(t), &imds.GetMetadataInput{Path: "instance-id"}); err != nil {
 		t.Fatalf("after clearing faults: %v", err)
+	}
+}
+
+// TestDenyAndDryRun: a denied action is refused as IAM refuses it, also as a
+// dry run; an allowed dry run answers DryRunOperation and does nothing.
+func TestDenyAndDryRun(t *testing.T) {
+	r := Start(t, testWorld(t), Options{})
+	cfg := fastRetries(sdkConfig(t, r, ""))
+	e := cloud.NewEC2(cfg)
+	_, err := e.DescribeVolumes(ctx(t), &ec2.DescribeVolumesInput{DryRun: aws.Bool(true)})
+	if apiCode(err) != "DryRunOperation" {
+		t.Fatalf("allowed dry run = %v, want DryRunOperation", err)
+	}
+	r.E.SetFaults("ec2", Faults{Deny: []string{"DescribeVolumes"}})
+	r.E.SetFaults("s3", Faults{Deny: []string{"GetObject"}})
+	_, err = e.DescribeVolumes(ctx(t), &ec2.DescribeVolumesInput{DryRun: aws.Bool(true)})
+	if apiCode(err) != "UnauthorizedOperation" {
+		t.Errorf("denied dry run = %v, want UnauthorizedOperation", err)
+	}
+	if _, err := e.DescribeInstances(ctx(t), &ec2.DescribeInstancesInput{}); err != nil {
+		t.Errorf("an action not denied: %v", err)
+	}
+	_, err = cloud.NewS3(cfg).GetObject(ctx(t), &s3.GetObjectInput{Bucket: aws.String("state"), Key: aws.String("assets/kubelet")})
+	if apiCode(err) != "AccessDenied" {
+		t.Errorf("denied GetObject = %v, want AccessDenied", err)
+	}
+	if n := r.E.Calls("s3", "GetObject"); n != 1 {
+		t.Errorf("%d GetObject attempts, want 1: access denied is not retried", n)
+	}
+}
+
+// TestIMDSPutHopLimit: with the token PUT's answer dropped, a token request
+// times out while metadata GETs are still answered (401 without a token).
+func TestIMDSPutHopLimit(t *testing.T) {
+	r := Start(t, testWorld(t), Options{})
+	r.E.SetFaults("imds", Faults{PutHopLimitExceeded: true})
+	client := &http.Client{Timeout: 300 * time.Millisecond}
+	req, _ := http.NewRequest(http.MethodPut, r.IMDSURL(nitroID)+"/latest/api/token", nil)
+	req.Header.Set("X-aws-ec2-metadata-token-ttl-seconds", "60")
+	if resp, err := client.Do(req); err == nil {
+		resp.Body.Close()
+		t.Fatalf("token PUT answered %d, want no answer", resp.StatusCode)
+	}
+	resp, err := client.Get(r.IMDSURL(nitroID) + "/latest/meta-data/instance-id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("GET without a token = %d, want 401", resp.StatusCode)
+	}
+	if err := validFaults("ec2", Faults{PutHopLimitExceeded: true}); err == nil {
+		t.Error("putHopLimitExceeded accepted for ec2")
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 )
@@ -97,6 +98,11 @@ func (e *Emulator) serveAWS(w http.ResponseWriter, r *http.Request) {
 		e.writeError(w, req, ferr)
 		return
 	}
+	if derr := e.denied(req); derr != nil {
+		log.Info("action denied", "code", derr.code)
+		e.writeError(w, req, derr)
+		return
+	}
 	var aerr *apiError
 	switch req.service {
 	case ServiceEC2:
@@ -170,6 +176,24 @@ func authError(service string, af *authFailure) *apiError {
 			return errorf(400, "XAmzContentSHA256Mismatch", "%s", af.message)
 		}
 		return errorf(403, "SignatureDoesNotMatch", "%s", af.message)
+	}
+}
+
+// denied refuses an action the faults' Deny list names, as IAM would.
+func (e *Emulator) denied(req *request) *apiError {
+	e.mu.Lock()
+	deny := e.faults[req.service].Deny
+	e.mu.Unlock()
+	if !slices.Contains(deny, req.action) {
+		return nil
+	}
+	switch req.service {
+	case ServiceEC2:
+		return errorf(403, "UnauthorizedOperation", "You are not authorized to perform this operation. User: arn:aws:sts::%s:assumed-role/nodes/%s is not authorized to perform: ec2:%s", DefaultAccountID, req.id, req.action)
+	case ServiceAutoScaling:
+		return errorf(403, "AccessDenied", "User: arn:aws:sts::%s:assumed-role/nodes is not authorized to perform: autoscaling:%s", DefaultAccountID, req.action)
+	default:
+		return errorf(403, "AccessDenied", "Access Denied")
 	}
 }
 

@@ -53,6 +53,16 @@ func (e *Emulator) serveIMDS(w http.ResponseWriter, r *http.Request, instanceID 
 		return
 	}
 	if r.URL.Path == "/latest/api/token" {
+		e.mu.Lock()
+		drop := e.faults[ServiceIMDS].PutHopLimitExceeded
+		e.mu.Unlock()
+		if drop && r.Method == http.MethodPut {
+			// The answer would die on the way back (its IP TTL is the hop
+			// limit): the caller sees nothing until it gives up.
+			log.Info("fault injected: token PUT answer dropped (hop limit exceeded)")
+			<-r.Context().Done()
+			return
+		}
 		e.imdsToken(w, r, instanceID, log)
 		return
 	}

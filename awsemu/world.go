@@ -108,6 +108,15 @@ type Faults struct {
 	ThrottleRate float64       `json:"throttleRate,omitempty"` // 0..1: fraction answered with the throttle error
 	ErrorRate    float64       `json:"errorRate,omitempty"`    // 0..1: fraction answered with a 500
 	Latency      time.Duration `json:"-"`                      // added to every request (YAML: "50ms")
+	// Deny lists actions the caller's IAM policy does not allow: each is refused
+	// with the service's own access-denied error (EC2 UnauthorizedOperation, also
+	// for a DryRun; S3 and Auto Scaling AccessDenied).
+	Deny []string `json:"deny,omitempty"`
+	// PutHopLimitExceeded (imds only) drops the answer to every token PUT, as
+	// IMDS does when the PUT response's hop limit (HttpPutResponseHopLimit) is
+	// lower than the hops to the caller, e.g. 1 for a process in a container:
+	// the PUT is never answered and the caller times out. GETs still answer.
+	PutHopLimitExceeded bool `json:"putHopLimitExceeded,omitempty"`
 }
 
 // VolumeStatus is what the emulator currently knows about a volume.

@@ -25,7 +25,10 @@ type Runner struct {
 	ConfigHash string
 	// Observe, when set, is called with each phase's final status (metrics).
 	Observe func(PhaseStatus)
-	now     func() time.Time
+	// RecordBoot makes this run the boot's timeline (State.Boot): bootstrap
+	// sets it, the daemon's reconcile runs do not.
+	RecordBoot bool
+	now        func() time.Time
 }
 
 // Run runs every phase: check, then act and verify when check found changes (a
@@ -80,6 +83,9 @@ func (r *Runner) RunHeld(ctx context.Context, phases []Phase) error {
 			if ps.State == PhaseFailed || ps.State == PhaseWaiting {
 				st.Error = "phase " + ps.Name + ": " + firstLine(ps.Error)
 				st.FinishedAt = now()
+				if r.RecordBoot {
+					st.Boot = st.bootRecord(string(ps.State))
+				}
 			}
 		})
 		if werr != nil && (ps.State == PhaseFailed || ps.State == PhaseWaiting) {
@@ -96,7 +102,12 @@ func (r *Runner) RunHeld(ctx context.Context, phases []Phase) error {
 			return werr
 		}
 	}
-	_, err := r.Store.Update(func(st *State) { st.FinishedAt = now() })
+	_, err := r.Store.Update(func(st *State) {
+		st.FinishedAt = now()
+		if r.RecordBoot {
+			st.Boot = st.bootRecord(string(PhaseDone))
+		}
+	})
 	log.Info("bootstrap finished", "phases", len(phases), "duration", now().Sub(start).Round(time.Millisecond))
 	return err
 }

@@ -130,3 +130,37 @@ func TestStateStoreRejectsCorruptFile(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// The boot's own run records its timeline; the daemon's later runs leave it.
+func TestBootTimelineIsKept(t *testing.T) {
+	store := StateStore{Dir: t.TempDir()}
+	var a, b string
+	failing := &filePhase{name: "b", have: &b, want: "B", actErr: errors.New("no disk")}
+	phases := []Phase{&filePhase{name: "a", have: &a, want: "A"}, failing}
+	boot := &Runner{Store: store, RecordBoot: true}
+	if err := boot.Run(context.Background(), phases); err == nil {
+		t.Fatal("a failing phase did not fail the boot")
+	}
+	st, _ := store.Load()
+	if st.Boot == nil || st.Boot.Result != "failed" || len(st.Boot.Phases) != 2 || st.Boot.Phases[1].State != PhaseFailed {
+		t.Fatalf("failed boot's timeline: %+v", st.Boot)
+	}
+	failing.actErr = nil
+	if err := boot.Run(context.Background(), phases); err != nil {
+		t.Fatal(err)
+	}
+	st, _ = store.Load()
+	first := st.Boot
+	if first == nil || first.Result != "done" || first.Phases[0].Name != "a" || first.Phases[0].Started.IsZero() ||
+		first.FinishedAt.Before(first.StartedAt) || first.Phases[1].Duration <= 0 {
+		t.Fatalf("boot timeline: %+v", first)
+	}
+	daemon := &Runner{Store: store}
+	if err := daemon.Run(context.Background(), phases); err != nil {
+		t.Fatal(err)
+	}
+	st, _ = store.Load()
+	if !st.Boot.StartedAt.Equal(first.StartedAt) || st.StartedAt.Equal(first.StartedAt) {
+		t.Errorf("a reconcile run replaced the boot's timeline: %+v", st.Boot)
+	}
+}

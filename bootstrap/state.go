@@ -54,6 +54,9 @@ type State struct {
 	// Config is the effective config the node runs and where it came from, and
 	// a newer one it could not take in place.
 	Config *ConfigStatus `json:"config,omitempty"`
+	// Boot is the timeline of the last boot (the last run of `nodeagent
+	// bootstrap`); the daemon's later runs do not change it.
+	Boot *BootRecord `json:"boot,omitempty"`
 }
 
 // ConfigStatus is the node's effective config: derived from its raw inputs
@@ -91,6 +94,34 @@ type RejectedConfig struct {
 	// "spec.role: Node → ControlPlane".
 	NeedsReplacement []string `json:"needsReplacement,omitempty"`
 	Error            string   `json:"error,omitempty"`
+}
+
+// BootRecord is one boot's timeline: when it ran, how it ended, and each
+// phase's start and duration.
+type BootRecord struct {
+	StartedAt  time.Time `json:"startedAt"`
+	FinishedAt time.Time `json:"finishedAt"`
+	// Result is done, failed or waiting (a master waiting for its peers, which
+	// the daemon then sees through).
+	Result string        `json:"result"`
+	Phases []PhaseTiming `json:"phases"`
+}
+
+// PhaseTiming is one phase of a boot's timeline.
+type PhaseTiming struct {
+	Name     string     `json:"name"`
+	State    PhaseState `json:"state"`
+	Started  time.Time  `json:"started,omitzero"`
+	Duration Duration   `json:"duration"`
+}
+
+// bootRecord makes the timeline of the run the state holds.
+func (s *State) bootRecord(result string) *BootRecord {
+	b := &BootRecord{StartedAt: s.StartedAt, FinishedAt: s.FinishedAt, Result: result}
+	for _, p := range s.Phases {
+		b.Phases = append(b.Phases, PhaseTiming{Name: p.Name, State: p.State, Started: p.Started, Duration: p.Duration})
+	}
+	return b
 }
 
 // NodeInfo identifies the node.

@@ -142,13 +142,7 @@ var errOursUnusable = errors.New("a human has to look")
 // describe lists this etcd cluster's volumes in our zone. Volumes that fail the
 // checks are left out and reported once as warnings.
 func (p *ClaimPhase) describe(ctx context.Context, etcdCluster string) ([]candidate, error) {
-	in := &ec2.DescribeVolumesInput{Filters: []types.Filter{
-		{Name: aws.String("tag:" + tagCluster), Values: []string{p.o.ClusterName}},
-		{Name: aws.String("tag-key"), Values: []string{tagEtcdPrefix + etcdCluster}},
-		{Name: aws.String("tag:" + tagMaster), Values: []string{"1"}},
-		{Name: aws.String("availability-zone"), Values: []string{p.o.AvailabilityZone}},
-	}}
-	vols, err := p.describeAll(ctx, in)
+	vols, err := p.describeAll(ctx, describeInput(p.o, etcdCluster))
 	if err != nil {
 		return nil, fmt.Errorf("describe etcd %s volumes: %w", etcdCluster, err)
 	}
@@ -168,6 +162,16 @@ func (p *ClaimPhase) describe(ctx context.Context, etcdCluster string) ([]candid
 	}
 	slices.SortFunc(out, func(a, b candidate) int { return strings.Compare(a.ID, b.ID) })
 	return out, nil
+}
+
+// describeInput asks EC2 for one etcd cluster's volumes in this node's zone.
+func describeInput(o Options, etcdCluster string) *ec2.DescribeVolumesInput {
+	return &ec2.DescribeVolumesInput{Filters: []types.Filter{
+		{Name: aws.String("tag:" + tagCluster), Values: []string{o.ClusterName}},
+		{Name: aws.String("tag-key"), Values: []string{tagEtcdPrefix + etcdCluster}},
+		{Name: aws.String("tag:" + tagMaster), Values: []string{"1"}},
+		{Name: aws.String("availability-zone"), Values: []string{o.AvailabilityZone}},
+	}}
 }
 
 func (p *ClaimPhase) describeAll(ctx context.Context, in *ec2.DescribeVolumesInput) ([]types.Volume, error) {

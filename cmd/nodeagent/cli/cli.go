@@ -99,6 +99,8 @@ flag, missing argument) exits 2 on every command.`,
 		configCmd(g, stdout),
 		bakeCmd(g),
 		versionCmd(stdout),
+		doctorCmd(g, stdout),
+		supportCmd(g, stdout, stderr),
 	)
 	root.InitDefaultCompletionCmd()
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
@@ -212,7 +214,7 @@ func socketFlag(c *cobra.Command, dst *string) {
 func statusCmd(g *globals, stdout, stderr io.Writer) *cobra.Command {
 	var (
 		output, socket string
-		cluster        bool
+		cluster, watch bool
 	)
 	c := &cobra.Command{
 		Use:   "status",
@@ -224,6 +226,12 @@ whether or not the daemon runs.
 With --cluster, show every node's readiness as the gossip ring sees it, asking
 the local daemon over its status API socket.
 
+With -w (--watch), follow a boot as it happens, from a second session while
+bootstrap runs: each phase as it starts and ends with its duration, what a
+running phase waits on, downloads with bytes and rate; it ends when the node
+is ready (0) or a phase fails (1). A phase waiting on other nodes is followed
+on into the daemon's runs.
+
 Exit codes:
   0  ready (--cluster: every node alive and ready)
   1  not ready
@@ -234,16 +242,23 @@ Exit codes:
   # Wait in a script until the node is ready
   until nodeagent status >/dev/null; do sleep 5; done
   # Every node the gossip ring knows
-  nodeagent status --cluster`,
+  nodeagent status --cluster
+  # Follow the boot from a second SSH session
+  nodeagent status -w`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var (
 				code int
 				err  error
 			)
-			if cluster {
+			switch {
+			case watch && cluster:
+				return usagef("--watch follows this node's boot; it does not go with --cluster")
+			case watch:
+				code, err = agent.WatchStatus(cmd.Context(), g.options(""), stdout, agent.WatchInterval)
+			case cluster:
 				code, err = agent.ClusterStatus(cmd.Context(), fsutil.Root(g.root).Path(socket), stdout, output)
-			} else {
+			default:
 				code, err = agent.Status(g.options(""), stdout, output)
 			}
 			if err != nil {
@@ -255,6 +270,7 @@ Exit codes:
 	}
 	outputFlag(c, &output, "table", "table, json or yaml")
 	c.Flags().BoolVar(&cluster, "cluster", false, "every node's readiness as the gossip ring sees it")
+	c.Flags().BoolVarP(&watch, "watch", "w", false, "follow a boot as it happens until the node is ready or a phase fails")
 	socketFlag(c, &socket)
 	return c
 }

@@ -20,18 +20,23 @@ func TestJSONOutputMatchesItsSchema(t *testing.T) {
 	fullState(t, filepath.Join(root, "/var/lib/nodeagent"))
 	bad := writeFile(t, "bad.yaml", badConfig)
 	// A worker with no state store: the plan needs nothing from AWS.
-	worker := writeFile(t, "worker.yaml", `apiVersion: nodeagent.io/v1alpha1
-kind: NodeConfig
-spec:
-  cluster: {name: plan.example.com}
-  role: Node
-  kubernetesVersion: v1.34.4
-  host: {hostname: ip-10-0-1-5.ec2.internal}
-`)
+	worker := writeFile(t, "worker.yaml", workerConfig)
+	// doctor on a node bootstrap ran on (its saved config), off EC2: IMDS refuses at once, the clock's NTP server does not
+	// answer; every finding's fields are there (a failed one carries a fix).
+	t.Setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:1")
+	t.Setenv("AWS_REGION", "us-east-1")
+	doctorRoot := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(doctorRoot, "/var/lib/nodeagent"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(doctorRoot, "/var/lib/nodeagent/config.yaml"), []byte(workerConfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name string
 		args []string
 	}{
+		{"doctor", []string{"doctor", "--root", doctorRoot, "-o", "json", "--ntp-server", "127.0.0.1:1", "--check-timeout", "3s"}},
 		{"status", []string{"status", "--root", root, "-o", "json"}},
 		{"version", []string{"version", "-o", "json"}},
 		{"config-check", []string{"config", "check", "-o", "json", bad}},
@@ -61,6 +66,15 @@ spec:
 		})
 	}
 }
+
+const workerConfig = `apiVersion: nodeagent.io/v1alpha1
+kind: NodeConfig
+spec:
+  cluster: {name: plan.example.com}
+  role: Node
+  kubernetesVersion: v1.34.4
+  host: {hostname: ip-10-0-1-5.ec2.internal}
+`
 
 // schemaOf lists every key path of a JSON value with its type, arrays as [].
 func schemaOf(v any) []string {
@@ -113,6 +127,8 @@ func fullState(t *testing.T, dir string) {
 		st.Manifests = []bootstrap.ManifestStatus{{Name: "etcd-main", Path: "/etc/kubernetes/manifests/etcd-main.yaml", SHA256: "ff"}}
 		st.Assets = []bootstrap.AssetStatus{{Name: "kubelet", Path: "/usr/local/bin/kubelet", SHA256: "ee", Source: "cache"}}
 		st.Readiness = bootstrap.ReadinessStatus{Ready: false, Reason: "waiting", CheckedAt: at, Lifecycle: "CONTINUE"}
+		st.Boot = &bootstrap.BootRecord{StartedAt: at, FinishedAt: at, Result: "waiting",
+			Phases: []bootstrap.PhaseTiming{{Name: "etcd-health", State: bootstrap.PhaseWaiting, Started: at, Duration: bootstrap.Duration(time.Second)}}}
 		st.Facts = bootstrap.Facts{EtcdMembers: []bootstrap.EtcdMemberFact{{Cluster: "main", Member: "a", Members: []string{"a"}, VolumeID: "vol-1", MountPoint: "/mnt/master-vol-1"}}}
 	})
 	if err != nil {
