@@ -19,9 +19,9 @@ func TestValidateJSONMatchesItsSchema(t *testing.T) {
 		Cluster: "c.k8s.local", Healthy: false,
 		Nodes: []agent.ValidatedNode{{Name: "ip-10-0-0-10.ec2.internal", Role: "control-plane", Zone: "us-east-1a", IP: "10.0.0.10",
 			Ready: false, Reason: "NotReady", InAPI: true, InGossip: true}},
-		Pods: []agent.ValidatedPod{{Name: "coredns-1", Node: "ip-10-0-0-20.ec2.internal", Phase: "Pending", Reason: "is pending"}},
-		Etcd: []agent.ValidatedMember{{Cluster: "main", Name: "a", Endpoint: "https://etcd-a.internal.c.k8s.local:2379", Healthy: true, Leader: true, Error: "x"}},
-		DNS:  agent.ValidatedDNS{Server: "100.64.0.10:53", Name: "kubernetes.default.svc.cluster.local.", Answers: []string{"100.64.0.1"}, Error: "x", Answered: true},
+		Pods:     []agent.ValidatedPod{{Name: "coredns-1", Node: "ip-10-0-0-20.ec2.internal", Phase: "Pending", Reason: "is pending"}},
+		Etcd:     []agent.ValidatedMember{{Cluster: "main", Name: "a", Endpoint: "https://etcd-a.internal.c.k8s.local:2379", Healthy: true, Leader: true, Error: "x"}},
+		DNS:      agent.ValidatedDNS{Server: "100.64.0.10:53", Name: "kubernetes.default.svc.cluster.local.", Answers: []string{"100.64.0.1"}, Error: "x", Answered: true},
 		Failures: []agent.ValidationError{{Kind: "Node", Name: "ip-10-0-0-10.ec2.internal", Message: "control-plane node NotReady"}},
 	}
 	var buf bytes.Buffer
