@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/klog/v2"
+
 	"github.com/nodeagent/nodeagent/addons"
 	"github.com/nodeagent/nodeagent/cloud"
 	"github.com/nodeagent/nodeagent/kube"
@@ -84,6 +86,8 @@ func isBuiltin(name string) bool {
 // writes. It returns at once; the applier ends with ctx.
 func startAddons(ctx context.Context, o Options, n *Node, log *slog.Logger) (wait func()) {
 	log = log.With("component", "addons")
+	// client-go's leader election logs through klog: into the daemon's log instead of klog's own format.
+	klog.SetSlogLogger(log)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

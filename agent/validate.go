@@ -217,7 +217,7 @@ func (v *validator) nodes(ctx context.Context, res *Validation, fail func(kind, 
 		if vn.Ready {
 			vn.Reason = ""
 		} else {
-			fail("Node", n.Name, "%s node %s", vn.Role, vn.Reason)
+			fail("Node", n.Name, "%s: %s", vn.Role, vn.Reason)
 		}
 		byName[n.Name] = len(res.Nodes)
 		res.Nodes = append(res.Nodes, vn)

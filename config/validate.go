@@ -222,6 +222,9 @@ func (c *NodeConfig) Validate() error {
 		// The CoreDNS Service gets this address: it must be a service IP.
 		add("spec.networking.clusterDNS", "%s is not in spec.networking.serviceCIDR %s", ip, s.Networking.ServiceCIDR)
 	}
+	if n := s.KubeProxy.ConntrackMaxPerCore; n != nil && *n < 0 {
+		add("spec.kubeProxy.conntrackMaxPerCore", "must be 0 or more, got %d", *n)
+	}
 	known := addons.BuiltinNames()
 	for i, d := range s.Addons.Disable {
 		if !slices.Contains(known, d) {
