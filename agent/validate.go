@@ -134,7 +134,8 @@ func Validate(ctx context.Context, o Options, vo ValidateOptions, w io.Writer) (
 		if err != nil && !wait.Interrupted(err) {
 			return ValidateUnknown, err
 		}
-	} else {
+	}
+	if last == nil { // no poll ran (ctx ended first): judge once
 		_, _ = judge(ctx)
 	}
 	if err := WriteValidation(w, last, vo.Format); err != nil {
