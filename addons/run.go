@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/discovery/cached/memory"
@@ -43,6 +44,21 @@ type RunOptions struct {
 	Observe func(Result)
 }
 
+// NewApplier is an Applier talking to the API server of cfg, its REST mapping
+// learnt from the server's discovery (cached, reset each round).
+func NewApplier(cfg *rest.Config, node string, log *slog.Logger) (*Applier, error) {
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("add-ons: %w", err)
+	}
+	disc, err := discovery.NewDiscoveryClientForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("add-ons: %w", err)
+	}
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(disc))
+	return &Applier{Client: dyn, Mapper: mapper, Node: node, Log: log}, nil
+}
+
 // Run campaigns for the add-on lease until ctx ends; while this node leads, it
 // applies the add-on set every Interval (only what changed is applied).
 func Run(ctx context.Context, o RunOptions) error {
@@ -53,20 +69,14 @@ func Run(ctx context.Context, o RunOptions) error {
 	if log == nil {
 		log = slog.Default()
 	}
-	dyn, err := dynamic.NewForConfig(o.Config)
+	ap, err := NewApplier(o.Config, o.Node, log)
 	if err != nil {
-		return fmt.Errorf("add-ons: %w", err)
-	}
-	disc, err := discovery.NewDiscoveryClientForConfig(o.Config)
-	if err != nil {
-		return fmt.Errorf("add-ons: %w", err)
+		return err
 	}
 	coord, err := coordinationv1.NewForConfig(o.Config)
 	if err != nil {
 		return fmt.Errorf("add-ons: %w", err)
 	}
-	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(disc))
-	ap := &Applier{Client: dyn, Mapper: mapper, Node: o.Node, Log: log}
 	lock := &resourcelock.LeaseLock{
 		LeaseMeta:  metaFor(LeaseName),
 		Client:     coord,
@@ -78,7 +88,9 @@ func Run(ctx context.Context, o RunOptions) error {
 			log.Error("add-ons: the set to apply", "err", err)
 			// The built-in ones may still be there: apply what could be read.
 		}
-		mapper.Reset() // a new API group (a CRD of a user's add-on) since the last round
+		if r, ok := ap.Mapper.(meta.ResettableRESTMapper); ok {
+			r.Reset() // a new API group (a CRD of a user's add-on) since the last round
+		}
 		res := ap.Apply(ctx, set)
 		if err := res.Err(); err != nil {
 			log.Error("add-ons not applied", "err", err)

@@ -53,6 +53,12 @@ func FromBytes(root fsutil.Root, path string, data []byte) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	return FromRESTConfig(rc)
+}
+
+// FromRESTConfig is a Client for a client-go configuration.
+func FromRESTConfig(cfg *rest.Config) (*Client, error) {
+	rc := rest.CopyConfig(cfg)
 	// The scheme knows core/v1 and, through it, metav1.Status, so that the API
 	// server's error answers become apierrors (NotFound, Forbidden, ...).
 	scheme := runtime.NewScheme()
@@ -65,7 +71,7 @@ func FromBytes(root fsutil.Root, path string, data []byte) (*Client, error) {
 	rc.NegotiatedSerializer = serializer.NewCodecFactory(scheme).WithoutConversion()
 	c, err := rest.RESTClientFor(rc)
 	if err != nil {
-		return nil, fmt.Errorf("kubeconfig %s: %w", path, err)
+		return nil, fmt.Errorf("API client for %s: %w", rc.Host, err)
 	}
 	return &Client{rest: c}, nil
 }
