@@ -40,7 +40,7 @@ const CoreDNSTag = "v1.15.0"
 // version changes whenever the add-on's manifest does, so that a cluster's
 // record says which release's add-on it runs.
 var builtins = []struct{ name, version, file string }{
-	{"rbac", "1.0.0", "builtin/rbac.yaml"},
+	{"rbac", "1.1.0", "builtin/rbac.yaml"},
 	{"coredns", CoreDNSTag + "-nodeagent.1", "builtin/coredns.yaml"},
 	{"storage-class", "1.0.0", "builtin/storage-class.yaml"},
 }

@@ -216,9 +216,11 @@ func NodeReadiness(node *corev1.Node) (bool, string) { return readiness(node) }
 func (c *Client) Readyz(ctx context.Context, name string) (bool, string) {
 	b, err := c.rest.Get().AbsPath("/readyz", name).DoRaw(ctx)
 	if err != nil {
+		// A failing check answers in plain text ("[-]etcd failed: ..."); a
+		// refusal is a Status, which err already words.
 		msg := oneLine(string(b))
-		if msg == "" {
-			msg = err.Error()
+		if msg == "" || strings.HasPrefix(msg, "{") {
+			msg = oneLine(err.Error())
 		}
 		return false, msg
 	}
