@@ -11,8 +11,9 @@ E2E_TIMEOUT ?= 50m
 
 # e2e-parts builds (once; all cached in /var/cache/nodeagent-e2e) the real parts the end-to-end
 # tests run: the Debian rootfs the machines boot, kubelet and the control plane (kube-apiserver,
-# kube-controller-manager, kube-scheduler, kube-proxy) v1.34.4 and etcd v3.5 from source through
-# the Go module proxy, CoreDNS v1.15 from its Go module, and the image archives nodes import instead of pulling from a registry.
+# kube-controller-manager, kube-scheduler, kube-proxy) v1.34.4, etcd v3.5 and CoreDNS v1.15 from
+# source through the Go module proxy, and the image archives nodes import instead of pulling from
+# a registry.
 e2e-parts:
 	hack/rootfs.sh >/dev/null
 	hack/build-k8s.sh >/dev/null
