@@ -239,6 +239,10 @@ func (v *validator) nodes(ctx context.Context, res *Validation, fail func(kind, 
 			continue
 		}
 		res.Nodes[i].InGossip = true
+		if gossipRole(m.Role) == "control-plane" {
+			// A master registered without the taint (kubelet config overridden) is still one.
+			res.Nodes[i].Role = "control-plane"
+		}
 		if m.State != "alive" {
 			fail("Node", m.Name, "gossip says node %s is %s", m.Name, m.State)
 		}
