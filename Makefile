@@ -11,12 +11,14 @@ E2E_TIMEOUT ?= 50m
 
 # e2e-parts builds (once; all cached in /var/cache/nodeagent-e2e) the real parts the end-to-end
 # tests run: the Debian rootfs the machines boot, kubelet and the control plane (kube-apiserver,
-# kube-controller-manager, kube-scheduler, kube-proxy) v1.34.4 and etcd v3.5 from source through
-# the Go module proxy, and the image archives nodes import instead of pulling from a registry.
+# kube-controller-manager, kube-scheduler, kube-proxy) v1.34.4, etcd v3.5 and CoreDNS v1.15 from
+# source through the Go module proxy, and the image archives nodes import instead of pulling from
+# a registry.
 e2e-parts:
 	hack/rootfs.sh >/dev/null
 	hack/build-k8s.sh >/dev/null
 	hack/build-etcd.sh >/dev/null
+	hack/build-coredns.sh >/dev/null
 	$(GO) run ./hack/images -out /var/cache/nodeagent-e2e/images >/dev/null
 
 all: build
@@ -51,7 +53,7 @@ fuzz:
 e2e: deps build e2e-parts
 	# One package at a time: machines share the host's network (kubelet's ports).
 	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -p 1 ./internal/nspawn/
-	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -p 1 -run E2E ./systemd/... ./cri/ ./kubelet/
+	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -p 1 -run E2E ./systemd/... ./cri/ ./kubelet/ ./addons/
 	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -run TestFullVarLib ./doctor/
 	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -v ./e2e/ -args -agent $(CURDIR)/$(BIN)/nodeagent
 

@@ -96,6 +96,8 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 	if n.IsControlPlane() {
 		pub = newEtcdPublisher(o, n, log)
 		defer pub.close()
+		// The bootstrap add-ons, applied by one master at a time.
+		defer startAddons(ctx, o, n, log)()
 	}
 
 	var (

@@ -3,6 +3,7 @@ package cloud_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -157,5 +158,34 @@ func TestCompleteLifecycleActionAgainstEmulator(t *testing.T) {
 	}
 	if n := r.E.Calls("autoscaling", "CompleteLifecycleAction"); n != 2 {
 		t.Errorf("CompleteLifecycleAction calls = %d, want 2", n)
+	}
+}
+
+// The users' add-ons are listed from the state store's addons/ directory, with
+// keys relative to the cluster's prefix; another cluster's objects are not seen.
+func TestStateStoreListAgainstEmulator(t *testing.T) {
+	w := emuWorld()
+	w.Buckets["kops-state"]["proyecto.k8s.local/addons/team.yaml"] = "kind: ConfigMap\n"
+	w.Buckets["kops-state"]["proyecto.k8s.local/addons/dns.yaml"] = "kind: ConfigMap\n"
+	w.Buckets["kops-state"]["other.k8s.local/addons/theirs.yaml"] = "kind: ConfigMap\n"
+	r := awsemu.Start(t, w, awsemu.Options{})
+	ctx := loadConfig(t, r, cpID)
+	cfg, err := cloud.LoadConfig(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := cloud.NewStateStore(cloud.NewS3(cfg), "s3://kops-state/proyecto.k8s.local")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := store.List(ctx, cloud.AddonsDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"addons/dns.yaml", "addons/team.yaml"}; !slices.Equal(keys, want) {
+		t.Errorf("List(addons) = %v, want %v", keys, want)
+	}
+	if keys, err := store.List(ctx, "backups"); err != nil || len(keys) != 0 {
+		t.Errorf("List of an empty directory = %v, %v", keys, err)
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"io"
 	"net/http"
 	"path"
+	"sort"
+	"strings"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -19,9 +21,11 @@ import (
 // Well-known objects under a cluster's state store.
 const (
 	ClusterConfigKey = "nodeagent/cluster.yaml"
-	GossipKeyKey     = "nodeagent/gossip.key"
-	CACertKey        = "pki/ca.crt"
-	CAKeyKey         = "pki/ca.key"
+	// AddonsDir holds the users' own add-ons: one manifest per add-on, named <add-on>.yaml.
+	AddonsDir    = "addons"
+	GossipKeyKey = "nodeagent/gossip.key"
+	CACertKey    = "pki/ca.crt"
+	CAKeyKey     = "pki/ca.key"
 	// ServiceAccountKeyKey is the service-account signing key every API server
 	// and controller manager of the cluster shares (masters only).
 	ServiceAccountKeyKey = "pki/private/service-account.key"
@@ -123,4 +127,34 @@ func (s *StateStore) GetIfChanged(ctx context.Context, key, etag string) (data [
 // URL is the state store's s3:// URL of key.
 func (s *StateStore) URL(key string) string {
 	return "s3://" + s.Bucket + "/" + path.Join(s.Prefix, key)
+}
+
+// S3ListAPI is the S3 call listing a state store directory.
+type S3ListAPI interface {
+	ListObjectsV2(context.Context, *s3.ListObjectsV2Input, ...func(*s3.Options)) (*s3.ListObjectsV2Output, error)
+}
+
+// List returns the keys (relative to the state store, e.g. addons/dns.yaml) of
+// the objects under dir, sorted; none is an empty list. The state store's S3
+// client must be able to list.
+func (s *StateStore) List(ctx context.Context, dir string) ([]string, error) {
+	lister, ok := s.S3.(S3ListAPI)
+	if !ok {
+		return nil, fmt.Errorf("list s3://%s/%s: this S3 client cannot list", s.Bucket, path.Join(s.Prefix, dir))
+	}
+	prefix := strings.TrimSuffix(path.Join(s.Prefix, dir), "/") + "/"
+	var keys []string
+	p := s3.NewListObjectsV2Paginator(lister, &s3.ListObjectsV2Input{Bucket: aws.String(s.Bucket), Prefix: aws.String(prefix)})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("list s3://%s/%s: %w", s.Bucket, prefix, err)
+		}
+		for _, o := range page.Contents {
+			k := strings.TrimPrefix(aws.ToString(o.Key), strings.TrimSuffix(s.Prefix, "/")+"/")
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	return keys, nil
 }

@@ -112,6 +112,9 @@ spec:
 		{"managed kubelet field", minimal("Node") + "  kubelet: {config: {staticPodPath: /tmp}}\n", []string{"spec.kubelet.config.staticPodPath"}},
 		{"bad label", minimal("Node") + "  kubelet: {nodeLabels: {'-bad': x}}\n", []string{"spec.kubelet.nodeLabels[-bad]"}},
 		{"unknown pod routes", minimal("Node") + "  networking: {podRoutes: bgp}\n", []string{"spec.networking.podRoutes"}},
+		{"cluster DNS outside the service range", minimal("Node") + "  networking: {serviceCIDR: 100.64.0.0/13, clusterDNS: 10.0.0.10}\n", []string{"spec.networking.clusterDNS"}},
+		{"unknown add-on disabled", minimal("Node") + "  addons: {disable: [coredns, kube-dns]}\n", []string{"spec.addons.disable[1]"}},
+		{"negative conntrack size", minimal("Node") + "  kubeProxy: {conntrackMaxPerCore: -1}\n", []string{"spec.kubeProxy.conntrackMaxPerCore"}},
 		{"gossip pod routes without gossip", strings.Replace(minimal("Node"), "c.k8s.local", "prod.example.com", 1) +
 			"  networking: {podRoutes: gossip}\n", []string{"spec.networking.podRoutes"}},
 	}

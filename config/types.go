@@ -50,6 +50,25 @@ type Spec struct {
 	Containerd        Containerd `json:"containerd,omitempty"`
 	Networking        Networking `json:"networking,omitempty"`
 	PKI               PKI        `json:"pki,omitempty"`
+	Addons            Addons     `json:"addons,omitempty"`
+	KubeProxy         KubeProxy  `json:"kubeProxy,omitempty"`
+}
+
+// KubeProxy holds the kube-proxy settings of its static pod.
+type KubeProxy struct {
+	// ConntrackMaxPerCore sizes the kernel's conntrack table (kube-proxy's
+	// --conntrack-max-per-core; default 32768). 0 leaves the kernel's limit as
+	// it is, for nodes whose kube-proxy cannot set it (containers).
+	ConntrackMaxPerCore *int32 `json:"conntrackMaxPerCore,omitempty"`
+}
+
+// Addons configures the bootstrap add-ons the masters apply through the API
+// server: the built-in ones of the release, and the users' own from the state
+// store (addons/*.yaml).
+type Addons struct {
+	// Disable lists built-in add-ons not to apply (coredns, rbac, storage-class);
+	// what was applied before stays as it is.
+	Disable []string `json:"disable,omitempty"`
 }
 
 // Cluster names the cluster and where its shared configuration lives.

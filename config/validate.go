@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/nodeagent/nodeagent/addons"
 )
 
 // FieldError is one problem with a NodeConfig, located by its field path
@@ -232,8 +234,20 @@ func (c *NodeConfig) Validate() error {
 			add(f.path, "%q is not a CIDR", f.v)
 		}
 	}
-	if net.ParseIP(s.Networking.ClusterDNS) == nil {
+	if ip := net.ParseIP(s.Networking.ClusterDNS); ip == nil {
 		add("spec.networking.clusterDNS", "%q is not an IP address", s.Networking.ClusterDNS)
+	} else if _, svc, err := net.ParseCIDR(s.Networking.ServiceCIDR); err == nil && !svc.Contains(ip) {
+		// The CoreDNS Service gets this address: it must be a service IP.
+		add("spec.networking.clusterDNS", "%s is not in spec.networking.serviceCIDR %s", ip, s.Networking.ServiceCIDR)
+	}
+	if n := s.KubeProxy.ConntrackMaxPerCore; n != nil && *n < 0 {
+		add("spec.kubeProxy.conntrackMaxPerCore", "must be 0 or more, got %d", *n)
+	}
+	known := addons.BuiltinNames()
+	for i, d := range s.Addons.Disable {
+		if !slices.Contains(known, d) {
+			add(fmt.Sprintf("spec.addons.disable[%d]", i), "no built-in add-on %q (built-in: %s)", d, strings.Join(known, ", "))
+		}
 	}
 	switch s.Networking.Mode {
 	case NetworkKubenet, NetworkCNI:

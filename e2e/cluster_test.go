@@ -243,6 +243,11 @@ func (h *haLab) userData(role config.Role) []byte {
 				}
 			}
 			c.Spec.Assets = assets
+			// A machine's kube-proxy cannot set the host kernel's conntrack table
+			// size (its network namespace is not the host's): keep the limit, as
+			// kind does for its node containers.
+			noConntrackMax := int32(0)
+			c.Spec.KubeProxy.ConntrackMaxPerCore = &noConntrackMax
 			if role == config.RoleControlPlane {
 				c.Spec.Etcd = &config.Etcd{Version: haEtcdVersion}
 			}

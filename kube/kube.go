@@ -49,6 +49,44 @@ func Load(root fsutil.Root, path string) (*Client, error) {
 
 // FromBytes is Load for a kubeconfig already read from path.
 func FromBytes(root fsutil.Root, path string, data []byte) (*Client, error) {
+	rc, err := restConfig(root, path, data)
+	if err != nil {
+		return nil, err
+	}
+	return FromRESTConfig(rc)
+}
+
+// FromRESTConfig is a Client for a client-go configuration.
+func FromRESTConfig(cfg *rest.Config) (*Client, error) {
+	rc := rest.CopyConfig(cfg)
+	// The scheme knows core/v1 and, through it, metav1.Status, so that the API
+	// server's error answers become apierrors (NotFound, Forbidden, ...).
+	scheme := runtime.NewScheme()
+	if err := corev1.AddToScheme(scheme); err != nil {
+		return nil, fmt.Errorf("kube: register core/v1: %w", err)
+	}
+	rc.APIPath = "/api"
+	rc.GroupVersion = &corev1.SchemeGroupVersion
+	rc.ContentType = runtime.ContentTypeJSON
+	rc.NegotiatedSerializer = serializer.NewCodecFactory(scheme).WithoutConversion()
+	c, err := rest.RESTClientFor(rc)
+	if err != nil {
+		return nil, fmt.Errorf("API client for %s: %w", rc.Host, err)
+	}
+	return &Client{rest: c}, nil
+}
+
+// RESTConfig reads the kubeconfig at path (a host path resolved under root, as
+// are the files it names) into a client-go configuration for other clients.
+func RESTConfig(root fsutil.Root, path string) (*rest.Config, error) {
+	data, err := os.ReadFile(root.Path(path))
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig: %w", err)
+	}
+	return restConfig(root, path, data)
+}
+
+func restConfig(root fsutil.Root, path string, data []byte) (*rest.Config, error) {
 	cfg, err := clientcmd.Load(data)
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig %s: %w", path, err)
@@ -78,21 +116,7 @@ func FromBytes(root fsutil.Root, path string, data []byte) (*Client, error) {
 	}
 	rc.Timeout = RequestTimeout
 	rc.UserAgent = "nodeagent"
-	// The scheme knows core/v1 and, through it, metav1.Status, so that the API
-	// server's error answers become apierrors (NotFound, Forbidden, ...).
-	scheme := runtime.NewScheme()
-	if err := corev1.AddToScheme(scheme); err != nil {
-		return nil, fmt.Errorf("kube: register core/v1: %w", err)
-	}
-	rc.APIPath = "/api"
-	rc.GroupVersion = &corev1.SchemeGroupVersion
-	rc.ContentType = runtime.ContentTypeJSON
-	rc.NegotiatedSerializer = serializer.NewCodecFactory(scheme).WithoutConversion()
-	c, err := rest.RESTClientFor(rc)
-	if err != nil {
-		return nil, fmt.Errorf("kubeconfig %s: %w", path, err)
-	}
-	return &Client{rest: c}, nil
+	return rc, nil
 }
 
 // NodeStatus reads Node name and reports whether its Ready condition is True,
@@ -163,4 +187,42 @@ func oneLine(s string) string {
 		s = s[:cut] + "…"
 	}
 	return s
+}
+
+// Nodes lists every Node of the cluster.
+func (c *Client) Nodes(ctx context.Context) ([]corev1.Node, error) {
+	var l corev1.NodeList
+	if err := c.rest.Get().Resource("nodes").Do(ctx).Into(&l); err != nil {
+		return nil, fmt.Errorf("list Nodes: %w", err)
+	}
+	return l.Items, nil
+}
+
+// Pods lists the pods of one namespace.
+func (c *Client) Pods(ctx context.Context, namespace string) ([]corev1.Pod, error) {
+	var l corev1.PodList
+	if err := c.rest.Get().Namespace(namespace).Resource("pods").Do(ctx).Into(&l); err != nil {
+		return nil, fmt.Errorf("list pods in %s: %w", namespace, err)
+	}
+	return l.Items, nil
+}
+
+// NodeReadiness reads a Node's Ready condition as `kubectl get nodes` shows it,
+// with the reason in words when it is not Ready.
+func NodeReadiness(node *corev1.Node) (bool, string) { return readiness(node) }
+
+// Readyz asks the API server's readiness check name (/readyz/<name>, e.g.
+// etcd): ok, or why not in the server's words.
+func (c *Client) Readyz(ctx context.Context, name string) (bool, string) {
+	b, err := c.rest.Get().AbsPath("/readyz", name).DoRaw(ctx)
+	if err != nil {
+		// A failing check answers in plain text ("[-]etcd failed: ..."); a
+		// refusal is a Status, which err already words.
+		msg := oneLine(string(b))
+		if msg == "" || strings.HasPrefix(msg, "{") {
+			msg = oneLine(err.Error())
+		}
+		return false, msg
+	}
+	return true, ""
 }

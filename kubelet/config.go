@@ -10,6 +10,7 @@ import (
 
 	"github.com/nodeagent/nodeagent/config"
 	"github.com/nodeagent/nodeagent/cri"
+	corev1 "k8s.io/api/core/v1"
 	kubeletv1beta1 "k8s.io/kubelet/config/v1beta1"
 	k8sjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
@@ -27,6 +28,9 @@ const (
 	HealthzBindAddress      = "127.0.0.1"
 	HealthzPort         int = 10248
 	ClusterDomain           = "cluster.local"
+	// ControlPlaneTaint keeps ordinary pods (CoreDNS among them) off the
+	// masters, as kops taints them; a control plane's kubelet registers with it.
+	ControlPlaneTaint = "node-role.kubernetes.io/control-plane"
 )
 
 // configParams are the facts of the node, beyond the spec, that shape the config.
@@ -90,6 +94,9 @@ func defaultConfig(spec config.Spec, p configParams) *kubeletv1beta1.KubeletConf
 	kc.Kind = "KubeletConfiguration"
 	if spec.Networking.ClusterDNS != "" {
 		kc.ClusterDNS = []string{spec.Networking.ClusterDNS}
+	}
+	if spec.Role == config.RoleControlPlane && !p.Standalone {
+		kc.RegisterWithTaints = []corev1.Taint{{Key: ControlPlaneTaint, Effect: corev1.TaintEffectNoSchedule}}
 	}
 	kc.Authentication.Anonymous.Enabled = &f
 	kc.Authentication.X509.ClientCAFile = p.ClientCAFile

@@ -125,6 +125,8 @@ type inputs struct {
 	controlPlane bool
 	etcdVersion  string
 	etcd         []etcdInput
+	// conntrackMaxPerCore is spec.kubeProxy.conntrackMaxPerCore ("": kube-proxy's default).
+	conntrackMaxPerCore string
 }
 
 type etcdInput struct {
@@ -149,6 +151,9 @@ func resolve(o Options) (*inputs, error) {
 		nodeName:     o.NodeName,
 		nodeIP:       o.NodeIP,
 		controlPlane: s.Role == config.RoleControlPlane,
+	}
+	if n := s.KubeProxy.ConntrackMaxPerCore; n != nil {
+		in.conntrackMaxPerCore = strconv.Itoa(int(*n))
 	}
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
@@ -502,16 +507,24 @@ func (in *inputs) scheduler() *corev1.Pod {
 	}, true)
 }
 
+func (in *inputs) kubeProxyFlags() map[string]string {
+	f := map[string]string{
+		"cluster-cidr":      in.podCIDR,
+		"hostname-override": in.nodeName,
+		"kubeconfig":        paths.KubeProxyConf,
+	}
+	if in.conntrackMaxPerCore != "" {
+		f["conntrack-max-per-core"] = in.conntrackMaxPerCore
+	}
+	return f
+}
+
 func (in *inputs) kubeProxy() *corev1.Pod {
 	privileged := true
 	c := corev1.Container{
-		Name:  podKubeProxy,
-		Image: in.image(podKubeProxy, in.version),
-		Command: append([]string{podKubeProxy}, flags(map[string]string{
-			"cluster-cidr":      in.podCIDR,
-			"hostname-override": in.nodeName,
-			"kubeconfig":        paths.KubeProxyConf,
-		})...),
+		Name:      podKubeProxy,
+		Image:     in.image(podKubeProxy, in.version),
+		Command:   append([]string{podKubeProxy}, flags(in.kubeProxyFlags())...),
 		Resources: requests("100m", "64Mi"),
 		Ports: []corev1.ContainerPort{
 			hostPort("healthz", KubeProxyHealthzPort), hostPort("metrics", KubeProxyMetricsPort),

@@ -9,6 +9,7 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -648,5 +649,30 @@ func sortedNames[V any](m map[string]V) []string {
 		out = append(out, k)
 	}
 	sort.Strings(out)
+	return out
+}
+
+// spec.kubeProxy.conntrackMaxPerCore becomes kube-proxy's flag; unset, kube-proxy
+// keeps its own default and the flag is absent.
+func TestRenderKubeProxyConntrack(t *testing.T) {
+	o := customOptions()
+	if got := decodeStrict(t, "kube-proxy.yaml", mustRender(t, o)["kube-proxy.yaml"]).Spec.Containers[0].Command; slices.ContainsFunc(got, func(a string) bool {
+		return strings.HasPrefix(a, "--conntrack-max-per-core")
+	}) {
+		t.Errorf("kube-proxy has a conntrack flag nobody asked for: %v", got)
+	}
+	zero := int32(0)
+	o.Config.Spec.KubeProxy.ConntrackMaxPerCore = &zero
+	if got := decodeStrict(t, "kube-proxy.yaml", mustRender(t, o)["kube-proxy.yaml"]).Spec.Containers[0].Command; !hasArg(got, "--conntrack-max-per-core=0") {
+		t.Errorf("kube-proxy lacks --conntrack-max-per-core=0: %v", got)
+	}
+}
+
+func mustRender(t *testing.T, o manifests.Options) map[string][]byte {
+	t.Helper()
+	out, err := manifests.Render(o)
+	if err != nil {
+		t.Fatal(err)
+	}
 	return out
 }

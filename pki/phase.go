@@ -345,6 +345,7 @@ func (p *phase) targets(a *authority) ([]target, []string, error) {
 		ts = append(ts,
 			kc(ps.ControllerManagerConf, "system:kube-controller-manager"),
 			kc(ps.SchedulerConf, "system:kube-scheduler"),
+			kc(ps.AddonsConf, "nodeagent:addons", "system:masters"),
 		)
 	}
 	ts = append(ts,

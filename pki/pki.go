@@ -137,10 +137,13 @@ type Paths struct {
 	EtcdDir                    string // per cluster: EtcdDir/<cluster>/{server,peer,client}.{crt,key}
 	ControllerManagerConf      string
 	SchedulerConf              string
-	KubeProxyConf              string
-	KubeletClientCert          string
-	KubeletClientKey           string
-	KubeletKubeconfig          string
+	// AddonsConf is the kubeconfig the masters' daemon applies the cluster's
+	// add-ons with (system:masters, like kops' protokube).
+	AddonsConf        string
+	KubeProxyConf     string
+	KubeletClientCert string
+	KubeletClientKey  string
+	KubeletKubeconfig string
 }
 
 // DefaultPaths is the layout the agent uses.
@@ -161,6 +164,7 @@ func DefaultPaths() Paths {
 		EtcdDir:                    d + "/etcd",
 		ControllerManagerConf:      "/etc/kubernetes/controller-manager.conf",
 		SchedulerConf:              "/etc/kubernetes/scheduler.conf",
+		AddonsConf:                 "/etc/kubernetes/nodeagent-addons.conf",
 		KubeProxyConf:              "/etc/kubernetes/kube-proxy.conf",
 		KubeletClientCert:          "/var/lib/kubelet/pki/kubelet-client.crt",
 		KubeletClientKey:           "/var/lib/kubelet/pki/kubelet-client.key",

@@ -47,6 +47,7 @@ var controlPlaneFiles = map[string]fs.FileMode{
 	"/etc/kubernetes/pki/etcd/events/client.key":       0o600,
 	"/etc/kubernetes/controller-manager.conf":          0o600,
 	"/etc/kubernetes/scheduler.conf":                   0o600,
+	"/etc/kubernetes/nodeagent-addons.conf":            0o600,
 	"/etc/kubernetes/kube-proxy.conf":                  0o600,
 	"/var/lib/kubelet/pki/kubelet-client.crt":          0o644,
 	"/var/lib/kubelet/pki/kubelet-client.key":          0o600,
@@ -95,6 +96,7 @@ var controlPlaneCerts = map[string]certWant{
 	"/etc/kubernetes/pki/etcd/events/client.crt": {cn: "nodeagent-etcd-client", usages: client},
 	"/etc/kubernetes/controller-manager.conf":    {cn: "system:kube-controller-manager", usages: client},
 	"/etc/kubernetes/scheduler.conf":             {cn: "system:kube-scheduler", usages: client},
+	"/etc/kubernetes/nodeagent-addons.conf":      {cn: "nodeagent:addons", orgs: []string{"system:masters"}, usages: client},
 	"/etc/kubernetes/kube-proxy.conf":            {cn: "system:kube-proxy", usages: client},
 	"/var/lib/kubelet/pki/kubelet-client.crt":    {cn: "system:node:ip-10-0-0-1.ec2.internal", orgs: []string{"system:nodes"}, usages: client},
 }

@@ -44,6 +44,8 @@ tarball per image, loadable with ` + "`ctr -n k8s.io images import FILE`" + ` (n
   kube-scheduler           registry.k8s.io/NAME:VERSION /usr/local/bin/NAME (from -k8s-dir)
   kube-proxy               the same, plus the host's iptables (nft), ip6tables and conntrack
                            with their libraries (apt-get install -y iptables conntrack)
+  coredns                  registry.k8s.io/coredns/coredns:TAG  /coredns (from -coredns)
+  dnsprobe                 nodeagent.test/dnsprobe:1    /usr/local/bin/dnsprobe: resolves names as a pod does
 
 Writes into -out: NAME-TAG.tar, NAME-TAG.tar.stamp (fingerprint of the inputs: an
 unchanged image is not rebuilt) and images.json, a list of {name, file, sha256, size}
@@ -54,6 +56,7 @@ Flags:
 
 type options struct {
 	out, k8sDir, k8sVersion, etcd, etcdTag, registry, pauseTag, helloRef string
+	coredns, corednsTag, dnsprobeRef                                     string
 	only                                                                 []string
 	log                                                                  *slog.Logger
 }
@@ -69,6 +72,9 @@ func main() {
 	flag.StringVar(&o.registry, "registry", "registry.k8s.io", "registry part of the Kubernetes, etcd and pause references")
 	flag.StringVar(&o.pauseTag, "pause-tag", "3.10", "tag of the pause image")
 	flag.StringVar(&o.helloRef, "hello", "nodeagent.test/hello:1", "reference of the test pod image")
+	flag.StringVar(&o.coredns, "coredns", cache+"/coredns-v1.15.0", "static coredns binary (hack/build-coredns.sh)")
+	flag.StringVar(&o.corednsTag, "coredns-tag", "v1.15.0", "tag of the CoreDNS image")
+	flag.StringVar(&o.dnsprobeRef, "dnsprobe", "nodeagent.test/dnsprobe:1", "reference of the DNS probe pod image")
 	flag.StringVar(&only, "only", "", "comma-separated images to build (default all): "+strings.Join(imageNames, ","))
 	flag.Usage = func() {
 		fmt.Fprint(flag.CommandLine.Output(), usage)
@@ -88,7 +94,7 @@ func main() {
 }
 
 // imageNames are the -only names, in build order.
-var imageNames = []string{"pause", "hello", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy"}
+var imageNames = []string{"pause", "hello", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy", "coredns", "dnsprobe"}
 
 func run(ctx context.Context, o options, stdout io.Writer) error {
 	want := imageNames
@@ -169,6 +175,17 @@ func assemble(ctx context.Context, o options, name string) (string, imagearchive
 		}
 		img, err := helloImage(o.helloRef, bin)
 		return o.helloRef, img, err
+	case "dnsprobe":
+		bin, err := goBuild(ctx, o, "dnsprobe")
+		if err != nil {
+			return "", imagearchive.Image{}, err
+		}
+		img, err := binaryImage(o.dnsprobeRef, bin, "/usr/local/bin", "dnsprobe")
+		return o.dnsprobeRef, img, err
+	case "coredns":
+		ref := o.registry + "/coredns/coredns:" + o.corednsTag
+		img, err := binaryImage(ref, o.coredns, "", "coredns")
+		return ref, img, hint(err, "hack/build-coredns.sh builds it; or pass -coredns FILE")
 	case "etcd":
 		ref := o.registry + "/etcd:" + o.etcdTag
 		img, err := componentImage(ref, o.etcd, "etcd")

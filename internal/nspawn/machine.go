@@ -68,6 +68,10 @@ for f in /usr/lib/nodeagent-nspawn/sysctl/*; do
 		mount --bind -o ro "$f" "$target" || echo "nspawn-init: cannot shadow $target" >&2
 	fi
 done
+# Every instance has /lib/modules (its kernel's modules); this rootfs has no
+# kernel, and kube-proxy's static pod mounts the directory (hostPath type
+# Directory). An empty one stands in: the modules are the host kernel's.
+mkdir -p /lib/modules
 exec /lib/systemd/systemd "$@"
 `
 
