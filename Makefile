@@ -6,6 +6,9 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -s -w -X github.com/nodeagent/nodeagent/agent.Version=$(VERSION) -X github.com/nodeagent/nodeagent/agent.Commit=$(COMMIT)
 E2E_TIMEOUT ?= 50m
+# grpcnotrace drops grpc's golang.org/x/net/trace (and with it html/template, whose run-time
+# method calls keep every exported method alive): 86 MiB → 41 MiB stripped, same behaviour.
+BUILD_TAGS ?= grpcnotrace
 
 .PHONY: all build deps test unit fuzz e2e e2e-parts bench demo lint clean
 
@@ -24,7 +27,7 @@ e2e-parts:
 all: build
 
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/nodeagent ./cmd/nodeagent
+	CGO_ENABLED=0 $(GO) build -trimpath -tags '$(BUILD_TAGS)' -ldflags '$(LDFLAGS)' -o $(BIN)/nodeagent ./cmd/nodeagent
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/awsemu ./cmd/awsemu
 
 # deps installs what the real-parts tests need on a fresh Debian 12 (root): nspawn, debootstrap,

@@ -11,7 +11,7 @@ hack/rootfs.sh >/dev/null
 hack/build-k8s.sh >/dev/null
 
 echo "== binary"
-CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o bin/nodeagent ./cmd/nodeagent
+CGO_ENABLED=0 go build -trimpath -tags grpcnotrace -ldflags '-s -w' -o bin/nodeagent ./cmd/nodeagent
 stat -c %s bin/nodeagent | awk '{printf "nodeagent binary: %d bytes (%.1f MiB, static, stripped)\n", $1, $1/1048576}'
 
 echo "== worker bootstrap, warm cache (e2e, systemd-nspawn)"
