@@ -424,14 +424,16 @@ func (i *Installer) archiveChanges(a config.Asset, sum string) ([]bootstrap.Chan
 	if idx == nil {
 		var out []bootstrap.Change
 		for _, m := range a.Archive.Members {
-			what := m.Name
-			if m.IsPattern() {
+			what, target := m.Name, m.Path
+			if !m.IsPattern() {
+				target = m.Dest(m.Name)
+			} else {
 				what = "every file matching " + m.Name
 				if len(m.Exclude) > 0 {
 					what += " but " + strings.Join(m.Exclude, ", ")
 				}
 			}
-			out = append(out, bootstrap.Change{Kind: "asset", Target: m.Path, Action: "install",
+			out = append(out, bootstrap.Change{Kind: "asset", Target: target, Action: "install",
 				Detail: fmt.Sprintf("%s %s of archive sha256:%s", a.Name, what, sum[:12])})
 		}
 		return out, nil

@@ -120,7 +120,7 @@ func TestArchiveAssetsInstallTheirMembers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"install /usr/local/bin/containerd", "install /usr/local/bin/", "install /opt/cni/bin/", "install /usr/local/bin/crictl"}
+	want := []string{"install /usr/local/bin/containerd", "install /usr/local/bin/containerd-shim-runc-v2", "install /opt/cni/bin/", "install /usr/local/bin/crictl"}
 	if got := targets(plan); !slices.Equal(got, want) {
 		t.Errorf("plan before anything is fetched = %q, want %q", got, want)
 	}
