@@ -90,10 +90,25 @@ func TestPackerBakeTemplate(t *testing.T) {
 		"cni_plugins_url": "https://github.com/containernetworking/plugins/releases/download/v1.8.0/cni-plugins-linux-amd64-v1.8.0.tgz", "cni_plugins_sha256": sum64,
 		"runc_url": "https://github.com/opencontainers/runc/releases/download/v1.3.3/runc.amd64", "runc_sha256": sum64,
 	}
+	hcl, err := os.ReadFile("../packer/nodeagent.pkr.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	block := regexp.MustCompile(`(?s)templatefile\(local\.bake_template, \{(.*?)\}\)`).FindSubmatch(hcl)
+	if block == nil {
+		t.Fatal("nodeagent.pkr.hcl renders no templatefile(local.bake_template, {...})")
+	}
+	provided := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^\s+(\w+)\s+=`).FindAllSubmatch(block[1], -1) {
+		provided[string(m[1])] = true
+	}
 	doc := regexp.MustCompile(`\$\{(\w+)\}`).ReplaceAllStringFunc(string(tmpl), func(v string) string {
 		k := v[2 : len(v)-1]
+		if !provided[k] {
+			t.Errorf("bake.yaml uses %s, which nodeagent.pkr.hcl does not provide", v)
+		}
 		if _, ok := vars[k]; !ok {
-			t.Errorf("bake.yaml uses %s, which the test (and nodeagent.pkr.hcl) does not provide", v)
+			t.Errorf("bake.yaml uses %s, which the test does not provide", v)
 		}
 		return vars[k]
 	})

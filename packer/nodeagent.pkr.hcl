@@ -180,23 +180,23 @@ locals {
   }
   aws_arch = var.arch == "amd64" ? "x86_64" : "arm64"
 
-  kubelet_url = var.kubelet_url != "" ? var.kubelet_url : "https://dl.k8s.io/release/${var.kubernetes_version}/bin/linux/${var.arch}/kubelet"
-  runc_url    = var.runc_url != "" ? var.runc_url : "https://github.com/opencontainers/runc/releases/download/v${var.runc_version}/runc.${var.arch}"
-  containerd_url = var.containerd_url != "" ? var.containerd_url : "https://github.com/containerd/containerd/releases/download/v${var.containerd_version}/containerd-${var.containerd_version}-linux-${var.arch}.tar.gz"
+  kubelet_url     = var.kubelet_url != "" ? var.kubelet_url : "https://dl.k8s.io/release/${var.kubernetes_version}/bin/linux/${var.arch}/kubelet"
+  runc_url        = var.runc_url != "" ? var.runc_url : "https://github.com/opencontainers/runc/releases/download/v${var.runc_version}/runc.${var.arch}"
+  containerd_url  = var.containerd_url != "" ? var.containerd_url : "https://github.com/containerd/containerd/releases/download/v${var.containerd_version}/containerd-${var.containerd_version}-linux-${var.arch}.tar.gz"
   cni_plugins_url = var.cni_plugins_url != "" ? var.cni_plugins_url : "https://github.com/containernetworking/plugins/releases/download/v${var.cni_plugins_version}/cni-plugins-linux-${var.arch}-v${var.cni_plugins_version}.tgz"
 
   bake_template = var.bake_config != "" ? var.bake_config : "${path.root}/bake.yaml"
   bake_yaml = templatefile(local.bake_template, {
-    role                   = var.role
-    kubernetes_version     = var.kubernetes_version
-    kubelet_url            = local.kubelet_url
-    kubelet_sha256         = lower(var.kubelet_sha256)
-    containerd_url         = local.containerd_url
-    containerd_sha256      = lower(var.containerd_sha256)
-    cni_plugins_url        = local.cni_plugins_url
-    cni_plugins_sha256     = lower(var.cni_plugins_sha256)
-    runc_url               = local.runc_url
-    runc_sha256            = lower(var.runc_sha256)
+    role               = var.role
+    kubernetes_version = var.kubernetes_version
+    kubelet_url        = local.kubelet_url
+    kubelet_sha256     = lower(var.kubelet_sha256)
+    containerd_url     = local.containerd_url
+    containerd_sha256  = lower(var.containerd_sha256)
+    cni_plugins_url    = local.cni_plugins_url
+    cni_plugins_sha256 = lower(var.cni_plugins_sha256)
+    runc_url           = local.runc_url
+    runc_sha256        = lower(var.runc_sha256)
   })
 }
 
