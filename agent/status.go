@@ -132,7 +132,11 @@ func WriteStatusTable(w io.Writer, st *bootstrap.State) error {
 	if len(st.Assets) > 0 {
 		fmt.Fprintln(tw, "\nASSET\tPATH\tSHA256\tSOURCE")
 		for _, a := range st.Assets {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", a.Name, a.Path, short(a.SHA256), orDash(a.Source))
+			name := a.Name
+			if a.Member != "" {
+				name += ":" + a.Member // a file of an archive asset
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", name, a.Path, short(a.SHA256), orDash(a.Source))
 		}
 	}
 	if err := tw.Flush(); err != nil {

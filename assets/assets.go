@@ -84,7 +84,8 @@ func (i *Installer) cacheDir() string {
 	return i.Root.Path(d)
 }
 
-// InstallPath is where a is installed on the host (before Root).
+// InstallPath is where a plain (non-archive) asset is installed on the host
+// (before Root); an archive asset's members say where they go.
 func InstallPath(a config.Asset) string {
 	if a.Path != "" {
 		return a.Path
@@ -104,6 +105,14 @@ func checkedSum(a config.Asset) (string, error) {
 	}
 	if a.Name == "" || strings.ContainsAny(a.Name, "/\x00") || a.Name == "." || a.Name == ".." {
 		return "", fmt.Errorf("asset %q: invalid name", a.Name)
+	}
+	if a.Archive != nil {
+		for _, m := range a.Archive.Members {
+			if !strings.HasPrefix(m.Path, "/") || strings.Contains(m.Path, "..") {
+				return "", fmt.Errorf("asset %s: member %s: path %q must be absolute without '..'", a.Name, m.Name, m.Path)
+			}
+		}
+		return s, nil
 	}
 	if p := InstallPath(a); !strings.HasPrefix(p, "/") || strings.Contains(p, "..") {
 		return "", fmt.Errorf("asset %s: path %q must be absolute without '..'", a.Name, p)
@@ -271,8 +280,9 @@ func (i *Installer) download(ctx context.Context, name, raw, src, cachePath, sum
 }
 
 // Install puts a verified copy of a at its path (default /usr/local/bin/<name>),
-// mode 0755, atomically. It reports whether it changed anything; an installed file
-// that already has the hash is left alone and no cache or network is touched.
+// mode 0755, atomically; for an archive asset, each of its members at theirs. It
+// reports whether it changed anything; an installed file that already has the
+// hash is left alone and no cache or network is touched.
 func (i *Installer) Install(ctx context.Context, a config.Asset) (changed bool, err error) {
 	_, changed, err = i.install(ctx, a)
 	return changed, err
@@ -284,6 +294,10 @@ func (i *Installer) install(ctx context.Context, a config.Asset) (source string,
 	sum, err := checkedSum(a)
 	if err != nil {
 		return "", false, err
+	}
+	if a.Archive != nil {
+		source, files, err := i.installArchive(ctx, a, sum)
+		return source, len(files) > 0, err
 	}
 	dest := i.Root.Path(InstallPath(a))
 	got, mode, exists, err := hashFile(dest)

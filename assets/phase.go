@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 
 	"github.com/nodeagent/nodeagent/bootstrap"
@@ -16,15 +15,16 @@ const PhaseName = "assets"
 
 // Phase installs a list of assets. Check hashes each installed file; Act installs
 // every asset that differs (going on past failures, reporting them all); Verify
-// hashes them again.
+// hashes them again. An archive asset's files are its selected members.
 type Phase struct {
 	inst *Installer
 	list []config.Asset
 
 	mu sync.Mutex
-	// status holds each asset proven installed, by name; source is kept from the
-	// run that fetched it.
-	status map[string]bootstrap.AssetStatus
+	// status holds the files of each asset proven installed, by asset name.
+	status map[string][]bootstrap.AssetStatus
+	// source is where each asset's bytes came from in the run that fetched them.
+	source map[string]string
 }
 
 var (
@@ -34,12 +34,13 @@ var (
 
 // Phase returns the "assets" phase for list.
 func (i *Installer) Phase(list []config.Asset) *Phase {
-	return &Phase{inst: i, list: list, status: map[string]bootstrap.AssetStatus{}}
+	return &Phase{inst: i, list: list, status: map[string][]bootstrap.AssetStatus{}, source: map[string]string{}}
 }
 
 func (p *Phase) Name() string { return PhaseName }
 
-// Check hashes every installed asset; it touches neither cache nor network.
+// Check hashes every installed asset (an archive's members against the
+// archive's cached index); it touches no network and writes nothing.
 func (p *Phase) Check(ctx context.Context) ([]bootstrap.Change, error) {
 	var out []bootstrap.Change
 	for _, a := range p.list {
@@ -49,6 +50,14 @@ func (p *Phase) Check(ctx context.Context) ([]bootstrap.Change, error) {
 		sum, err := checkedSum(a)
 		if err != nil {
 			return nil, err
+		}
+		if a.Archive != nil {
+			ch, err := p.inst.archiveChanges(a, sum)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, ch...)
+			continue
 		}
 		path := InstallPath(a)
 		got, mode, exists, err := hashFile(p.inst.Root.Path(path))
@@ -78,7 +87,9 @@ func (p *Phase) Act(ctx context.Context) error {
 			continue
 		}
 		if changed && src != "" {
-			p.record(a, src)
+			p.mu.Lock()
+			p.source[a.Name] = src
+			p.mu.Unlock()
 		}
 	}
 	return errors.Join(errs...)
@@ -95,46 +106,60 @@ func (p *Phase) Verify(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		path := p.inst.Root.Path(InstallPath(a))
-		got, mode, exists, err := hashFile(path)
-		switch {
-		case err != nil:
-			errs = append(errs, err)
-		case !exists:
-			errs = append(errs, fmt.Errorf("asset %s: %s is missing", a.Name, path))
-		case got != sum:
-			errs = append(errs, fmt.Errorf("asset %s: %s has sha256 %s, want %s", a.Name, path, got, sum))
-		case mode.Perm() != 0o755:
-			errs = append(errs, fmt.Errorf("asset %s: %s has mode %04o, want 0755", a.Name, path, mode.Perm()))
-		default:
-			p.record(a, "")
+		files := []memberFile{{Dest: InstallPath(a), SHA256: sum, Mode: 0o755}}
+		if a.Archive != nil {
+			if files, err = p.inst.archiveFiles(a, sum); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if files == nil {
+				errs = append(errs, fmt.Errorf("asset %s: the archive sha256:%s is not indexed in the cache", a.Name, sum[:12]))
+				continue
+			}
 		}
+		var bad []error
+		for _, f := range files {
+			path := p.inst.Root.Path(f.Dest)
+			got, mode, exists, err := hashFile(path)
+			switch {
+			case err != nil:
+				bad = append(bad, err)
+			case !exists:
+				bad = append(bad, fmt.Errorf("asset %s: %s is missing", a.Name, path))
+			case got != f.SHA256:
+				bad = append(bad, fmt.Errorf("asset %s: %s has sha256 %s, want %s", a.Name, path, got, f.SHA256))
+			case mode.Perm() != f.Mode:
+				bad = append(bad, fmt.Errorf("asset %s: %s has mode %04o, want %04o", a.Name, path, mode.Perm(), f.Mode))
+			}
+		}
+		if len(bad) > 0 {
+			errs = append(errs, bad...)
+			continue
+		}
+		p.record(a, files)
 	}
 	return errors.Join(errs...)
 }
 
-// record notes a as verified; a non-empty source replaces the known one. An asset
-// that was already installed when the phase started keeps an empty source: its
-// bytes were verified in place and came from no fetch of this run.
-func (p *Phase) record(a config.Asset, source string) {
+// record notes the files of a as verified. An asset that was already installed
+// when the phase started has no source: its bytes were verified in place and
+// came from no fetch.
+func (p *Phase) record(a config.Asset, files []memberFile) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	st := p.status[a.Name]
-	if source != "" {
-		st.Source = source
+	st := make([]bootstrap.AssetStatus, 0, len(files))
+	for _, f := range files {
+		st = append(st, bootstrap.AssetStatus{Name: a.Name, Path: f.Dest, SHA256: f.SHA256, Member: f.Member, Source: p.source[a.Name]})
 	}
-	st.Name, st.Path, st.SHA256 = a.Name, InstallPath(a), strings.ToLower(a.SHA256)
 	p.status[a.Name] = st
 }
 
-// Report lists the assets proven installed, in configuration order.
+// Report lists the files proven installed, in configuration order.
 func (p *Phase) Report(st *bootstrap.State) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	st.Assets = st.Assets[:0]
 	for _, a := range p.list {
-		if s, ok := p.status[a.Name]; ok {
-			st.Assets = append(st.Assets, s)
-		}
+		st.Assets = append(st.Assets, p.status[a.Name]...)
 	}
 }

@@ -186,6 +186,8 @@ type AssetStatus struct {
 	Path   string `json:"path"`
 	SHA256 string `json:"sha256"`
 	Source string `json:"source,omitempty"` // cache, or the URL it came from (no credentials)
+	// Member is the file of an archive asset installed at Path (e.g. bin/containerd).
+	Member string `json:"member,omitempty"`
 }
 
 // ReadinessStatus says whether the node is ready and why not.

@@ -53,7 +53,7 @@ func (c *NodeConfig) SetDefaults() {
 	s.Host.Sysctls = sysctls
 	s.Host.KernelModules = appendMissing(s.Host.KernelModules, DefaultKernelModules...)
 	for i := range s.Assets {
-		if s.Assets[i].Path == "" {
+		if s.Assets[i].Path == "" && s.Assets[i].Archive == nil {
 			s.Assets[i].Path = "/usr/local/bin/" + s.Assets[i].Name
 		}
 		s.Assets[i].SHA256 = strings.ToLower(s.Assets[i].SHA256)

@@ -89,8 +89,40 @@ type Asset struct {
 	// URLs are mirrors tried in order: https://, http:// or s3://bucket/key.
 	URLs   []string `json:"urls"`
 	SHA256 string   `json:"sha256"`
-	// Path is where the file is installed; default /usr/local/bin/<name>.
+	// Path is where the file is installed; default /usr/local/bin/<name>. An
+	// archive asset has no path: its members say where they go.
 	Path string `json:"path,omitempty"`
+	// Archive, when set, makes the downloaded file an archive as upstream
+	// publishes it (containerd's tar.gz, the CNI plugins' tgz, crictl's tar.gz, a
+	// zip): SHA256 is the archive's, and the listed members are installed.
+	Archive *AssetArchive `json:"archive,omitempty"`
+}
+
+// AssetArchive says which members of an archive asset are installed where.
+type AssetArchive struct {
+	// Format is tar, tar.gz (or tgz) or zip; empty means recognised from the
+	// archive's first bytes.
+	Format string `json:"format,omitempty"`
+	// Members are installed in order; each must match at least one file of the
+	// archive.
+	Members []ArchiveMember `json:"members"`
+}
+
+// ArchiveMember is one file of an archive (or a pattern of files) and where it
+// is installed.
+type ArchiveMember struct {
+	// Name is the member's path inside the archive without a leading "./", e.g.
+	// bin/containerd; or a pattern (path.Match: "*", "bin/*") selecting every
+	// regular file it matches.
+	Name string `json:"name"`
+	// Exclude lists patterns of members Name matches that are not installed
+	// (e.g. LICENSE, README.md of the CNI plugins' tarball).
+	Exclude []string `json:"exclude,omitempty"`
+	// Path is the installed file; a path ending in "/" is a directory the member
+	// is installed into under its base name (required for a pattern).
+	Path string `json:"path"`
+	// Mode is the installed file's permission bits in octal; default "0755".
+	Mode string `json:"mode,omitempty"`
 }
 
 // Kubelet holds the node's kubelet settings.

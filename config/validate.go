@@ -117,7 +117,7 @@ func (c *NodeConfig) Validate() error {
 	}
 
 	names := map[string]int{}
-	paths := map[string]int{}
+	paths := map[string]string{}
 	for i, a := range s.Assets {
 		p := fmt.Sprintf("spec.assets[%d]", i)
 		_, dupName := names[a.Name]
@@ -133,13 +133,17 @@ func (c *NodeConfig) Validate() error {
 			names[a.Name] = i
 		}
 		validateSource(add, p, "asset", a.URLs, a.SHA256)
+		if a.Archive != nil {
+			validateArchive(add, p, a, paths)
+			continue
+		}
 		if a.Path != "" {
 			if !strings.HasPrefix(a.Path, "/") || strings.Contains(a.Path, "..") {
 				add(p+".path", "must be an absolute path without '..', got %q", a.Path)
-			} else if j, dup := paths[a.Path]; dup && !dupName {
-				add(p+".path", "%q already used by spec.assets[%d]", a.Path, j)
+			} else if prev, dup := paths[a.Path]; dup && !dupName {
+				add(p+".path", "%q already used by %s", a.Path, prev)
 			} else {
-				paths[a.Path] = i
+				paths[a.Path] = p
 			}
 		}
 	}

@@ -63,10 +63,6 @@ const (
 // haZones are the three AZs of the seeds' cluster, member a in the first.
 var haZones = []struct{ az, member string }{{"us-east-1a", "a"}, {"us-east-1b", "b"}, {"us-east-1c", "c"}}
 
-// cniPlugins are Debian's containernetworking-plugins binaries that kubenet-style
-// pod networking needs, served as assets installed to /opt/cni/bin.
-var cniPlugins = []string{"bridge", "host-local", "loopback", "portmap"}
-
 // haLab is one cluster's world: the network, the emulator, the machines.
 type haLab struct {
 	t      *testing.T
@@ -114,13 +110,10 @@ func newHALab(t *testing.T, extraVolumes ...awsemu.Volume) *haLab {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bins = append(bins, testenv.Binary{Name: "ctr", Path: "/usr/bin/ctr"})
-	for _, p := range cniPlugins {
-		path := "/usr/lib/cni/" + p
-		if _, err := os.Stat(path); err != nil {
-			t.Fatalf("CNI plugin %s: %v (apt-get install containernetworking-plugins)", p, err)
-		}
-		bins = append(bins, testenv.Binary{Name: "cni-" + p, Path: path})
+	// containerd's tarball brings ctr, the CNI plugins' tarball every plugin.
+	archives, err := testenv.WorkerArchives()
+	if err != nil {
+		t.Fatal(err)
 	}
 	for _, im := range images {
 		bins = append(bins, testenv.Binary{Name: imageAssetName(im), Path: filepath.Join(imagesDir(), im.File)})
@@ -162,6 +155,7 @@ func newHALab(t *testing.T, extraVolumes ...awsemu.Volume) *haLab {
 	h.linker = &machineLinker{machines: map[string]*nspawn.Machine{}}
 	env, err := testenv.Start(testenv.Options{
 		Binaries:  bins,
+		Archives:  archives,
 		VolumeDir: h.volumeDir,
 		Log:       slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		Listen:    func() (net.Listener, error) { return netns.ListenIn(lab.Bridge, "tcp", lab.Router.String()+":0") },
@@ -232,9 +226,6 @@ func (h *haLab) userData(role config.Role) []byte {
 			}
 			for _, a := range c.Spec.Assets {
 				switch {
-				case strings.HasPrefix(a.Name, "cni-"):
-					a.Path = "/opt/cni/bin/" + strings.TrimPrefix(a.Name, "cni-")
-					assets = append(assets, a)
 				case strings.HasPrefix(a.Name, "image-"):
 					im := byName[a.Name]
 					c.Spec.Images.Archives = append(c.Spec.Images.Archives, config.ImageArchive{Name: im.Name, URLs: a.URLs, SHA256: a.SHA256})

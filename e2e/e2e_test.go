@@ -70,7 +70,11 @@ func startEnv(t testing.TB, w *awsemu.World) *testenv.Env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	env, err := testenv.Start(testenv.Options{Binaries: bins, Log: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))}, w)
+	archives, err := testenv.WorkerArchives()
+	if err != nil {
+		t.Fatal(err)
+	}
+	env, err := testenv.Start(testenv.Options{Binaries: bins, Archives: archives, Log: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))}, w)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -115,6 +115,10 @@ func TestWorkerBoot(t *testing.T) {
 			{"/var/lib/nodeagent/state.json", 0o644},
 			{"/usr/local/bin/kubelet", 0o755},
 			{"/usr/local/bin/containerd", 0o755},
+			{"/usr/local/bin/containerd-shim-runc-v2", 0o755}, // members of containerd's tarball
+			{"/usr/local/bin/ctr", 0o755},
+			{"/opt/cni/bin/bridge", 0o755}, // every plugin of the CNI tarball
+			{"/opt/cni/bin/loopback", 0o755},
 			{"/etc/sysctl.d/99-nodeagent.conf", 0o644},
 			{"/etc/modules-load.d/nodeagent.conf", 0o644},
 			{"/etc/containerd/config.toml", 0o644},
@@ -135,6 +139,12 @@ func TestWorkerBoot(t *testing.T) {
 		for _, a := range env.Assets {
 			if _, err := os.Stat(n.M.Path("/var/cache/nodeagent/assets/" + a.SHA256)); err != nil {
 				t.Errorf("asset %s not cached by hash: %v", a.Name, err)
+			}
+		}
+		// Only the listed members are unpacked.
+		for _, p := range []string{"/usr/local/bin/containerd-shim", "/usr/local/bin/containerd-shim-runc-v1", "/opt/cni/bin/LICENSE", "/opt/cni/bin/README.md", "/usr/local/bin/bin"} {
+			if _, err := os.Lstat(n.M.Path(p)); err == nil {
+				t.Errorf("%s unpacked though no member asks for it", p)
 			}
 		}
 		cfg, _ := os.ReadFile(n.M.Path("/etc/containerd/config.toml"))
@@ -216,15 +226,48 @@ func TestWorkerBoot(t *testing.T) {
 		}
 	})
 
+	t.Run("a changed member list is installed from the cached archive", func(t *testing.T) {
+		s3Before, mirrorBefore := env.Emu.Calls(awsemu.ServiceS3, "GetObject"), env.MirrorRequests()
+		more := workerUserData(t, env, func(c *config.NodeConfig) {
+			for i := range c.Spec.Assets {
+				if a := &c.Spec.Assets[i]; a.Name == "containerd" {
+					a.Archive.Members = append(a.Archive.Members, config.ArchiveMember{Name: "bin/containerd-shim-runc-v1", Path: "/usr/local/bin/", Mode: "0750"})
+				}
+			}
+		})
+		if err := os.WriteFile(n.M.Path("/root/more.yaml"), more, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, code := agent(t, n, "plan", "--config", "/root/more.yaml")
+		if code != 0 || !strings.Contains(string(out), "/usr/local/bin/containerd-shim-runc-v1") || !strings.Contains(string(out), "containerd bin/containerd-shim-runc-v1 sha256:") {
+			t.Errorf("plan does not show the new member:\n%s", out)
+		}
+		if _, code := agent(t, n, "bootstrap", "--config", "/root/more.yaml"); code != 0 {
+			t.Fatalf("bootstrap with one more member: exit %d", code)
+		}
+		fi, err := os.Stat(n.M.Path("/usr/local/bin/containerd-shim-runc-v1"))
+		if err != nil || fi.Mode().Perm() != 0o750 {
+			t.Errorf("new member: %v %v", err, fi)
+		}
+		if s3, m := env.Emu.Calls(awsemu.ServiceS3, "GetObject")-s3Before, env.MirrorRequests()-mirrorBefore; s3 != 0 || m != 0 {
+			t.Errorf("the cached archive was downloaded again (%d S3, %d mirror requests)", s3, m)
+		}
+	})
+
 	t.Run("hash mismatch refused, binary kept", func(t *testing.T) {
 		before, err := os.ReadFile(n.M.Path("/usr/local/bin/kubelet"))
 		if err != nil {
 			t.Fatal(err)
 		}
+		containerdBefore, err := os.Stat(n.M.Path("/usr/local/bin/containerd"))
+		if err != nil {
+			t.Fatal(err)
+		}
 		bad := workerUserData(t, env, func(c *config.NodeConfig) {
 			for i := range c.Spec.Assets {
-				if c.Spec.Assets[i].Name == "kubelet" {
-					// A different, valid-looking hash: the mirrors serve a file that no longer matches.
+				if c.Spec.Assets[i].Name == "kubelet" || c.Spec.Assets[i].Name == "containerd" {
+					// A different, valid-looking hash: the mirrors serve a file (the
+					// kubelet binary, containerd's tarball) that no longer matches.
 					c.Spec.Assets[i].SHA256 = strings.Repeat("ab", 32)
 				}
 			}
@@ -246,6 +289,12 @@ func TestWorkerBoot(t *testing.T) {
 		after, _ := os.ReadFile(n.M.Path("/usr/local/bin/kubelet"))
 		if string(after) != string(before) {
 			t.Errorf("installed kubelet changed after a refused asset")
+		}
+		if p := st.Phase("assets"); p == nil || !strings.Contains(p.Error, "asset containerd") {
+			t.Errorf("the tampered containerd archive is not named: %+v", p)
+		}
+		if ca, err := os.Stat(n.M.Path("/usr/local/bin/containerd")); err != nil || !ca.ModTime().Equal(containerdBefore.ModTime()) {
+			t.Errorf("installed containerd touched after its archive was refused: %v", err)
 		}
 	})
 }

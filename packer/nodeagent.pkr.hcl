@@ -91,14 +91,21 @@ variable "kubelet_sha256" {
   }
 }
 
+variable "containerd_version" {
+  type        = string
+  description = "containerd release used when containerd_url is empty."
+  default     = "2.1.4"
+}
+
 variable "containerd_url" {
   type        = string
-  description = "Where to fetch the containerd binary (a mirror of the extracted bin/containerd)."
+  description = "Where to fetch containerd's release tarball (containerd-<version>-linux-<arch>.tar.gz, bin/ inside); empty means the GitHub release of containerd_version for arch."
+  default     = ""
 }
 
 variable "containerd_sha256" {
   type        = string
-  description = "SHA-256 of the containerd binary."
+  description = "SHA-256 of the containerd tarball (the release publishes <tarball>.sha256sum)."
 
   validation {
     condition     = can(regex("^[0-9a-fA-F]{64}$", var.containerd_sha256))
@@ -106,18 +113,25 @@ variable "containerd_sha256" {
   }
 }
 
-variable "containerd_shim_url" {
+variable "cni_plugins_version" {
   type        = string
-  description = "Where to fetch containerd-shim-runc-v2 (a mirror of the extracted bin/containerd-shim-runc-v2)."
+  description = "CNI plugins release used when cni_plugins_url is empty."
+  default     = "1.8.0"
 }
 
-variable "containerd_shim_sha256" {
+variable "cni_plugins_url" {
   type        = string
-  description = "SHA-256 of the containerd-shim-runc-v2 binary."
+  description = "Where to fetch the CNI plugins' release tarball (cni-plugins-linux-<arch>-v<version>.tgz); empty means the GitHub release of cni_plugins_version for arch."
+  default     = ""
+}
+
+variable "cni_plugins_sha256" {
+  type        = string
+  description = "SHA-256 of the CNI plugins tarball (the release publishes <tarball>.sha256)."
 
   validation {
-    condition     = can(regex("^[0-9a-fA-F]{64}$", var.containerd_shim_sha256))
-    error_message = "The containerd_shim_sha256 must be 64 hex characters."
+    condition     = can(regex("^[0-9a-fA-F]{64}$", var.cni_plugins_sha256))
+    error_message = "The cni_plugins_sha256 must be 64 hex characters."
   }
 }
 
@@ -166,21 +180,23 @@ locals {
   }
   aws_arch = var.arch == "amd64" ? "x86_64" : "arm64"
 
-  kubelet_url = var.kubelet_url != "" ? var.kubelet_url : "https://dl.k8s.io/release/${var.kubernetes_version}/bin/linux/${var.arch}/kubelet"
-  runc_url    = var.runc_url != "" ? var.runc_url : "https://github.com/opencontainers/runc/releases/download/v${var.runc_version}/runc.${var.arch}"
+  kubelet_url     = var.kubelet_url != "" ? var.kubelet_url : "https://dl.k8s.io/release/${var.kubernetes_version}/bin/linux/${var.arch}/kubelet"
+  runc_url        = var.runc_url != "" ? var.runc_url : "https://github.com/opencontainers/runc/releases/download/v${var.runc_version}/runc.${var.arch}"
+  containerd_url  = var.containerd_url != "" ? var.containerd_url : "https://github.com/containerd/containerd/releases/download/v${var.containerd_version}/containerd-${var.containerd_version}-linux-${var.arch}.tar.gz"
+  cni_plugins_url = var.cni_plugins_url != "" ? var.cni_plugins_url : "https://github.com/containernetworking/plugins/releases/download/v${var.cni_plugins_version}/cni-plugins-linux-${var.arch}-v${var.cni_plugins_version}.tgz"
 
   bake_template = var.bake_config != "" ? var.bake_config : "${path.root}/bake.yaml"
   bake_yaml = templatefile(local.bake_template, {
-    role                   = var.role
-    kubernetes_version     = var.kubernetes_version
-    kubelet_url            = local.kubelet_url
-    kubelet_sha256         = lower(var.kubelet_sha256)
-    containerd_url         = var.containerd_url
-    containerd_sha256      = lower(var.containerd_sha256)
-    containerd_shim_url    = var.containerd_shim_url
-    containerd_shim_sha256 = lower(var.containerd_shim_sha256)
-    runc_url               = local.runc_url
-    runc_sha256            = lower(var.runc_sha256)
+    role               = var.role
+    kubernetes_version = var.kubernetes_version
+    kubelet_url        = local.kubelet_url
+    kubelet_sha256     = lower(var.kubelet_sha256)
+    containerd_url     = local.containerd_url
+    containerd_sha256  = lower(var.containerd_sha256)
+    cni_plugins_url    = local.cni_plugins_url
+    cni_plugins_sha256 = lower(var.cni_plugins_sha256)
+    runc_url           = local.runc_url
+    runc_sha256        = lower(var.runc_sha256)
   })
 }
 

@@ -43,7 +43,11 @@ func run(ctx context.Context, agentBin, kubelet string, keep bool) error {
 		return err
 	}
 	step("starting the AWS emulator (EC2, S3, Auto Scaling, IMDSv2) and an assets mirror")
-	env, err := testenv.Start(testenv.Options{Binaries: bins, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}, &awsemu.World{})
+	archives, err := testenv.WorkerArchives()
+	if err != nil {
+		return err
+	}
+	env, err := testenv.Start(testenv.Options{Binaries: bins, Archives: archives, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}, &awsemu.World{})
 	if err != nil {
 		return err
 	}

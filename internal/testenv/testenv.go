@@ -16,13 +16,16 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nodeagent/nodeagent/awsemu"
 	"github.com/nodeagent/nodeagent/config"
+	"github.com/nodeagent/nodeagent/internal/releasearchive"
 )
 
 // AssetsBucket holds the binaries nodes install, under assets/<name>.
@@ -37,15 +40,14 @@ type Binary struct {
 // DefaultKubelet is where hack/build-k8s.sh caches the kubelet it builds.
 const DefaultKubelet = "/var/cache/nodeagent-e2e/kubelet-v1.34.4"
 
-// WorkerBinaries are the executables a containerd worker installs: containerd and
-// runc from Debian's packages, and a kubelet built from source.
+// WorkerBinaries are the plain executables a containerd worker installs, as
+// upstream publishes them: runc from Debian's package and a kubelet built from
+// source. containerd and the CNI plugins come as archives (WorkerArchives).
 func WorkerBinaries(kubelet string) ([]Binary, error) {
 	if kubelet == "" {
 		kubelet = DefaultKubelet
 	}
 	bins := []Binary{
-		{Name: "containerd", Path: "/usr/bin/containerd"},
-		{Name: "containerd-shim-runc-v2", Path: "/usr/bin/containerd-shim-runc-v2"},
 		{Name: "runc", Path: "/usr/sbin/runc"},
 		{Name: "kubelet", Path: kubelet},
 	}
@@ -56,15 +58,110 @@ func WorkerBinaries(kubelet string) ([]Binary, error) {
 		}
 	}
 	if len(missing) > 0 {
-		return nil, fmt.Errorf("asset binaries missing: %s (apt-get install containerd runc; hack/build-k8s.sh)", strings.Join(missing, ", "))
+		return nil, fmt.Errorf("asset binaries missing: %s (apt-get install runc; hack/build-k8s.sh)", strings.Join(missing, ", "))
 	}
 	return bins, nil
+}
+
+// CNIPlugins are the CNI plugins a kubenet node needs (bridge, IPAM, hostPort,
+// the CRI plugin's lo), from Debian's containernetworking-plugins.
+var CNIPlugins = []string{"bridge", "host-local", "loopback", "portmap"}
+
+// Archive is a release archive in upstream's layout, built from host files,
+// served as one asset whose members the node installs.
+type Archive struct {
+	Name    string // asset name
+	File    string // served file name, e.g. containerd-1.6-linux-amd64.tar.gz
+	Files   []releasearchive.File
+	Members []config.ArchiveMember
+}
+
+// WorkerArchives are containerd and the CNI plugins as their projects publish
+// them, made from Debian's binaries: containerd's tarball with its binaries
+// under bin/ (as 1.6 ships it: containerd, the shims, ctr), of which containerd,
+// the runc v2 shim and ctr are installed; the CNI plugins' flat tarball ("./"
+// names, LICENSE and README.md beside the plugins), every plugin of which is
+// installed into /opt/cni/bin.
+func WorkerArchives() ([]Archive, error) {
+	ctd := Archive{Name: "containerd", File: "containerd-1.6-linux-amd64.tar.gz",
+		Files: []releasearchive.File{{Name: "bin/", Dir: true}},
+		Members: []config.ArchiveMember{
+			{Name: "bin/containerd", Path: "/usr/local/bin/containerd"},
+			{Name: "bin/containerd-shim-runc-v2", Path: "/usr/local/bin/"},
+			{Name: "bin/ctr", Path: "/usr/local/bin/ctr"},
+		}}
+	var missing []string
+	for _, b := range []string{"containerd", "containerd-shim", "containerd-shim-runc-v1", "containerd-shim-runc-v2", "ctr"} {
+		if _, err := os.Stat("/usr/bin/" + b); err != nil {
+			missing = append(missing, "/usr/bin/"+b)
+		}
+		ctd.Files = append(ctd.Files, releasearchive.File{Name: "bin/" + b, From: "/usr/bin/" + b})
+	}
+	cni := Archive{Name: "cni-plugins", File: "cni-plugins-linux-amd64-v1.1.1.tgz",
+		Files: []releasearchive.File{{Name: "./", Dir: true}},
+		Members: []config.ArchiveMember{
+			{Name: "*", Exclude: []string{"LICENSE", "README.md"}, Path: "/opt/cni/bin/"},
+		}}
+	for _, p := range CNIPlugins {
+		if _, err := os.Stat("/usr/lib/cni/" + p); err != nil {
+			missing = append(missing, "/usr/lib/cni/"+p)
+		}
+		cni.Files = append(cni.Files, releasearchive.File{Name: "./" + p, From: "/usr/lib/cni/" + p})
+	}
+	cni.Files = append(cni.Files,
+		releasearchive.File{Name: "./LICENSE", Body: []byte("Apache License, Version 2.0\n"), Mode: 0o644},
+		releasearchive.File{Name: "./README.md", Body: []byte("Some CNI network plugins, maintained by the containernetworking team.\n"), Mode: 0o644})
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("archive binaries missing: %s (apt-get install containerd containernetworking-plugins)", strings.Join(missing, ", "))
+	}
+	return []Archive{ctd, cni}, nil
+}
+
+// DefaultArchiveDir keeps the archives Start builds, by a hash of their inputs,
+// so that every test of a run builds each once.
+const DefaultArchiveDir = "/var/cache/nodeagent-e2e/archives"
+
+// buildArchive writes a (deterministic) into dir unless a copy built from the
+// same inputs is there, and returns its path.
+func buildArchive(dir string, a Archive) (string, error) {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\n", a.File)
+	for _, f := range a.Files {
+		fmt.Fprintf(h, "%s|%s|%s|%s|%v|%o|%x\n", f.Name, f.From, f.Symlink, f.Hardlink, f.Dir, f.Mode, f.Body)
+		if f.From != "" {
+			fi, err := os.Stat(f.From)
+			if err != nil {
+				return "", fmt.Errorf("archive %s: %w", a.File, err)
+			}
+			fmt.Fprintf(h, "%d %d\n", fi.Size(), fi.ModTime().UnixNano())
+		}
+	}
+	path := filepath.Join(dir, hex.EncodeToString(h.Sum(nil))[:16]+"-"+a.File)
+	if _, err := os.Stat(path); err == nil {
+		return path, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	tmp := filepath.Join(dir, fmt.Sprintf(".%d-%s", os.Getpid(), a.File))
+	if err := releasearchive.Write(tmp, a.Files); err != nil {
+		return "", err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return "", err
+	}
+	return path, nil
 }
 
 // Options configure an Env.
 type Options struct {
 	// Binaries are served from the assets bucket and the HTTP mirror.
 	Binaries []Binary
+	// Archives are built (cached in ArchiveDir, default DefaultArchiveDir) and
+	// served the same way, each as one archive asset.
+	Archives   []Archive
+	ArchiveDir string
 	// VolumeDir holds the emulator's volume backing files ("" = private temp dir).
 	VolumeDir string
 	Log       *slog.Logger
@@ -91,6 +188,8 @@ type Env struct {
 	log    *slog.Logger
 	listen func() (net.Listener, error)
 
+	mirrorRequests atomic.Int64
+
 	mu      sync.Mutex
 	servers []*http.Server
 	imds    map[string]string
@@ -113,15 +212,41 @@ func Start(o Options, w *awsemu.World) (*Env, error) {
 	}
 	mirror := http.NewServeMux()
 	var sums []config.Asset
+	var files []string // served name of each of sums
+	serveFile := func(name, path string) (string, error) {
+		sum, err := fileSHA256(path)
+		if err != nil {
+			return "", err
+		}
+		w.ObjectFiles[AssetsBucket]["assets/"+name] = path
+		mirror.HandleFunc("/assets/"+name, func(rw http.ResponseWriter, r *http.Request) {
+			e.mirrorRequests.Add(1)
+			http.ServeFile(rw, r, path)
+		})
+		return sum, nil
+	}
 	for _, b := range o.Binaries {
-		sum, err := fileSHA256(b.Path)
+		sum, err := serveFile(b.Name, b.Path)
 		if err != nil {
 			return nil, err
 		}
-		w.ObjectFiles[AssetsBucket]["assets/"+b.Name] = b.Path
-		path := b.Path
-		mirror.HandleFunc("/assets/"+b.Name, func(rw http.ResponseWriter, r *http.Request) { http.ServeFile(rw, r, path) })
 		sums = append(sums, config.Asset{Name: b.Name, SHA256: sum})
+		files = append(files, b.Name)
+	}
+	if o.ArchiveDir == "" {
+		o.ArchiveDir = DefaultArchiveDir
+	}
+	for _, a := range o.Archives {
+		path, err := buildArchive(o.ArchiveDir, a)
+		if err != nil {
+			return nil, err
+		}
+		sum, err := serveFile(a.File, path)
+		if err != nil {
+			return nil, err
+		}
+		sums = append(sums, config.Asset{Name: a.Name, SHA256: sum, Archive: &config.AssetArchive{Members: a.Members}})
+		files = append(files, a.File)
 	}
 	emu, err := awsemu.New(w, awsemu.Options{VolumeDir: o.VolumeDir, Log: o.Log, Devices: o.Devices})
 	if err != nil {
@@ -136,12 +261,15 @@ func Start(o Options, w *awsemu.World) (*Env, error) {
 		e.Close()
 		return nil, err
 	}
-	for _, a := range sums {
-		a.URLs = []string{e.MirrorURL + "/assets/" + a.Name, "s3://" + AssetsBucket + "/assets/" + a.Name}
+	for k, a := range sums {
+		a.URLs = []string{e.MirrorURL + "/assets/" + files[k], "s3://" + AssetsBucket + "/assets/" + files[k]}
 		e.Assets = append(e.Assets, a)
 	}
 	return e, nil
 }
+
+// MirrorRequests counts the requests the HTTP mirror answered.
+func (e *Env) MirrorRequests() int64 { return e.mirrorRequests.Load() }
 
 // serve starts h on a new listener and returns its base URL.
 func (e *Env) serve(h http.Handler) (string, error) {

@@ -125,7 +125,8 @@ func fullState(t *testing.T, dir string) {
 			MountPoint: "/mnt/master-vol-1", Formatted: true, State: "mounted"}}
 		st.Units = []bootstrap.UnitStatus{{Name: "kubelet.service", ActiveState: "active", SubState: "running", Enabled: true}}
 		st.Manifests = []bootstrap.ManifestStatus{{Name: "etcd-main", Path: "/etc/kubernetes/manifests/etcd-main.yaml", SHA256: "ff"}}
-		st.Assets = []bootstrap.AssetStatus{{Name: "kubelet", Path: "/usr/local/bin/kubelet", SHA256: "ee", Source: "cache"}}
+		st.Assets = []bootstrap.AssetStatus{{Name: "kubelet", Path: "/usr/local/bin/kubelet", SHA256: "ee", Source: "cache"},
+			{Name: "containerd", Path: "/usr/local/bin/containerd", SHA256: "dd", Source: "cache", Member: "bin/containerd"}}
 		st.Readiness = bootstrap.ReadinessStatus{Ready: false, Reason: "waiting", CheckedAt: at, Lifecycle: "CONTINUE"}
 		st.Boot = &bootstrap.BootRecord{StartedAt: at, FinishedAt: at, Result: "waiting",
 			Phases: []bootstrap.PhaseTiming{{Name: "etcd-health", State: bootstrap.PhaseWaiting, Started: at, Duration: bootstrap.Duration(time.Second)}}}
