@@ -12,11 +12,13 @@ E2E_TIMEOUT ?= 50m
 # e2e-parts builds (once; all cached in /var/cache/nodeagent-e2e) the real parts the end-to-end
 # tests run: the Debian rootfs the machines boot, kubelet and the control plane (kube-apiserver,
 # kube-controller-manager, kube-scheduler, kube-proxy) v1.34.4 and etcd v3.5 from source through
-# the Go module proxy, and the image archives nodes import instead of pulling from a registry.
+# the Go module proxy, Debian's Docker Engine unpacked from its docker.io package (hack/docker.sh),
+# and the image archives nodes import instead of pulling from a registry.
 e2e-parts:
 	hack/rootfs.sh >/dev/null
 	hack/build-k8s.sh >/dev/null
 	hack/build-etcd.sh >/dev/null
+	hack/docker.sh >/dev/null
 	$(GO) run ./hack/images -out /var/cache/nodeagent-e2e/images >/dev/null
 
 all: build
