@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 	"github.com/nodeagent/nodeagent/bootstrap"
 	"github.com/nodeagent/nodeagent/config"
 	"github.com/nodeagent/nodeagent/cri"
+	"github.com/nodeagent/nodeagent/internal/nspawn"
 	"github.com/nodeagent/nodeagent/internal/testenv"
 	"github.com/nodeagent/nodeagent/systemd"
 )
@@ -82,9 +84,9 @@ func TestDockerNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := bootNode(t, env, workerInstance(t, "i-0e2e0docker00001", ud))
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
+	n := bootDockerNode(t, ctx, env, workerInstance(t, "i-0e2e0docker00001", ud))
 
 	start := time.Now()
 	_, code := agent(t, n, "bootstrap")
@@ -270,6 +272,38 @@ func TestDockerNode(t *testing.T) {
 			t.Errorf("effective config's runtime is %q after a refused switch, want docker", cfg.Spec.ContainerRuntime)
 		}
 	})
+}
+
+// bootDockerNode is bootNode with the engine's data root on a host directory
+// bound into the machine: overlay2, like containerd's overlayfs snapshotter,
+// cannot put its upper directories on the machine's own overlayfs root (an
+// instance's disk has no such limit).
+func bootDockerNode(t *testing.T, ctx context.Context, env *testenv.Env, inst awsemu.Instance) *testenv.Node {
+	t.Helper()
+	dataRoot := t.TempDir() // removed after the machine, which is closed first
+	awsEnv, err := env.AWSEnv(inst.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var console io.Writer
+	if *verbose {
+		console = testWriter{t}
+	}
+	m, err := nspawn.Boot(ctx, nspawn.Options{Name: inst.ID, Log: console, Env: awsEnv, Binds: []string{dataRoot + ":" + cri.DockerDataRoot}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &testenv.Node{M: m, InstanceID: inst.ID, Env: awsEnv}
+	t.Cleanup(func() {
+		if err := n.Close(); err != nil {
+			t.Errorf("close node: %v", err)
+		}
+	})
+	env.Emu.AddInstance(inst)
+	if err := m.CopyIn(ctx, builtAgent, testenv.AgentPath, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 // dockerSocket is the host path of the engine's socket inside the node's mount
