@@ -261,7 +261,7 @@ func TestDockerNode(t *testing.T) {
 			t.Errorf("dockerd restarted by a refused runtime switch (pid %d → %d)", pid, p)
 		}
 		var cfg config.NodeConfig
-		b, err = os.ReadFile(n.M.Path("/var/lib/nodeagent/inputs/config.yaml"))
+		b, err = os.ReadFile(n.M.Path("/var/lib/nodeagent/config.yaml"))
 		if err == nil {
 			err = yaml.Unmarshal(b, &cfg)
 		}
