@@ -229,12 +229,15 @@ const (
 // files kept. Pod networking is kubenet's or the CNI plugin's, through
 // cri-dockerd, never Docker's own: no docker0 bridge (whose 172.17.0.0/16 may
 // collide with the VPC), no iptables rules and no masquerading of the engine's.
+// net.ipv4.ip_forward is host-prep's sysctl (spec.host.sysctls), so the engine
+// leaves it alone (ip-forward: false).
 func dockerDaemonJSON() ([]byte, error) {
 	// A struct keeps the key order stable for golden files and diffs on disk.
 	v := struct {
 		Bridge        string            `json:"bridge"`
 		DataRoot      string            `json:"data-root"`
 		ExecOpts      []string          `json:"exec-opts"`
+		IPForward     bool              `json:"ip-forward"`
 		IPMasq        bool              `json:"ip-masq"`
 		IPTables      bool              `json:"iptables"`
 		LogDriver     string            `json:"log-driver"`
