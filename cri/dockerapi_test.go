@@ -26,7 +26,7 @@ func engine(t *testing.T, h http.HandlerFunc) string {
 // infoBody is the part of a Docker Engine 20.10 /info answer the phase reads,
 // among fields it ignores, as Debian's dockerd answered in TestDockerNode.
 const infoBody = `{"ID":"X","Containers":0,"Driver":"overlay2","DriverStatus":[["Backing Filesystem","extfs"]],
-"LoggingDriver":"json-file","CgroupDriver":"systemd","CgroupVersion":"2","KernelVersion":"6.1.0",
+"LoggingDriver":"json-file","CgroupDriver":"systemd","CgroupVersion":"1","KernelVersion":"6.1.0",
 "OperatingSystem":"Debian GNU/Linux 12 (bookworm)","DockerRootDir":"/var/lib/docker","ServerVersion":"20.10.24+dfsg1"}`
 
 func TestDockerInfoIsReadFromTheEngineSocket(t *testing.T) {
@@ -43,7 +43,7 @@ func TestDockerInfoIsReadFromTheEngineSocket(t *testing.T) {
 	if path != "/info" {
 		t.Errorf("asked for %s, want the unversioned /info every engine version serves", path)
 	}
-	want := DockerInfo{ServerVersion: "20.10.24+dfsg1", CgroupDriver: "systemd", CgroupVersion: "2", DockerRootDir: "/var/lib/docker", Driver: "overlay2", LoggingDriver: "json-file"}
+	want := DockerInfo{ServerVersion: "20.10.24+dfsg1", CgroupDriver: "systemd", CgroupVersion: "1", DockerRootDir: "/var/lib/docker", Driver: "overlay2", LoggingDriver: "json-file"}
 	if info != want {
 		t.Errorf("info %+v, want %+v", info, want)
 	}
