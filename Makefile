@@ -15,13 +15,14 @@ BUILD_TAGS ?= grpcnotrace
 # e2e-parts builds (once; all cached in /var/cache/nodeagent-e2e) the real parts the end-to-end
 # tests run: the Debian rootfs the machines boot, kubelet and the control plane (kube-apiserver,
 # kube-controller-manager, kube-scheduler, kube-proxy) v1.34.4, etcd v3.5 and CoreDNS v1.15 from
-# source through the Go module proxy, and the image archives nodes import instead of pulling from
-# a registry.
+# source through the Go module proxy, Debian's Docker Engine unpacked from its docker.io package
+# (hack/docker.sh), and the image archives nodes import instead of pulling from a registry.
 e2e-parts:
 	hack/rootfs.sh >/dev/null
 	hack/build-k8s.sh >/dev/null
 	hack/build-etcd.sh >/dev/null
 	hack/build-coredns.sh >/dev/null
+	hack/docker.sh >/dev/null
 	$(GO) run ./hack/images -out /var/cache/nodeagent-e2e/images >/dev/null
 
 all: build

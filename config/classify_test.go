@@ -75,3 +75,26 @@ func TestProblemsCountsInEnglish(t *testing.T) {
 		t.Errorf("a YAML-number version: %v", err)
 	}
 }
+
+// A node changes its container runtime only by being replaced, in either
+// direction, and whether containerd is named or left to the default.
+func TestRuntimeSwitchEitherWayNeedsANewInstance(t *testing.T) {
+	base := minimal("Node")
+	docker := base + "  containerRuntime: docker\n"
+	containerd := base + "  containerRuntime: containerd\n"
+	for _, tc := range []struct{ name, from, to string }{
+		{"containerd to docker", containerd, docker},
+		{"docker to containerd", docker, containerd},
+		{"docker to the default", docker, base},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := Classify(mustParse(t, tc.from), mustParse(t, tc.to))
+			if len(got) != 1 || got[0].Path != "spec.containerRuntime" || got[0].Class != NeedsReplacement {
+				t.Errorf("changes %v, want only spec.containerRuntime as %q", got, NeedsReplacement)
+			}
+		})
+	}
+	if got := Classify(mustParse(t, containerd), mustParse(t, base)); len(got) != 0 {
+		t.Errorf("naming the default runtime is a change: %v", got)
+	}
+}

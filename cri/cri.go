@@ -24,9 +24,11 @@
 // Docker: kubelet lost its built-in Docker support (dockershim) in 1.24, so a
 // Docker node needs cri-dockerd, which serves CRI on unix:///run/cri-dockerd.sock
 // and drives dockerd. The phase writes /etc/docker/daemon.json (systemd cgroup
-// driver, overlay2, bounded json-file logs), docker.socket and docker.service
-// (dockerd using the agent's containerd rather than starting its own), and the
-// containerd units above. cri-docker.service is written, enabled and started
+// driver, overlay2, bounded json-file logs, the data root, no bridge or
+// iptables of Docker's own), docker.socket and docker.service (dockerd using the
+// agent's containerd rather than starting its own), and the containerd units
+// above; it verifies through the Engine API (GET /info on /run/docker.sock) that
+// the engine runs with the systemd cgroup driver and that data root. cri-docker.service is written, enabled and started
 // only when BinDir/cri-dockerd exists, i.e. when the node's assets list it; without
 // it the phase warns, because kubelet will find no CRI endpoint.
 package cri
@@ -67,6 +69,8 @@ const (
 	// CNIBinDir and CNIConfDir are where CNI plugins and configurations live.
 	CNIBinDir  = "/opt/cni/bin"
 	CNIConfDir = "/etc/cni/net.d"
+	// CRIDockerdBinary is cri-dockerd's name in BinDir (its asset's name).
+	CRIDockerdBinary = "cri-dockerd"
 )
 
 // Options configure the runtime phase.
@@ -188,13 +192,13 @@ func Render(o Options) (Plan, error) {
 		)
 		p.Enable = append(p.Enable, "docker.socket", "docker.service")
 		p.Start = append(p.Start, "docker.service")
-		if present("cri-dockerd") {
+		if present(CRIDockerdBinary) {
 			p.Files = append(p.Files, systemd.File{Path: systemd.UnitDir + "/cri-docker.service", Content: criDockerdUnit(o.BinDir, o.PauseImage, o.Networking), Mode: 0o644})
 			p.Enable = append(p.Enable, "cri-docker.service")
 			p.Start = append(p.Start, "cri-docker.service")
 		} else {
 			p.Warnings = append(p.Warnings, fmt.Sprintf("%s is not installed: kubelet has no CRI endpoint (%s) for Docker until it is; add cri-dockerd to spec.assets",
-				path.Join(o.BinDir, "cri-dockerd"), CRIEndpoint(config.RuntimeDocker)))
+				path.Join(o.BinDir, CRIDockerdBinary), CRIEndpoint(config.RuntimeDocker)))
 		}
 	default:
 		return Plan{}, fmt.Errorf("container runtime %q: want containerd or docker", o.Runtime)
@@ -214,18 +218,38 @@ func NewPhase(o Options) bootstrap.Phase {
 		})}
 }
 
+// The engine's storage and log drivers (daemon.json).
+const (
+	dockerStorageDriver = "overlay2"
+	dockerLogDriver     = "json-file"
+)
+
+// dockerDaemonJSON is /etc/docker/daemon.json. The systemd cgroup driver is
+// kubelet's (cgroupDriver: systemd); container logs rotate at 10 MiB, five
+// files kept. Pod networking is kubenet's or the CNI plugin's, through
+// cri-dockerd, never Docker's own: no docker0 bridge (whose 172.17.0.0/16 may
+// collide with the VPC), no iptables rules and no masquerading of the engine's.
+// net.ipv4.ip_forward is host-prep's sysctl (spec.host.sysctls), so the engine
+// leaves it alone (ip-forward: false).
 func dockerDaemonJSON() ([]byte, error) {
 	// A struct keeps the key order stable for golden files and diffs on disk.
 	v := struct {
+		Bridge        string            `json:"bridge"`
+		DataRoot      string            `json:"data-root"`
 		ExecOpts      []string          `json:"exec-opts"`
+		IPForward     bool              `json:"ip-forward"`
+		IPMasq        bool              `json:"ip-masq"`
+		IPTables      bool              `json:"iptables"`
 		LogDriver     string            `json:"log-driver"`
 		LogOpts       map[string]string `json:"log-opts"`
 		StorageDriver string            `json:"storage-driver"`
 	}{
+		Bridge:        "none",
+		DataRoot:      DockerDataRoot,
 		ExecOpts:      []string{"native.cgroupdriver=systemd"},
-		LogDriver:     "json-file",
-		LogOpts:       map[string]string{"max-size": "100m"},
-		StorageDriver: "overlay2",
+		LogDriver:     dockerLogDriver,
+		LogOpts:       map[string]string{"max-size": "10m", "max-file": "5"},
+		StorageDriver: dockerStorageDriver,
 	}
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {

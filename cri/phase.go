@@ -9,6 +9,7 @@ import (
 	"path"
 
 	"github.com/nodeagent/nodeagent/bootstrap"
+	"github.com/nodeagent/nodeagent/config"
 	"github.com/nodeagent/nodeagent/systemd"
 )
 
@@ -82,5 +83,23 @@ func (p *phase) Verify(ctx context.Context) error {
 	if len(stale) > 0 {
 		return fmt.Errorf("files no longer configured are still there: %v", stale)
 	}
+	if p.o.Runtime == config.RuntimeDocker {
+		return p.verifyDocker(ctx)
+	}
+	return nil
+}
+
+// verifyDocker asks the running engine, not its files, whether it runs as
+// daemon.json says: an engine that kept an old configuration, or one started
+// by something else on the socket, is told apart from a converged one.
+func (p *phase) verifyDocker(ctx context.Context) error {
+	info, err := ReadDockerInfo(ctx, p.o.Root.Path(DockerSocket))
+	if err != nil {
+		return err
+	}
+	if err := CheckDockerInfo(info); err != nil {
+		return err
+	}
+	p.o.Log.Debug("docker engine verified", "phase", PhaseName, "version", info.ServerVersion, "cgroupDriver", info.CgroupDriver, "cgroupVersion", info.CgroupVersion)
 	return nil
 }

@@ -103,7 +103,7 @@ func dockerSocket() []byte {
 Description=Docker Engine API socket
 
 [Socket]
-ListenStream=/run/docker.sock
+ListenStream=` + DockerSocket + `
 SocketMode=0660
 SocketUser=root
 SocketGroup=root

@@ -116,7 +116,8 @@ func (o Options) withDefaults() Options {
 type store interface {
 	// digests returns the digest of each of refs present in the store.
 	digests(ctx context.Context, refs []string) (map[string]string, error)
-	// load imports the archive read from r.
+	// load imports the archive read from r (decompressed); file is the archive
+	// on disk, as fetched (maybe gzip-compressed).
 	load(ctx context.Context, r io.Reader, file string) error
 }
 
@@ -402,7 +403,7 @@ func (p *Phase) loadFile(ctx context.Context, s store, file string) error {
 		return fmt.Errorf("gunzip: %w", err)
 	}
 	defer zr.Close()
-	return s.load(ctx, zr, "")
+	return s.load(ctx, zr, file)
 }
 
 // Verify checks that every archive's reference is in the store with the digest

@@ -2,6 +2,7 @@ package images
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -79,13 +80,22 @@ func (d *docker) digests(ctx context.Context, refs []string) (map[string]string,
 	return got, nil
 }
 
-// load runs docker load, which reads gzip itself; a decompressed stream goes
-// through stdin.
-func (d *docker) load(ctx context.Context, r io.Reader, file string) error {
-	if file != "" {
+// load runs docker load on the archive file (docker reads gzip itself). An OCI
+// layout archive is streamed through stdin with the manifest.json docker load
+// needs appended (dockersave.go).
+func (d *docker) load(ctx context.Context, _ io.Reader, file string) error {
+	manifest, err := dockerSaveManifest(file)
+	if err != nil {
+		return err
+	}
+	if manifest == nil {
 		_, err := d.exec.Run(ctx, nil, d.docker, "-H", d.host, "load", "-i", file)
 		return err
 	}
-	_, err := d.exec.Run(ctx, r, d.docker, "-H", d.host, "load")
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(writeWithManifest(pw, file, manifest)) }()
+	_, err = d.exec.Run(ctx, pr, d.docker, "-H", d.host, "load")
+	// Unblocks the writer when docker stopped reading early.
+	pr.CloseWithError(errors.New("docker load ended"))
 	return err
 }

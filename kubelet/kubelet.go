@@ -18,6 +18,7 @@ import (
 
 	"github.com/nodeagent/nodeagent/bootstrap"
 	"github.com/nodeagent/nodeagent/config"
+	"github.com/nodeagent/nodeagent/cri"
 	"github.com/nodeagent/nodeagent/internal/fsutil"
 	"github.com/nodeagent/nodeagent/systemd"
 	kubeletapis "k8s.io/kubelet/pkg/apis"
@@ -288,9 +289,37 @@ Environment="KUBELET_ARGS=%s"
 // since whether the CA is present depends on the pki phase before it.
 func NewPhase(o Options) bootstrap.Phase {
 	o = o.withDefaults()
-	return systemd.NewRenderedPhase(PhaseName, systemd.UnitSet{Root: o.Root, Systemd: o.Systemd, Log: o.Log},
+	return &phase{o: o, RenderedPhase: systemd.NewRenderedPhase(PhaseName, systemd.UnitSet{Root: o.Root, Systemd: o.Systemd, Log: o.Log},
 		func() (systemd.Rendered, error) {
 			files, warnings, err := render(o)
 			return systemd.Rendered{Files: files, Enable: []string{Unit}, Start: []string{Unit}, Warnings: warnings}, err
-		})
+		})}
+}
+
+// phase is kubelet's unit set, started only when its CRI endpoint can exist.
+type phase struct {
+	*systemd.RenderedPhase
+	o Options
+}
+
+var (
+	_ bootstrap.Phase    = (*phase)(nil)
+	_ bootstrap.Reporter = (*phase)(nil)
+	_ bootstrap.Warner   = (*phase)(nil)
+)
+
+// Act refuses, before writing anything, to start a kubelet that could never
+// reach its container runtime: on a Docker node the CRI endpoint is
+// cri-dockerd's, and without its binary (installed by the assets phase) kubelet
+// would only exit and restart for ever. The node is then plainly not ready, for
+// that reason, instead of looking half up.
+func (p *phase) Act(ctx context.Context) error {
+	if p.o.Config != nil && runtimeOf(p.o.Config.Spec) == config.RuntimeDocker {
+		bin := path.Join(p.o.BinDir, cri.CRIDockerdBinary)
+		if fi, err := os.Stat(p.o.Root.Path(bin)); err != nil || !fi.Mode().IsRegular() {
+			return fmt.Errorf("kubelet not started: containerRuntime docker needs cri-dockerd for its CRI endpoint %s, and %s is not installed; add %s to spec.assets",
+				cri.CRIEndpoint(config.RuntimeDocker), bin, cri.CRIDockerdBinary)
+		}
+	}
+	return p.RenderedPhase.Act(ctx)
 }

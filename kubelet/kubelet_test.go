@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path"
 	"slices"
 	"strings"
@@ -266,5 +268,27 @@ func TestPhaseWarnsAboutDroppedLabels(t *testing.T) {
 	w := p.(interface{ Warnings() []string }).Warnings()
 	if len(w) != 1 || !strings.Contains(w[0], "node-role.kubernetes.io/control-plane") {
 		t.Fatalf("warnings %q", w)
+	}
+}
+
+// A Docker node without cri-dockerd has no CRI endpoint: the phase says so and
+// neither writes kubelet's files nor asks systemd for anything.
+func TestDockerNodeWithoutCRIDockerdDoesNotStartKubelet(t *testing.T) {
+	o := testOptions(t, Standalone{})
+	o.Config.Spec.ContainerRuntime = config.RuntimeDocker
+	o.Systemd = func(context.Context) (*systemd.Manager, error) {
+		t.Error("systemd was asked to start a kubelet that cannot reach its runtime")
+		return nil, errors.New("no systemd in this test")
+	}
+	err := NewPhase(o).Act(context.Background())
+	for _, want := range []string{"cri-dockerd", "unix:///run/cri-dockerd.sock", "/usr/local/bin/cri-dockerd is not installed", "spec.assets"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Act: %v, want an error naming %q", err, want)
+		}
+	}
+	for _, f := range []string{ConfigPath, "/etc/systemd/system/kubelet.service", DropInPath} {
+		if _, err := os.Stat(o.Root.Path(f)); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s was written (stat: %v)", f, err)
+		}
 	}
 }
