@@ -157,7 +157,13 @@ func (e *Emulator) verify(r *http.Request, s sigV4, body []byte) (*principal, *a
 	}
 	now := e.now()
 	if s.presigned {
-		exp, err := strconv.Atoi(q.Get("X-Amz-Expires"))
+		expires := q.Get("X-Amz-Expires")
+		if expires == "" && s.service == ServiceSTS {
+			// STS takes a presigned request without X-Amz-Expires for 15
+			// minutes (the SDK's PresignGetCallerIdentity sets none).
+			expires = "900"
+		}
+		exp, err := strconv.Atoi(expires)
 		if err != nil || exp <= 0 || exp > 7*24*3600 {
 			return nil, &authFailure{authMalformed, "X-Amz-Expires must be a number of seconds up to one week"}
 		}
@@ -170,6 +176,10 @@ func (e *Emulator) verify(r *http.Request, s sigV4, body []byte) (*principal, *a
 
 	payloadHash := r.Header.Get("X-Amz-Content-Sha256")
 	switch {
+	case s.presigned && s.service != ServiceS3:
+		// Other services' presigned requests sign the (empty) body's hash.
+		sum := sha256.Sum256(body)
+		payloadHash = hex.EncodeToString(sum[:])
 	case s.presigned:
 		payloadHash = unsignedPayload
 		if v := q.Get("X-Amz-Content-Sha256"); v != "" {
