@@ -138,6 +138,12 @@ type Paths struct {
 	ControllerManagerConf      string
 	SchedulerConf              string
 	KubeProxyConf              string
+	// KubeProxyDir holds kube-proxy's client certificate and key when they come
+	// from the node signer: the kube-proxy pod mounts the directory, so the
+	// renewed files are seen (client-go reloads them) without a pod restart.
+	KubeProxyDir        string
+	KubeProxyClientCert string
+	KubeProxyClientKey  string
 	KubeletClientCert          string
 	KubeletClientKey           string
 	KubeletKubeconfig          string
@@ -162,6 +168,9 @@ func DefaultPaths() Paths {
 		ControllerManagerConf:      "/etc/kubernetes/controller-manager.conf",
 		SchedulerConf:              "/etc/kubernetes/scheduler.conf",
 		KubeProxyConf:              "/etc/kubernetes/kube-proxy.conf",
+		KubeProxyDir:               "/var/lib/kube-proxy",
+		KubeProxyClientCert:        "/var/lib/kube-proxy/client.crt",
+		KubeProxyClientKey:         "/var/lib/kube-proxy/client.key",
 		KubeletClientCert:          "/var/lib/kubelet/pki/kubelet-client.crt",
 		KubeletClientKey:           "/var/lib/kubelet/pki/kubelet-client.key",
 		KubeletKubeconfig:          "/var/lib/kubelet/kubeconfig",

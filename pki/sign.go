@@ -155,14 +155,9 @@ func CertNotAfter(certPEM []byte) (time.Time, error) {
 	return c.NotAfter, nil
 }
 
-// EmbeddedKubeconfig renders a one-user kubeconfig embedding the CA, the
-// client certificate and its key (kube-proxy's).
-func EmbeddedKubeconfig(cluster, user, server string, caPEM, certPEM, keyPEM []byte) ([]byte, error) {
+// FileKubeconfig renders a one-user kubeconfig embedding the CA and naming the
+// client certificate and key files, which client-go reloads when they change.
+func FileKubeconfig(cluster, user, server string, caPEM []byte, certPath, keyPath string) ([]byte, error) {
 	return renderKubeconfig(cluster, user, kcCluster{Server: server, CertificateAuthorityData: caPEM},
-		kcUser{ClientCertificateData: certPEM, ClientKeyData: keyPEM})
-}
-
-// EmbeddedCredentials returns the client certificate and key a kubeconfig holds.
-func EmbeddedCredentials(kubeconfig []byte) (certPEM, keyPEM []byte, err error) {
-	return embeddedCredentials(kubeconfig)
+		kcUser{ClientCertificate: certPath, ClientKey: keyPath})
 }

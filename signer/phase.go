@@ -71,6 +71,24 @@ func (p *Phase) paths() (ca, kubeletCert, kubeletKey, proxyConf string) {
 	return ps.CACert, ps.KubeletClientCert, ps.KubeletClientKey, ps.KubeProxyConf
 }
 
+// pair checks one certificate and key file pair and adds the change it needs.
+func (p *Phase) pair(certPath, keyPath string, ca []byte, want pki.ClientCertSpec, now time.Time, add func(kind, path, why string, exists bool)) error {
+	cert, err := p.read(certPath)
+	if err != nil {
+		return err
+	}
+	key, err := p.read(keyPath)
+	if err != nil {
+		return err
+	}
+	if cert == nil || key == nil {
+		add("cert", certPath, "missing: asked of the node signer", false)
+	} else if why := pki.ClientCertStatus(cert, key, ca, want, now, RenewFraction); why != "" {
+		add("cert", certPath, why+": asked of the node signer", true)
+	}
+	return nil
+}
+
 func (p *Phase) kubeletSpec() pki.ClientCertSpec {
 	return pki.ClientCertSpec{CN: KubeletCN(p.o.NodeName), Orgs: []string{KubeletOrg}, DNS: []string{p.o.NodeName}, IPs: []net.IP{net.ParseIP(p.o.NodeIP)}}
 }
@@ -114,40 +132,32 @@ func (p *Phase) Check(ctx context.Context) ([]bootstrap.Change, error) {
 		have, _ := p.read(caPath)
 		add("file", caPath, "cluster CA certificate", have != nil)
 	}
-	cert, err := p.read(certPath)
+	if err := p.pair(certPath, keyPath, ca, p.kubeletSpec(), now, add); err != nil {
+		return nil, err
+	}
+	ps := pki.DefaultPaths()
+	if err := p.pair(ps.KubeProxyClientCert, ps.KubeProxyClientKey, ca, pki.ClientCertSpec{CN: KubeProxyCN}, now, add); err != nil {
+		return nil, err
+	}
+	want, err := p.proxyKubeconfig(ca)
 	if err != nil {
 		return nil, err
 	}
-	key, err := p.read(keyPath)
-	if err != nil {
+	if same, err := fsutil.FileEquals(p.o.Root.Path(proxyPath), want, 0o600); err != nil {
 		return nil, err
-	}
-	if cert == nil || key == nil {
-		add("cert", certPath, "missing: asked of the node signer", false)
-	} else if why := pki.ClientCertStatus(cert, key, ca, p.kubeletSpec(), now, RenewFraction); why != "" {
-		add("cert", certPath, why+": asked of the node signer", true)
-	}
-	kc, err := p.read(proxyPath)
-	if err != nil {
-		return nil, err
-	}
-	if kc == nil {
-		add("kubeconfig", proxyPath, "missing: asked of the node signer", false)
-	} else if pc, pk, err := pki.EmbeddedCredentials(kc); err != nil {
-		add("kubeconfig", proxyPath, err.Error(), true)
-	} else if why := pki.ClientCertStatus(pc, pk, ca, pki.ClientCertSpec{CN: KubeProxyCN}, now, RenewFraction); why != "" {
-		add("kubeconfig", proxyPath, why+": asked of the node signer", true)
-	} else if want, err := p.proxyKubeconfig(ca, pc, pk); err != nil {
-		return nil, err
-	} else if string(want) != string(kc) {
-		add("kubeconfig", proxyPath, "server or CA differs", true)
+	} else if !same {
+		have, _ := p.read(proxyPath)
+		add("kubeconfig", proxyPath, "kube-proxy's kubeconfig (server, CA, certificate files)", have != nil)
 	}
 	return changes, nil
 }
 
-func (p *Phase) proxyKubeconfig(ca, cert, key []byte) ([]byte, error) {
+// proxyKubeconfig names kube-proxy's certificate files, which client-go in
+// kube-proxy reloads when they are renewed.
+func (p *Phase) proxyKubeconfig(ca []byte) ([]byte, error) {
 	server := config.APIServerURL(config.Cluster{Name: p.o.ClusterName, APIServer: p.o.APIServer})
-	return pki.EmbeddedKubeconfig(p.o.ClusterName, KubeProxyCN, server, ca, cert, key)
+	ps := pki.DefaultPaths()
+	return pki.FileKubeconfig(p.o.ClusterName, KubeProxyCN, server, ca, ps.KubeProxyClientCert, ps.KubeProxyClientKey)
 }
 
 // Act asks a signer for fresh certificates (new keys, made here) and writes
@@ -167,11 +177,18 @@ func (p *Phase) Act(ctx context.Context) error {
 	caPath, certPath, keyPath, proxyPath := p.paths()
 	needCerts := false
 	for _, c := range changes {
-		if c.Target != caPath {
+		if c.Kind == "cert" {
 			needCerts = true
 		}
 	}
 	if err := fsutil.WriteFileAtomic(p.o.Root.Path(caPath), ca, 0o644); err != nil {
+		return err
+	}
+	kc, err := p.proxyKubeconfig(ca)
+	if err != nil {
+		return err
+	}
+	if err := fsutil.WriteFileAtomic(p.o.Root.Path(proxyPath), kc, 0o600); err != nil {
 		return err
 	}
 	if !needCerts {
@@ -225,11 +242,11 @@ func (p *Phase) Act(ctx context.Context) error {
 	if err := fsutil.WriteFileAtomic(p.o.Root.Path(certPath), []byte(resp.KubeletCert), 0o644); err != nil {
 		return err
 	}
-	kc, err := p.proxyKubeconfig(ca, []byte(resp.KubeProxyCert), proxyKey)
-	if err != nil {
+	ps := pki.DefaultPaths()
+	if err := fsutil.WriteFileAtomic(p.o.Root.Path(ps.KubeProxyClientKey), proxyKey, 0o600); err != nil {
 		return err
 	}
-	if err := fsutil.WriteFileAtomic(p.o.Root.Path(proxyPath), kc, 0o600); err != nil {
+	if err := fsutil.WriteFileAtomic(p.o.Root.Path(ps.KubeProxyClientCert), []byte(resp.KubeProxyCert), 0o644); err != nil {
 		return err
 	}
 	p.o.Log.Info("node credentials from the node signer", "node", p.o.NodeName, "notAfter", resp.NotAfter.UTC().Format(time.RFC3339))

@@ -220,8 +220,8 @@ func TestWorkerGetsCredentialsFromMaster(t *testing.T) {
 		Client: l.client(wcfg, addr),
 	})
 	changes, err := ph.Check(ctx)
-	if err != nil || len(changes) != 3 {
-		t.Fatalf("first check: %v %v, want ca.crt, kubelet certificate and kube-proxy kubeconfig", changes, err)
+	if err != nil || len(changes) != 4 {
+		t.Fatalf("first check: %v %v, want ca.crt, the kubelet and kube-proxy certificates and kube-proxy's kubeconfig", changes, err)
 	}
 	if err := ph.Act(ctx); err != nil {
 		t.Fatalf("act: %v\n%s", err, l.logs)
@@ -240,16 +240,12 @@ func TestWorkerGetsCredentialsFromMaster(t *testing.T) {
 	if left := time.Until(cert.NotAfter); left > signer.DefaultValidity || left < signer.DefaultValidity-time.Minute {
 		t.Errorf("kubelet certificate lives %s more, want the default %s", left, signer.DefaultValidity)
 	}
-	kc, err := os.ReadFile(filepath.Join(root, paths.KubeProxyConf))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pc, _, err := pki.EmbeddedCredentials(kc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c := parseCert(t, pc); c.Subject.CommonName != "system:kube-proxy" {
+	if c := readCert(t, filepath.Join(root, paths.KubeProxyClientCert)); c.Subject.CommonName != "system:kube-proxy" {
 		t.Errorf("kube-proxy certificate subject %s", c.Subject)
+	}
+	kc, err := os.ReadFile(filepath.Join(root, paths.KubeProxyConf))
+	if err != nil || !strings.Contains(string(kc), "client-certificate: "+paths.KubeProxyClientCert) {
+		t.Errorf("kube-proxy's kubeconfig does not name its renewable certificate file: %v\n%s", err, kc)
 	}
 	if fi, err := os.Stat(filepath.Join(root, paths.KubeletClientKey)); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("kubelet key: %v %v, want mode 0600", fi, err)
