@@ -144,9 +144,9 @@ type Paths struct {
 	KubeProxyDir        string
 	KubeProxyClientCert string
 	KubeProxyClientKey  string
-	KubeletClientCert          string
-	KubeletClientKey           string
-	KubeletKubeconfig          string
+	KubeletClientCert   string
+	KubeletClientKey    string
+	KubeletKubeconfig   string
 }
 
 // DefaultPaths is the layout the agent uses.
