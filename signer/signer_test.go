@@ -79,7 +79,7 @@ func nodeName(id string) string {
 	return "ip-" + strings.ReplaceAll(instanceIP(id), ".", "-") + ".ec2.internal"
 }
 
-func newLab(t *testing.T) *lab {
+func newLab(t testing.TB) *lab {
 	t.Helper()
 	caCert, caKey, err := pki.GenerateCA("kubernetes-ca", 24*time.Hour)
 	if err != nil {
@@ -144,7 +144,7 @@ type storeCA struct{ s *cloud.StateStore }
 func (c storeCA) Load(ctx context.Context) ([]byte, []byte, error) { return c.s.CA(ctx) }
 
 // startSigner runs a master's signer, as its daemon does, on a loopback port.
-func (l *lab) startSigner(t *testing.T, id string, o signer.ServerOptions) (addr string, stop func()) {
+func (l *lab) startSigner(t testing.TB, id string, o signer.ServerOptions) (addr string, stop func()) {
 	t.Helper()
 	cfg := l.instanceConfig(id)
 	sts, err := signer.STSEndpoint(context.Background(), cfg)
@@ -182,7 +182,7 @@ func (l *lab) client(cfg aws.Config, addrs ...string) *signer.Client {
 	return &signer.Client{ClusterName: cluster, Presign: signer.AWSPresigner(cfg), Endpoints: static(addrs...), Timeout: 5 * time.Second}
 }
 
-func request(t *testing.T, id string) signer.Request {
+func request(t testing.TB, id string) signer.Request {
 	t.Helper()
 	_, kpub, err := pki.NewKey()
 	if err != nil {
@@ -509,3 +509,5 @@ func parseCert(t *testing.T, b []byte) *x509.Certificate {
 	}
 	return c
 }
+
+func signerOptions() signer.ServerOptions { return signer.ServerOptions{} }
