@@ -91,16 +91,18 @@ func renewWhileMasterDown(t *testing.T, ctx context.Context, worker *haNode) (ch
 			t.Fatal(err)
 		}
 	}
+	removed := time.Now()
 	return func() {
 		t.Helper()
-		took := eventually(t, 3*time.Minute, "the worker's kubelet certificate issued again", func() (bool, string) {
+		eventually(t, 3*time.Minute, "the worker's kubelet certificate issued again", func() (bool, string) {
 			if _, err := os.Stat(worker.M.Path(paths.KubeletClientKey)); err != nil {
 				return false, err.Error()
 			}
 			s := certSerial(t, worker.M.Path(paths.KubeletClientCert))
 			return s != "" && s != old, "serial " + s
 		})
-		t.Logf("FIGURE worker certificate re-issued with a master down: %s after it was removed", took.Round(time.Second))
+		// Checked once the replacement master is ready: an upper bound.
+		t.Logf("FIGURE worker certificate re-issued with a master down: within %s of its removal (the daemon's reconcile runs each minute)", time.Since(removed).Round(time.Second))
 		if now := kubeletPID(t, ctx, worker); now != pid {
 			t.Errorf("kubelet restarted (pid %s → %s) for a new certificate", pid, now)
 		}
