@@ -92,6 +92,12 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 	if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
 		log.Warn("sd_notify failed", "err", err)
 	}
+	// Masters sign workers' kubelet and kube-proxy certificates.
+	if stopSigner, err := startSigner(ctx, o, n, log); err != nil {
+		log.Error("node signer not started; workers cannot get certificates from this master", "err", err)
+	} else if stopSigner != nil {
+		defer stopSigner()
+	}
 	var pub *etcdPublisher
 	if n.IsControlPlane() {
 		pub = newEtcdPublisher(o, n, log)

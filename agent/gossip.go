@@ -102,7 +102,7 @@ func gossipNames(n *Node, facts bootstrap.Facts) []string {
 		return nil
 	}
 	c := n.Config.Spec.Cluster.Name
-	names := []string{config.APIInternalName(c)}
+	names := []string{config.APIInternalName(c), config.SignerName(c)}
 	for _, m := range facts.EtcdMembers {
 		names = append(names, config.EtcdMemberHost(m.Cluster, m.Member, c))
 	}

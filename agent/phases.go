@@ -111,6 +111,12 @@ func buildPhases(ctx context.Context, o Options, n *Node) (*phaseSet, error) {
 		// need before any etcd cluster can reach quorum. Started later, after
 		// etcd-health, every master would wait for names nobody publishes.
 		ps.phases = append(ps.phases, ps.volumes, daemonPhase, pkiPhase)
+	} else if usesSigner(n) {
+		sp, err := signerPhase(o, n)
+		if err != nil {
+			return nil, err
+		}
+		ps.phases = append(ps.phases, sp)
 	} else if caSource != nil {
 		ps.phases = append(ps.phases, pki.NewPhase(pki.Options{
 			Root: o.Root, CA: caSource, ClusterName: spec.Cluster.Name, APIServer: spec.Cluster.APIServer, NodeName: n.Name, NodeIP: nodeIP,

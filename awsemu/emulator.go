@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -63,8 +64,9 @@ type Emulator struct {
 	volumeDir    string
 	ownVolumeDir bool
 	devices      DeviceLinker
-	// now is replaceable by tests that need tokens or attachments to age.
-	now func() time.Time
+	// clock is replaceable (SetClock) by tests that need tokens, presigned
+	// URLs or attachments to age.
+	clock atomic.Pointer[func() time.Time]
 
 	mu            sync.Mutex
 	instances     map[string]*instance
@@ -80,6 +82,8 @@ type Emulator struct {
 	rng           *rand.Rand
 	calls         map[string]int // service + " " + action
 	tokens        map[string]imdsToken
+	creds         map[string]*credential // access key ID -> instance-profile credentials
+	policies      map[string]*policyDoc  // role -> policy
 	attachLatency time.Duration
 	stuck         map[string]bool
 	reqSeq        uint64
@@ -121,7 +125,8 @@ func New(w *World, o Options) (_ *Emulator, err error) {
 		accessKeyID:   w.AccessKeyID,
 		secretKey:     w.SecretAccessKey,
 		volumeDir:     o.VolumeDir,
-		now:           time.Now,
+		creds:         map[string]*credential{},
+		policies:      map[string]*policyDoc{},
 		instances:     map[string]*instance{},
 		volumes:       map[string]*volume{},
 		buckets:       map[string]map[string]*object{},
@@ -136,6 +141,14 @@ func New(w *World, o Options) (_ *Emulator, err error) {
 		attachLatency: w.AttachLatency,
 		stuck:         map[string]bool{},
 		devices:       o.Devices,
+	}
+	e.SetClock(nil)
+	for role, doc := range w.Policies {
+		p, err := parsePolicy(doc)
+		if err != nil {
+			return nil, fmt.Errorf("world: role %s: %w", role, err)
+		}
+		e.policies[role] = p
 	}
 	if e.devices == nil {
 		e.devices = hostLinker{}

@@ -36,6 +36,8 @@ type request struct {
 	form    url.Values // query-protocol parameters (EC2, Auto Scaling)
 	body    []byte
 	r       *http.Request
+	// principal is who signed the request: nil for the account's root key.
+	principal *principal
 }
 
 func (e *Emulator) serveAWS(w http.ResponseWriter, r *http.Request) {
@@ -51,7 +53,7 @@ func (e *Emulator) serveAWS(w http.ResponseWriter, r *http.Request) {
 		req.service = guessService(r, body)
 	}
 	switch req.service {
-	case ServiceEC2, ServiceAutoScaling:
+	case ServiceEC2, ServiceAutoScaling, ServiceSTS:
 		form, err := url.ParseQuery(r.URL.RawQuery)
 		if err == nil && len(body) > 0 {
 			var bodyForm url.Values
@@ -73,7 +75,7 @@ func (e *Emulator) serveAWS(w http.ResponseWriter, r *http.Request) {
 	default:
 		e.countCall(req.service, "")
 		w.Header().Set("Content-Type", "text/plain")
-		http.Error(w, fmt.Sprintf("awsemu: service %q is not emulated (ec2, s3, autoscaling are)", req.service), http.StatusBadRequest)
+		http.Error(w, fmt.Sprintf("awsemu: service %q is not emulated (ec2, s3, autoscaling, sts are)", req.service), http.StatusBadRequest)
 		return
 	}
 	e.countCall(req.service, req.action)
@@ -86,7 +88,7 @@ func (e *Emulator) serveAWS(w http.ResponseWriter, r *http.Request) {
 	case sigErr != nil:
 		af = &authFailure{authMalformed, sigErr.Error()}
 	default:
-		af = e.verify(r, sig, body)
+		req.principal, af = e.verify(r, sig, body)
 	}
 	if af != nil {
 		log.Warn("request rejected", "reason", af.message)
@@ -103,6 +105,10 @@ func (e *Emulator) serveAWS(w http.ResponseWriter, r *http.Request) {
 		e.writeError(w, req, derr)
 		return
 	}
+	if derr := e.authorize(req); derr != nil {
+		e.writeError(w, req, derr)
+		return
+	}
 	var aerr *apiError
 	switch req.service {
 	case ServiceEC2:
@@ -111,6 +117,8 @@ func (e *Emulator) serveAWS(w http.ResponseWriter, r *http.Request) {
 		aerr = e.serveAutoScaling(w, req)
 	case ServiceS3:
 		aerr = e.serveS3(w, req)
+	case ServiceSTS:
+		aerr = e.serveSTS(w, req)
 	}
 	if aerr != nil {
 		log.Info("request failed", "code", aerr.code, "message", aerr.message)
@@ -147,7 +155,7 @@ func authError(service string, af *authFailure) *apiError {
 			return errorf(400, "RequestExpired", "%s", af.message)
 		}
 		return errorf(401, "AuthFailure", "%s", af.message)
-	case ServiceAutoScaling:
+	case ServiceAutoScaling, ServiceSTS:
 		switch af.kind {
 		case authMissing:
 			return errorf(403, "MissingAuthenticationToken", "%s", af.message)
@@ -283,12 +291,16 @@ func (e *Emulator) writeError(w http.ResponseWriter, req *request, aerr *apiErro
 	switch req.service {
 	case ServiceEC2:
 		writeXML(w, req, aerr.status, ec2ErrorResponse{Errors: []ec2Err{{aerr.code, aerr.message}}, RequestID: req.id})
-	case ServiceAutoScaling:
+	case ServiceAutoScaling, ServiceSTS:
 		typ := "Sender"
 		if aerr.status >= 500 {
 			typ = "Receiver"
 		}
-		writeXML(w, req, aerr.status, queryErrorResponse{Xmlns: autoScalingXMLNS, Error: queryErr{typ, aerr.code, aerr.message}, RequestID: req.id})
+		ns := autoScalingXMLNS
+		if req.service == ServiceSTS {
+			ns = stsXMLNS
+		}
+		writeXML(w, req, aerr.status, queryErrorResponse{Xmlns: ns, Error: queryErr{typ, aerr.code, aerr.message}, RequestID: req.id})
 	default:
 		if req.r.Method == http.MethodHead {
 			// HEAD answers carry no body; the SDK reads the status and headers.
@@ -311,7 +323,7 @@ func writeXML(w http.ResponseWriter, req *request, status int, v any) {
 	case ServiceS3:
 		h.Set("Content-Type", "application/xml")
 		h.Set("x-amz-request-id", req.id)
-	case ServiceAutoScaling:
+	case ServiceAutoScaling, ServiceSTS:
 		h.Set("Content-Type", "text/xml")
 		h.Set("x-amzn-RequestId", req.id)
 	default:

@@ -119,12 +119,26 @@ func (s *sigV4) setCredential(v string) error {
 
 // verify checks a request's signature against the emulator's credentials. body
 // is the whole request body, already read.
-func (e *Emulator) verify(r *http.Request, s sigV4, body []byte) *authFailure {
-	if s.accessKeyID != e.accessKeyID {
-		return &authFailure{authUnknownKey, "The AWS Access Key Id you provided does not exist in our records."}
+func (e *Emulator) verify(r *http.Request, s sigV4, body []byte) (*principal, *authFailure) {
+	secret, p, ok := e.lookupKey(s.accessKeyID)
+	if !ok {
+		return nil, &authFailure{authUnknownKey, "The AWS Access Key Id you provided does not exist in our records."}
+	}
+	if p != nil {
+		// Temporary credentials come with their session token, signed along.
+		tok := r.Header.Get("X-Amz-Security-Token")
+		if s.presigned {
+			tok = r.URL.Query().Get("X-Amz-Security-Token")
+		}
+		if tok != p.token {
+			return nil, &authFailure{authUnknownKey, "The security token included in the request is invalid."}
+		}
+		if e.now().After(p.expires) {
+			return nil, &authFailure{authSkewed, "The security token included in the request is expired"}
+		}
 	}
 	if s.region != e.region {
-		return &authFailure{authMalformed, fmt.Sprintf("Credential should be scoped to a valid region, not '%s'; expecting '%s'.", s.region, e.region)}
+		return nil, &authFailure{authMalformed, fmt.Sprintf("Credential should be scoped to a valid region, not '%s'; expecting '%s'.", s.region, e.region)}
 	}
 	q := r.URL.Query()
 	dateStr := r.Header.Get("X-Amz-Date")
@@ -136,26 +150,36 @@ func (e *Emulator) verify(r *http.Request, s sigV4, body []byte) *authFailure {
 	}
 	t, err := time.Parse(amzDateFormat, dateStr)
 	if err != nil {
-		return &authFailure{authMalformed, fmt.Sprintf("X-Amz-Date %q is not of the form %s", dateStr, amzDateFormat)}
+		return nil, &authFailure{authMalformed, fmt.Sprintf("X-Amz-Date %q is not of the form %s", dateStr, amzDateFormat)}
 	}
 	if t.Format("20060102") != s.scopeDate {
-		return &authFailure{authMalformed, fmt.Sprintf("Credential date %s does not match X-Amz-Date %s", s.scopeDate, dateStr)}
+		return nil, &authFailure{authMalformed, fmt.Sprintf("Credential date %s does not match X-Amz-Date %s", s.scopeDate, dateStr)}
 	}
 	now := e.now()
 	if s.presigned {
-		exp, err := strconv.Atoi(q.Get("X-Amz-Expires"))
+		expires := q.Get("X-Amz-Expires")
+		if expires == "" && s.service == ServiceSTS {
+			// STS takes a presigned request without X-Amz-Expires for 15
+			// minutes (the SDK's PresignGetCallerIdentity sets none).
+			expires = "900"
+		}
+		exp, err := strconv.Atoi(expires)
 		if err != nil || exp <= 0 || exp > 7*24*3600 {
-			return &authFailure{authMalformed, "X-Amz-Expires must be a number of seconds up to one week"}
+			return nil, &authFailure{authMalformed, "X-Amz-Expires must be a number of seconds up to one week"}
 		}
 		if now.After(t.Add(time.Duration(exp) * time.Second)) {
-			return &authFailure{authSkewed, "Request has expired"}
+			return nil, &authFailure{authSkewed, "Request has expired"}
 		}
 	} else if d := now.Sub(t); d > maxClockSkew || d < -maxClockSkew {
-		return &authFailure{authSkewed, fmt.Sprintf("Request timestamp %s differs from the server time %s by more than %s", dateStr, now.UTC().Format(amzDateFormat), maxClockSkew)}
+		return nil, &authFailure{authSkewed, fmt.Sprintf("Request timestamp %s differs from the server time %s by more than %s", dateStr, now.UTC().Format(amzDateFormat), maxClockSkew)}
 	}
 
 	payloadHash := r.Header.Get("X-Amz-Content-Sha256")
 	switch {
+	case s.presigned && s.service != ServiceS3:
+		// Other services' presigned requests sign the (empty) body's hash.
+		sum := sha256.Sum256(body)
+		payloadHash = hex.EncodeToString(sum[:])
 	case s.presigned:
 		payloadHash = unsignedPayload
 		if v := q.Get("X-Amz-Content-Sha256"); v != "" {
@@ -169,22 +193,22 @@ func (e *Emulator) verify(r *http.Request, s sigV4, body []byte) *authFailure {
 	default:
 		sum := sha256.Sum256(body)
 		if !strings.EqualFold(payloadHash, hex.EncodeToString(sum[:])) {
-			return &authFailure{authPayloadMismatch, "The provided 'x-amz-content-sha256' header does not match what was computed."}
+			return nil, &authFailure{authPayloadMismatch, "The provided 'x-amz-content-sha256' header does not match what was computed."}
 		}
 	}
 
 	canonical, err := canonicalRequest(r, s, payloadHash)
 	if err != nil {
-		return &authFailure{authMalformed, err.Error()}
+		return nil, &authFailure{authMalformed, err.Error()}
 	}
 	crHash := sha256.Sum256([]byte(canonical))
 	stringToSign := sigV4Algorithm + "\n" + dateStr + "\n" + s.scope() + "\n" + hex.EncodeToString(crHash[:])
-	key := signingKey(e.secretKey, s.scopeDate, s.region, s.service)
+	key := signingKey(secret, s.scopeDate, s.region, s.service)
 	want := hex.EncodeToString(hmacSHA256(key, []byte(stringToSign)))
 	if !hmac.Equal([]byte(want), []byte(strings.ToLower(s.signature))) {
-		return &authFailure{authBadSignature, "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method."}
+		return nil, &authFailure{authBadSignature, "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method."}
 	}
-	return nil
+	return p, nil
 }
 
 func canonicalRequest(r *http.Request, s sigV4, payloadHash string) (string, error) {

@@ -51,6 +51,11 @@ type World struct {
 
 	LifecycleHooks []LifecycleHook `json:"lifecycleHooks,omitempty"`
 
+	// Policies are IAM policy documents (JSON) by role name. Requests signed
+	// with an instance profile's credentials are allowed only what their role's
+	// policy allows; the world's own key pair (the account's root) anything.
+	Policies map[string]string `json:"policies,omitempty"`
+
 	// Faults per service: "ec2", "s3", "autoscaling", "imds".
 	Faults map[string]Faults `json:"faults,omitempty"`
 
@@ -78,6 +83,9 @@ type Instance struct {
 	// made (dev/disk/by-id/... or dev/xvdX); "" means "/".
 	DevRoot          string `json:"devRoot,omitempty"`
 	AutoScalingGroup string `json:"autoScalingGroup,omitempty"`
+	// InstanceProfile is the role of the instance's profile: IMDS serves
+	// temporary credentials of its own under iam/security-credentials/<role>.
+	InstanceProfile string `json:"instanceProfile,omitempty"`
 }
 
 // Volume is one EBS volume.

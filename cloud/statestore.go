@@ -24,8 +24,10 @@ const (
 	// AddonsDir holds the users' own add-ons: one manifest per add-on, named <add-on>.yaml.
 	AddonsDir    = "addons"
 	GossipKeyKey = "nodeagent/gossip.key"
-	CACertKey    = "pki/ca.crt"
-	CAKeyKey     = "pki/ca.key"
+	// CACertKey is readable by every node; everything under pki/private/ by
+	// masters only (DESIGN.md, "Node identity and the state store").
+	CACertKey = "pki/ca.crt"
+	CAKeyKey  = "pki/private/ca.key"
 	// ServiceAccountKeyKey is the service-account signing key every API server
 	// and controller manager of the cluster shares (masters only).
 	ServiceAccountKeyKey = "pki/private/service-account.key"
@@ -84,7 +86,10 @@ func (s *StateStore) ServiceAccountKey(ctx context.Context) ([]byte, error) {
 	return b, err
 }
 
-// CA loads the cluster CA from the state store (it satisfies pki's CA source).
+// CACert loads the cluster CA certificate alone, what a worker may read.
+func (s *StateStore) CACert(ctx context.Context) ([]byte, error) { return s.Get(ctx, CACertKey) }
+
+// CA loads the cluster CA, certificate and key, from the state store (masters).
 func (s *StateStore) CA(ctx context.Context) (certPEM, keyPEM []byte, err error) {
 	if certPEM, err = s.Get(ctx, CACertKey); err != nil {
 		return nil, nil, err

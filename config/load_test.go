@@ -88,6 +88,7 @@ func TestParseRejects(t *testing.T) {
 		{"duplicate key", minimal("Node") + "  role: Node\n", nil},
 		{"wrong type", minimal("Node") + "  readiness: {timeout: 5}\n", []string{"spec.readiness.timeout"}},
 		{"a version YAML reads as a number, with a bad role: both said", strings.Replace(strings.Replace(minimal("Node"), "v1.31.2", "1.31", 1), "role: Node", "role: Worker", 1), []string{"spec.kubernetesVersion", "spec.role"}},
+		{"node credentials living under a minute", minimal("Node") + "  pki: {nodeCredentialsValidity: 30s}\n", []string{"spec.pki.nodeCredentialsValidity"}},
 		{"gossip cluster without a key", strings.Replace(minimal("Node"), "  gossip: {secretKeyFile: /etc/nodeagent/gossip.key}\n", "", 1), []string{"spec.gossip.secretKeyFile"}},
 		{"every problem listed", `apiVersion: v1
 kind: Pod

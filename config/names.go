@@ -54,3 +54,10 @@ func EtcdMemberHost(etcdCluster, member, cluster string) string {
 	}
 	return "etcd-" + etcdCluster + "-" + member + ".internal." + cluster
 }
+
+// SignerPort is the node signer's HTTPS port on every master.
+const SignerPort = 3988
+
+// SignerName is the name workers reach the masters' node signer at:
+// nodeagent.internal.<cluster> (its serving certificate names it).
+func SignerName(cluster string) string { return "nodeagent.internal." + cluster }

@@ -77,7 +77,8 @@ type Cluster struct {
 	Name string `json:"name"`
 	// StateStore is an s3://bucket/prefix URL holding nodeagent/cluster.yaml (a
 	// NodeConfig whose spec fills what user-data leaves unset), pki/ca.crt,
-	// pki/ca.key and nodeagent/gossip.key.
+	// nodeagent/gossip.key (every node reads them) and, under pki/private/, the
+	// CA key and the service-account key (masters only).
 	StateStore string `json:"stateStore,omitempty"`
 	// APIServer is the host:port kubelets use; default api.internal.<name>:443.
 	APIServer string `json:"apiServer,omitempty"`
@@ -255,4 +256,8 @@ type PKI struct {
 	// pki/private/service-account.key. Every master of an HA control plane needs
 	// the same one.
 	ServiceAccountKeyFile string `json:"serviceAccountKeyFile,omitempty"`
+	// NodeCredentialsValidity (masters) is how long the kubelet and kube-proxy
+	// client certificates the node signer issues to workers live, a duration
+	// from 1m to 8760h; default 24h. Workers renew when a third is left.
+	NodeCredentialsValidity string `json:"nodeCredentialsValidity,omitempty"`
 }

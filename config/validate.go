@@ -270,6 +270,11 @@ func (c *NodeConfig) Validate() error {
 	if (s.PKI.CACertFile == "") != (s.PKI.CAKeyFile == "") {
 		add("spec.pki", "caCertFile and caKeyFile go together")
 	}
+	if v := s.PKI.NodeCredentialsValidity; v != "" {
+		if d, err := time.ParseDuration(v); err != nil || d < time.Minute || d > 8760*time.Hour {
+			add("spec.pki.nodeCredentialsValidity", "must be a duration from 1m to 8760h, got %q", v)
+		}
+	}
 	if len(errs) == 0 {
 		return nil
 	}

@@ -254,6 +254,34 @@ func TestExpiredKubeletCertificate(t *testing.T) {
 	want(t, day, Warn, "kubelet-client.crt", "expires on")
 }
 
+// A node signer's certificate lives a day and is renewed when a third is
+// left: with 20 hours left it is fine, with 5 hours left renewal is not
+// happening and doctor says so.
+func TestShortLivedCertificate(t *testing.T) {
+	root := fsutil.Root(t.TempDir())
+	caCert, caKey, err := pki.GenerateCA("kubernetes", 365*24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, pubPEM, err := pki.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := pki.ParsePublicKey(pubPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issued := time.Now()
+	cert, err := pki.SignClientCert(caCert, caKey, pub, pki.ClientCertSpec{CN: "system:node:ip-10-0-1-7.ec2.internal", Orgs: []string{"system:nodes"}}, issued, 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, string(root), "/var/lib/kubelet/pki/kubelet-client.crt", string(cert))
+	at := func(d time.Duration) func() time.Time { return func() time.Time { return issued.Add(d) } }
+	want(t, run(t, Certificates(root, []string{"/var/lib/kubelet/pki"}, at(4*time.Hour))), OK, "1 certificate(s) valid")
+	want(t, run(t, Certificates(root, []string{"/var/lib/kubelet/pki"}, at(19*time.Hour))), Warn, "kubelet-client.crt", "expires on")
+}
+
 // Files as the host has them: swap listed in /proc/swaps, a runtime whose
 // cgroup driver is not kubelet's, a module that is not loaded.
 func TestHostFiles(t *testing.T) {

@@ -243,7 +243,13 @@ func bytesStr(b float64) string {
 
 // CertWarnBefore is how close to expiry a certificate is reported: the pki
 // phase renews 30 days before, so less than that means renewal is not happening.
+// Short-lived certificates (the node signer's, renewed when a third of their
+// life is left) are reported when less than a quarter of their life is left.
 const CertWarnBefore = 30 * 24 * time.Hour
+
+func certWarnBefore(c *x509.Certificate) time.Duration {
+	return min(CertWarnBefore, c.NotAfter.Sub(c.NotBefore)/4)
+}
 
 // Certificates: every certificate under dirs (*.crt, *.pem) is valid now and
 // not about to expire.
@@ -288,7 +294,7 @@ func Certificates(root fsutil.Root, dirs []string, now func() time.Time) Check {
 						out = append(out, fail(fix, "certificate %s expired on %s", name, c.NotAfter.UTC().Format(time.RFC3339))...)
 					case t.Before(c.NotBefore):
 						out = append(out, fail("check the clock (see the clock check)", "certificate %s is not valid before %s: this node's clock is behind, or it was issued by a clock ahead", name, c.NotBefore.UTC().Format(time.RFC3339))...)
-					case c.NotAfter.Sub(t) < CertWarnBefore:
+					case c.NotAfter.Sub(t) < certWarnBefore(c):
 						out = append(out, warn(fix, "certificate %s expires on %s", name, c.NotAfter.UTC().Format(time.RFC3339))...)
 					}
 					if soonest.IsZero() || c.NotAfter.Before(soonest) {

@@ -30,6 +30,7 @@ import (
 	"github.com/nodeagent/nodeagent/bootstrap"
 	"github.com/nodeagent/nodeagent/cloud"
 	"github.com/nodeagent/nodeagent/config"
+	"github.com/nodeagent/nodeagent/iam"
 	"github.com/nodeagent/nodeagent/internal/fsutil"
 	"github.com/nodeagent/nodeagent/internal/netns"
 	"github.com/nodeagent/nodeagent/internal/nspawn"
@@ -136,7 +137,15 @@ func newHALab(t *testing.T, extraVolumes ...awsemu.Volume) *haLab {
 	if err != nil {
 		t.Fatal(err)
 	}
-	world := &awsemu.World{Buckets: map[string]map[string]string{haStateBkt: {
+	// Every instance signs with its own instance-profile credentials under the
+	// shipped IAM policies: workers cannot read the CA key, masters sign for them.
+	policies := map[string]string{}
+	for _, role := range []string{iam.Masters, iam.Nodes} {
+		if policies[role], err = iam.Policy(role, "s3://"+haStateBkt+"/"+haCluster, "s3://"+testenv.AssetsBucket+"/assets"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	world := &awsemu.World{Policies: policies, Buckets: map[string]map[string]string{haStateBkt: {
 		haCluster + "/" + cloud.CACertKey:            string(caCert),
 		haCluster + "/" + cloud.CAKeyKey:             string(caKey),
 		haCluster + "/" + cloud.ServiceAccountKeyKey: string(saKey),
@@ -261,15 +270,16 @@ func (h *haLab) boot(ctx context.Context, id string, role config.Role, az string
 		h.t.Fatalf("no free machine slot for %s", id)
 	}
 	ns := h.net.Nodes[slot]
-	asg := "nodes"
+	asg, profile := "nodes", iam.Nodes
 	if role == config.RoleControlPlane {
-		asg = masterASG(az)
+		asg, profile = masterASG(az), iam.Masters
 	}
 	inst := awsemu.Instance{
 		ID: id, Type: "m5.large", AvailabilityZone: az, PrivateIP: ns.IP.String(), State: "running",
 		Tags:             map[string]string{"KubernetesCluster": haCluster, "kubernetes.io/cluster/" + haCluster: "owned"},
 		UserData:         string(h.userData(role)),
 		AutoScalingGroup: asg,
+		InstanceProfile:  profile,
 	}
 	var console io.Writer
 	if *verbose {

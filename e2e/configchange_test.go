@@ -33,9 +33,7 @@ func TestConfigChanges(t *testing.T) {
 	const bucket, clusterKey = "state", cluster + "/nodeagent/cluster.yaml"
 	env := startEnv(t, &awsemu.World{
 		Buckets: map[string]map[string]string{bucket: {
-			clusterKey:              "apiVersion: nodeagent.io/v1alpha1\nkind: NodeConfig\nspec:\n  kubelet:\n    nodeLabels: {from-state-store: \"yes\"}\n",
-			cluster + "/pki/ca.crt": string(caCert),
-			cluster + "/pki/ca.key": string(caKey),
+			clusterKey: "apiVersion: nodeagent.io/v1alpha1\nkind: NodeConfig\nspec:\n  kubelet:\n    nodeLabels: {from-state-store: \"yes\"}\n",
 		}},
 	})
 	nodeDoc := func(role config.Role, kubelet map[string]any) []byte {
@@ -45,6 +43,7 @@ func TestConfigChanges(t *testing.T) {
 				c.Spec.Cluster.StateStore = "s3://" + bucket + "/" + cluster
 				// No API server runs here: readiness waits only briefly for the Node.
 				c.Spec.Readiness.Timeout = "5s"
+				useFileCA(c)
 			},
 		})
 		if err != nil {
@@ -54,6 +53,7 @@ func TestConfigChanges(t *testing.T) {
 	}
 	inst := workerInstance(t, "i-0e2e0cfgchange01", nodeDoc(config.RoleNode, testenv.ContainerKubeletConfig()))
 	n := bootNode(t, env, inst)
+	installCA(t, n, caCert, caKey)
 	agent(t, n, "bootstrap") // not ready (no API server), every other phase done
 	settled := func(what string) string {
 		var hash string

@@ -20,6 +20,7 @@ import (
 
 	"github.com/nodeagent/nodeagent/awsemu"
 	"github.com/nodeagent/nodeagent/bootstrap"
+	"github.com/nodeagent/nodeagent/config"
 	"github.com/nodeagent/nodeagent/internal/nspawn"
 	"github.com/nodeagent/nodeagent/internal/testenv"
 )
@@ -132,4 +133,29 @@ type testWriter struct{ t testing.TB }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(string(p))
 	return len(p), nil
+}
+
+// The cluster CA as files on a worker, for the tests of a lone worker with no
+// master to sign its certificates (spec.pki.caCertFile/caKeyFile: the node
+// signs its own, the operator's explicit choice).
+const (
+	fileCACert = "/etc/nodeagent/pki/ca.crt"
+	fileCAKey  = "/etc/nodeagent/pki/ca.key"
+)
+
+func useFileCA(c *config.NodeConfig) {
+	c.Spec.PKI.CACertFile, c.Spec.PKI.CAKeyFile = fileCACert, fileCAKey
+}
+
+// installCA writes the CA files into the node's machine before its bootstrap.
+func installCA(t testing.TB, n *testenv.Node, cert, key []byte) {
+	t.Helper()
+	for p, b := range map[string][]byte{fileCACert: cert, fileCAKey: key} {
+		if err := os.MkdirAll(filepath.Dir(n.M.Path(p)), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(n.M.Path(p), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

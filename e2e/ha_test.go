@@ -205,6 +205,7 @@ func haScenario(t *testing.T, stagger time.Duration, full bool) {
 	if st, code := h.status(ctx, worker); code != 0 || !st.Readiness.Ready {
 		t.Errorf("worker status: exit %d, readiness %+v", code, st.Readiness)
 	}
+	assertWorkerSigned(t, ctx, h, worker, masters)
 	podIP := runPod(t, ctx, api, node.Metadata.Name)
 	_, cidr, err := net.ParseCIDR(node.Spec.PodCIDR)
 	if err != nil || !cidr.Contains(net.ParseIP(podIP)) {
@@ -229,6 +230,7 @@ func haScenario(t *testing.T, stagger time.Duration, full bool) {
 	victim := masters[2]
 	h.kill(ctx, victim)
 	killed := time.Now()
+	renewed := renewWhileMasterDown(t, ctx, worker)
 	survivors := masters[:2]
 	stopWatch := watchQuorum(t, h, survivors)
 	repl := h.boot(ctx, "i-0ha0master0000003", config.RoleControlPlane, haZones[2].az)
@@ -244,6 +246,7 @@ func haScenario(t *testing.T, stagger time.Duration, full bool) {
 	if lost := stopWatch(); len(lost) > 0 {
 		t.Errorf("quorum lost on the survivors during the replacement: %v", lost)
 	}
+	renewed()
 	st, _ := h.status(ctx, repl)
 	for _, v := range st.Volumes {
 		if v.Formatted {

@@ -534,6 +534,9 @@ func (in *inputs) kubeProxy() *corev1.Pod {
 		SecurityContext: &corev1.SecurityContext{Privileged: &privileged},
 		VolumeMounts: []corev1.VolumeMount{
 			{Name: "kubeconfig", MountPath: paths.KubeProxyConf, ReadOnly: true},
+			// The client certificate a worker's node signer renews (a directory:
+			// a file mount would keep the replaced file's old content).
+			{Name: "credentials", MountPath: paths.KubeProxyDir, ReadOnly: true},
 			{Name: "lib-modules", MountPath: "/lib/modules", ReadOnly: true},
 			// Shared with every other iptables user on the host so their writes serialize.
 			{Name: "xtables-lock", MountPath: "/run/xtables.lock"},
@@ -541,6 +544,7 @@ func (in *inputs) kubeProxy() *corev1.Pod {
 	}
 	return in.pod(podKubeProxy, c, []corev1.Volume{
 		hostPathVolume("kubeconfig", paths.KubeProxyConf, corev1.HostPathFile),
+		hostPathVolume("credentials", paths.KubeProxyDir, corev1.HostPathDirectoryOrCreate),
 		hostPathVolume("lib-modules", "/lib/modules", corev1.HostPathDirectory),
 		hostPathVolume("xtables-lock", "/run/xtables.lock", corev1.HostPathFileOrCreate),
 	}, false)

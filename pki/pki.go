@@ -139,11 +139,17 @@ type Paths struct {
 	SchedulerConf              string
 	// AddonsConf is the kubeconfig the masters' daemon applies the cluster's
 	// add-ons with (system:masters, like kops' protokube).
-	AddonsConf        string
-	KubeProxyConf     string
-	KubeletClientCert string
-	KubeletClientKey  string
-	KubeletKubeconfig string
+	AddonsConf    string
+	KubeProxyConf string
+	// KubeProxyDir holds kube-proxy's client certificate and key when they come
+	// from the node signer: the kube-proxy pod mounts the directory, so the
+	// renewed files are seen (client-go reloads them) without a pod restart.
+	KubeProxyDir        string
+	KubeProxyClientCert string
+	KubeProxyClientKey  string
+	KubeletClientCert   string
+	KubeletClientKey    string
+	KubeletKubeconfig   string
 }
 
 // DefaultPaths is the layout the agent uses.
@@ -166,6 +172,9 @@ func DefaultPaths() Paths {
 		SchedulerConf:              "/etc/kubernetes/scheduler.conf",
 		AddonsConf:                 "/etc/kubernetes/nodeagent-addons.conf",
 		KubeProxyConf:              "/etc/kubernetes/kube-proxy.conf",
+		KubeProxyDir:               "/var/lib/kube-proxy",
+		KubeProxyClientCert:        "/var/lib/kube-proxy/client.crt",
+		KubeProxyClientKey:         "/var/lib/kube-proxy/client.key",
 		KubeletClientCert:          "/var/lib/kubelet/pki/kubelet-client.crt",
 		KubeletClientKey:           "/var/lib/kubelet/pki/kubelet-client.key",
 		KubeletKubeconfig:          "/var/lib/kubelet/kubeconfig",

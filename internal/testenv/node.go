@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -68,6 +70,13 @@ func BootNode(ctx context.Context, e *Env, inst awsemu.Instance, agentBin string
 	env, err := e.AWSEnv(inst.ID)
 	if err != nil {
 		return nil, err
+	}
+	if inst.InstanceProfile != "" {
+		// An instance with a profile signs with its own credentials from
+		// IMDS (the SDK's default chain), under its role's IAM policy.
+		env = slices.DeleteFunc(env, func(kv string) bool {
+			return strings.HasPrefix(kv, "AWS_ACCESS_KEY_ID=") || strings.HasPrefix(kv, "AWS_SECRET_ACCESS_KEY=")
+		})
 	}
 	// The same settings reach every unit inside (nodeagent.service among them), as
 	// an instance's environment would.
