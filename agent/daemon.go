@@ -82,9 +82,15 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 	}
 	runner := &bootstrap.Runner{Store: o.store(), Log: log, Node: n.Info(), ConfigHash: n.ConfigHash, Observe: m.observePhase}
 	var pub *etcdPublisher
+	var keeper *etcdKeeper
 	if n.IsControlPlane() {
 		pub = newEtcdPublisher(o, n, log)
 		defer pub.close()
+		backups, err := backupStoreFor(n)
+		if err != nil {
+			return err
+		}
+		keeper = newEtcdKeeper(o, n, backups, m.reg)
 	}
 
 	reconcile := func() {
@@ -155,6 +161,9 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 		defer t.Stop()
 		for {
 			reconcile()
+			if keeper != nil {
+				keeper.tick(ctx)
+			}
 			select {
 			case reconciled <- struct{}{}:
 			default:

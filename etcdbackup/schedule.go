@@ -33,7 +33,7 @@ type Taker struct {
 type Result struct {
 	Taken   *Backup  // the backup taken, if any
 	Skipped string   // why none was taken: not the leader, the last one is recent
-	Pruned  []Backup // what retention deleted
+	Pruned  []string // names of the backups retention deleted
 	Latest  *Backup  // the newest complete backup after the tick
 }
 
@@ -56,12 +56,9 @@ func (t *Taker) Tick(ctx context.Context, cli *clientv3.Client, now time.Time) (
 	if err != nil {
 		return res, fmt.Errorf("etcd %s: status of %s: %w", t.Cluster, t.Endpoint, err)
 	}
-	all, err := t.Store.List(ctx, t.Cluster)
+	res.Latest, err = t.Store.Latest(ctx, t.Cluster)
 	if err != nil {
 		return res, fmt.Errorf("etcd %s: %w", t.Cluster, err)
-	}
-	if len(all) > 0 {
-		res.Latest = &all[0]
 	}
 	switch {
 	case st.Header == nil || st.Leader != st.Header.MemberId:

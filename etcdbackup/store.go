@@ -151,39 +151,73 @@ func (s *Store) list(ctx context.Context, prefix string) ([]string, error) {
 	return keys, nil
 }
 
-// List returns the complete backups of an etcd cluster (those with an info
-// file), newest first. An info file that cannot be read or parsed is an error
-// naming it.
-func (s *Store) List(ctx context.Context, cluster string) ([]Backup, error) {
+// complete returns the names (RFC 3339 times) of an etcd cluster's complete
+// backups, those with an info file, newest first: one listing, no reads.
+func (s *Store) complete(ctx context.Context, cluster string) ([]time.Time, error) {
 	dir := s.clusterDir(cluster)
 	keys, err := s.list(ctx, dir)
 	if err != nil {
 		return nil, err
 	}
-	var out []Backup
-	var errs []error
+	var out []time.Time
 	for _, k := range keys {
-		rel := strings.TrimPrefix(k, dir+"/")
-		name, file, ok := strings.Cut(rel, "/")
+		name, file, ok := strings.Cut(strings.TrimPrefix(k, dir+"/"), "/")
 		if !ok || file != InfoName {
 			continue
 		}
-		if _, err := time.Parse(TimeFormat, name); err != nil {
-			continue
+		if t, err := time.Parse(TimeFormat, name); err == nil {
+			out = append(out, t)
 		}
-		b, err := s.get(ctx, k, 1<<20)
+	}
+	slices.SortFunc(out, func(a, b time.Time) int { return b.Compare(a) })
+	return out, nil
+}
+
+func (s *Store) info(ctx context.Context, cluster string, t time.Time) (Backup, error) {
+	dir := path.Join(s.clusterDir(cluster), t.UTC().Format(TimeFormat))
+	key := path.Join(dir, InfoName)
+	b, err := s.get(ctx, key, 1<<20)
+	if err != nil {
+		return Backup{}, err
+	}
+	var info Info
+	if err := json.Unmarshal(b, &info); err != nil {
+		return Backup{}, fmt.Errorf("s3://%s/%s: %w", s.Bucket, key, err)
+	}
+	return Backup{Info: info, Dir: dir}, nil
+}
+
+// Latest returns the newest complete backup, or nil when there is none.
+func (s *Store) Latest(ctx context.Context, cluster string) (*Backup, error) {
+	ts, err := s.complete(ctx, cluster)
+	if err != nil || len(ts) == 0 {
+		return nil, err
+	}
+	b, err := s.info(ctx, cluster, ts[0])
+	if err != nil {
+		return nil, err
+	}
+	return &b, nil
+}
+
+// List returns the complete backups of an etcd cluster (those with an info
+// file), newest first. An info file that cannot be read or parsed is an error
+// naming it; the others are still returned.
+func (s *Store) List(ctx context.Context, cluster string) ([]Backup, error) {
+	ts, err := s.complete(ctx, cluster)
+	if err != nil {
+		return nil, err
+	}
+	var out []Backup
+	var errs []error
+	for _, t := range ts {
+		b, err := s.info(ctx, cluster, t)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		var info Info
-		if err := json.Unmarshal(b, &info); err != nil {
-			errs = append(errs, fmt.Errorf("s3://%s/%s: %w", s.Bucket, k, err))
-			continue
-		}
-		out = append(out, Backup{Info: info, Dir: path.Join(dir, name)})
+		out = append(out, b)
 	}
-	slices.SortFunc(out, func(a, b Backup) int { return b.Time.Compare(a.Time) })
 	return out, errors.Join(errs...)
 }
 
@@ -284,42 +318,42 @@ type Retention struct {
 // DefaultRetention is etcd-manager's: hourly ones for 7 days, one a day for a year.
 var DefaultRetention = Retention{Hourly: 7 * 24 * time.Hour, Daily: 365 * 24 * time.Hour}
 
-// Expired returns the backups (newest first, as List gives them) that
-// retention drops at now.
-func (r Retention) Expired(backups []Backup, now time.Time) []Backup {
+// Expired returns the backup times (newest first, as listed) that retention
+// drops at now.
+func (r Retention) Expired(times []time.Time, now time.Time) []time.Time {
 	keptDay := map[string]bool{}
-	var out []Backup
-	for _, b := range backups { // newest first: the first of each day is its newest
-		age := now.Sub(b.Time)
-		day := b.Time.UTC().Format(time.DateOnly)
+	var out []time.Time
+	for _, t := range times { // newest first: the first of each day is its newest
+		age := now.Sub(t)
+		day := t.UTC().Format(time.DateOnly)
 		switch {
 		case age < r.Hourly:
-			keptDay[day] = keptDay[day] || false
 		case age < r.Daily && !keptDay[day]:
 			keptDay[day] = true
 		default:
-			out = append(out, b)
+			out = append(out, t)
 		}
 	}
 	return out
 }
 
 // Prune deletes what retention drops: the info file first (so the backup stops
-// being complete at once), then the snapshot.
-func (s *Store) Prune(ctx context.Context, cluster string, r Retention, now time.Time) ([]Backup, error) {
-	all, err := s.List(ctx, cluster)
+// being complete at once), then the snapshot. It returns the names deleted.
+func (s *Store) Prune(ctx context.Context, cluster string, r Retention, now time.Time) ([]string, error) {
+	ts, err := s.complete(ctx, cluster)
 	if err != nil {
 		return nil, err
 	}
-	var done []Backup
-	for _, b := range r.Expired(all, now) {
+	var done []string
+	for _, t := range r.Expired(ts, now) {
+		dir := path.Join(s.clusterDir(cluster), t.UTC().Format(TimeFormat))
 		for _, name := range []string{InfoName, SnapshotName} {
-			key := path.Join(b.Dir, name)
+			key := path.Join(dir, name)
 			if _, err := s.S3.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String(s.Bucket), Key: aws.String(key)}); err != nil {
 				return done, fmt.Errorf("delete s3://%s/%s: %w", s.Bucket, key, err)
 			}
 		}
-		done = append(done, b)
+		done = append(done, t.UTC().Format(TimeFormat))
 	}
 	return done, nil
 }

@@ -159,8 +159,12 @@ func (p *ClaimPhase) LearnFacts(f *bootstrap.Facts) {
 		i := slices.IndexFunc(f.EtcdMembers, func(x bootstrap.EtcdMemberFact) bool { return x.Cluster == c.EtcdCluster })
 		if i < 0 {
 			f.EtcdMembers = append(f.EtcdMembers, m)
-		} else {
-			f.EtcdMembers[i] = m
+			continue
 		}
+		if old := f.EtcdMembers[i]; old.VolumeID == m.VolumeID {
+			// How the member joined belongs to its volume: kept while it is the same.
+			m.ClusterState, m.InitialCluster = old.ClusterState, old.InitialCluster
+		}
+		f.EtcdMembers[i] = m
 	}
 }
