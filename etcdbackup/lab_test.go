@@ -53,13 +53,13 @@ func (m *member) clientURL() string { return "https://" + m.ip + ":2379" }
 // lab is three members of etcd cluster main and the S3 emulator holding the
 // state store.
 type lab struct {
-	t       *testing.T
+	t       testing.TB
 	members []*member
 	emu     *awsemu.Running
 	store   *Store
 }
 
-func newLab(t *testing.T) *lab {
+func newLab(t testing.TB) *lab {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("the etcd lab needs root (loopback addresses 127.0.0.11-13 and real etcd processes)")

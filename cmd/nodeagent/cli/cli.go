@@ -99,6 +99,7 @@ flag, missing argument) exits 2 on every command.`,
 		configCmd(g, stdout),
 		bakeCmd(g),
 		versionCmd(stdout),
+		etcdCmd(g, stdout),
 	)
 	root.InitDefaultCompletionCmd()
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
