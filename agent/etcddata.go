@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -232,15 +234,22 @@ func (k *etcdKeeper) cluster(ctx context.Context, m bootstrap.EtcdMemberFact, cs
 	cs.LastBackup = res.Latest
 	if b := res.Latest; b != nil {
 		k.lastBackup.WithLabelValues(m.Cluster).Set(float64(b.Time.Unix()))
-		age := time.Since(b.Time)
-		k.backupAge.WithLabelValues(m.Cluster).Set(age.Seconds())
-		if age > 2*k.schedule {
-			cs.Warning = fmt.Sprintf("the last backup (%s) is %s old, more than twice the schedule (%s)", b.Name(), age.Round(time.Minute), k.schedule)
-		}
-	} else {
-		cs.Warning = "no backup yet"
+		k.backupAge.WithLabelValues(m.Cluster).Set(time.Since(b.Time).Seconds())
 	}
+	cs.Warning = backupWarning(res.Latest, k.schedule, time.Now())
 	return err
+}
+
+// backupWarning is status's warning about a cluster's backups: none yet, or
+// the newest older than twice the schedule.
+func backupWarning(latest *etcdbackup.Backup, schedule time.Duration, now time.Time) string {
+	if latest == nil {
+		return "no backup yet"
+	}
+	if age := now.Sub(latest.Time); age > 2*schedule {
+		return fmt.Sprintf("the last backup (%s) is %s old, more than twice the schedule (%s)", latest.Name(), age.Round(time.Minute), schedule)
+	}
+	return ""
 }
 
 // followRestore carries out this member's part of the newest restore command
@@ -375,4 +384,54 @@ func LoadEtcdStatus(o Options) (*EtcdStatus, error) {
 	}
 	slices.SortFunc(st.Clusters, func(a, b EtcdClusterStatus) int { return strings.Compare(a.Cluster, b.Cluster) })
 	return &st, nil
+}
+
+// WriteEtcdTable renders the daemon's view of this node's etcd for `status`:
+// each cluster's members and its last backup, with a warning when that backup
+// is older than twice the schedule.
+func WriteEtcdTable(w io.Writer, es *EtcdStatus, now time.Time) error {
+	fmt.Fprintf(w, "\netcd (as of %s ago):\n", now.Sub(es.At).Round(time.Second))
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  CLUSTER\tMEMBER\tROLE\tMEMBERS\tLAST BACKUP\tAGE\tSIZE\tREVISION")
+	for _, c := range es.Clusters {
+		role, members := "-", "-"
+		if h := c.Health; h != nil {
+			role = "follower"
+			switch {
+			case h.IsLearner:
+				role = "learner"
+			case h.IsLeader:
+				role = "leader"
+			}
+			var names []string
+			for _, m := range h.Members {
+				n := m.Name
+				if n == "" {
+					n = "(not started)"
+				}
+				if m.IsLearner {
+					n += "(learner)"
+				}
+				names = append(names, n)
+			}
+			members = strings.Join(names, ",")
+		}
+		last, age, size, rev := "-", "-", "-", "-"
+		if b := c.LastBackup; b != nil {
+			last, age, size, rev = b.Name(), now.Sub(b.Time).Round(time.Second).String(), humanBytes(b.Size), strconv.FormatInt(b.Revision, 10)
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Cluster, c.Member, role, members, last, age, size, rev)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, c := range es.Clusters {
+		if c.Warning != "" {
+			fmt.Fprintf(w, "  Warning: etcd %s: %s\n", c.Cluster, c.Warning)
+		}
+		if c.Error != "" {
+			fmt.Fprintf(w, "  Error: etcd %s: %s\n", c.Cluster, c.Error)
+		}
+	}
+	return nil
 }

@@ -155,19 +155,27 @@ func (p *JoinPhase) Act(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, p.o.Timeout)
 	defer cancel()
-	var errs []error
-	for _, m := range ms {
-		plan, err := p.plan(ctx, m)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		p.o.Log.Info("etcd member with a blank data dir", "cluster", m.Cluster, "member", m.Member, "state", plan.State,
-			"initialCluster", plan.InitialCluster, "removed", plan.Removed, "learner", plan.Learner)
-		p.mu.Lock()
-		p.plans[m.Cluster] = plan
-		p.mu.Unlock()
+	// The clusters are asked at once: a peer that does not answer costs a
+	// probe timeout, which they need not pay one after the other.
+	errs := make([]error, len(ms))
+	var wg sync.WaitGroup
+	for i, m := range ms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			plan, err := p.plan(ctx, m)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			p.o.Log.Info("etcd member with a blank data dir", "cluster", m.Cluster, "member", m.Member, "state", plan.State,
+				"initialCluster", plan.InitialCluster, "removed", plan.Removed, "learner", plan.Learner)
+			p.mu.Lock()
+			p.plans[m.Cluster] = plan
+			p.mu.Unlock()
+		}()
 	}
+	wg.Wait()
 	return errors.Join(errs...)
 }
 
