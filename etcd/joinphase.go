@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"k8s.io/apimachinery/pkg/util/wait"
+
 	"github.com/nodeagent/nodeagent/bootstrap"
 	"github.com/nodeagent/nodeagent/config"
 	"github.com/nodeagent/nodeagent/internal/fsutil"
@@ -163,9 +165,25 @@ func (p *JoinPhase) Act(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			plan, err := p.plan(ctx, m)
-			if err != nil {
+			// Waiting (peers not reachable yet, e.g. their gossip names not
+			// known yet; a restore not done yet) is asked again until the
+			// phase's timeout.
+			var plan JoinPlan
+			err := wait.PollUntilContextCancel(ctx, 2*time.Second, true, func(ctx context.Context) (bool, error) {
+				var err error
+				plan, err = p.plan(ctx, m)
+				if bootstrap.IsWaiting(err) {
+					errs[i] = err
+					bootstrap.Progress(ctx, err.Error())
+					return false, nil
+				}
 				errs[i] = err
+				return true, err
+			})
+			if err != nil {
+				if errs[i] == nil {
+					errs[i] = err
+				}
 				return
 			}
 			p.o.Log.Info("etcd member with a blank data dir", "cluster", m.Cluster, "member", m.Member, "state", plan.State,

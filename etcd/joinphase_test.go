@@ -6,6 +6,7 @@ import (
 	"os"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/nodeagent/nodeagent/bootstrap"
 	"github.com/nodeagent/nodeagent/config"
@@ -36,6 +37,7 @@ func TestJoinPhase(t *testing.T) {
 			Clusters: []config.EtcdCluster{{Name: "main", ClientPort: 2379, PeerPort: 2380}, {Name: "events", ClientPort: 4002, PeerPort: 2381}},
 			TLS:      func(string) (*tls.Config, error) { return &tls.Config{}, nil },
 			Existed:  func(context.Context, string) (bool, error) { return existed, nil },
+			Timeout:  3 * time.Second,
 		})
 	}
 	ctx := context.Background()
