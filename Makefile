@@ -44,6 +44,7 @@ e2e: deps build e2e-parts
 	# One package at a time: machines share the host's network (kubelet's ports).
 	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -p 1 ./internal/nspawn/
 	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -p 1 -run E2E ./systemd/... ./cri/ ./kubelet/
+	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -p 1 -run TestEtcdNeverLosesData ./etcdbackup/
 	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -v ./e2e/ -args -agent $(CURDIR)/$(BIN)/nodeagent
 
 test: deps lint unit e2e
