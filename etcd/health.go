@@ -295,8 +295,13 @@ func (p *HealthPhase) probeAll(ctx context.Context) []MemberHealth {
 	res := make([]MemberHealth, 0, len(members))
 	for _, m := range members {
 		h, err := p.probe(ctx, m)
-		if err == nil && h.IsLearner {
+		if h.IsLearner {
+			// A learner answers Status but not the member list; it is this
+			// node's member joining a live cluster, healthy once promoted.
 			err = p.promote(ctx, m)
+			if err == nil {
+				err = &probeError{err: errors.New("learner promoted to a voting member just now")}
+			}
 		}
 		r := MemberHealth{Member: m, Health: h}
 		if err != nil {

@@ -4,6 +4,7 @@ package etcdbackup
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"os"
 	"path"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/nodeagent/nodeagent/awsemu"
 	"github.com/nodeagent/nodeagent/etcd"
+	"github.com/nodeagent/nodeagent/pki"
 )
 
 // TestEtcdNeverLosesData drives three real etcd v3.5 members through the
@@ -102,26 +104,25 @@ func TestEtcdNeverLosesData(t *testing.T) {
 			t.Fatalf("replacement plan %+v", p)
 		}
 		l.start(c, p, token)
-		voters := l.client(a, a, b)
-		l.eventually("c promoted once caught up", 90*time.Second, func() error {
-			ok, err := etcd.Promote(ctx, voters, c.peerURL())
-			if err != nil {
-				return err
-			}
-			if !ok {
-				ml, err := voters.MemberList(ctx)
-				if err != nil {
-					return err
-				}
-				for _, m := range ml.Members {
-					if m.Name == "c" && !m.IsLearner {
-						return nil
-					}
-				}
-				return errors.New("c still a learner")
-			}
-			return nil
-		})
+		// The etcd-health phase, as the replacement runs it, promotes the
+		// learner once it has caught up and is done when it is a healthy voter.
+		tlsCfg, err := pki.ClientTLS(c.root, "main")
+		if err != nil {
+			t.Fatal(err)
+		}
+		health := etcd.NewHealthPhase(etcd.HealthOptions{Timeout: 90 * time.Second,
+			TLS: func(string) (*tls.Config, error) { return tlsCfg, nil },
+			Clusters: []etcd.Member{{Cluster: "main", Name: "c", ClientURL: c.clientURL(), PeerURL: c.peerURL(),
+				PeerClientURLs: []string{a.clientURL(), b.clientURL()}}}})
+		if err := health.Act(ctx); err != nil {
+			t.Fatalf("etcd-health of the replacement: %v", err)
+		}
+		if err := health.Verify(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if r := health.Results(); len(r) != 1 || r[0].Health.IsLearner || len(r[0].Health.Members) != 3 {
+			t.Fatalf("replacement after etcd-health: %+v", r)
+		}
 		l.healthy(c, 30*time.Second)
 		caughtUp := time.Since(start)
 		cOnly := l.client(c, c)
