@@ -99,11 +99,17 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 		defer stopSigner()
 	}
 	var pub *etcdPublisher
+	var keeper *etcdKeeper
 	if n.IsControlPlane() {
 		pub = newEtcdPublisher(o, n, log)
 		defer pub.close()
 		// The bootstrap add-ons, applied by one master at a time.
 		defer startAddons(ctx, o, n, log)()
+		backups, err := backupStoreFor(n)
+		if err != nil {
+			return err
+		}
+		keeper = newEtcdKeeper(o, n, backups, m.reg)
 	}
 
 	var (
@@ -225,6 +231,9 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 		defer poll.Stop()
 		for {
 			reconcile()
+			if keeper != nil {
+				keeper.tick(ctx)
+			}
 			select {
 			case reconciled <- struct{}{}:
 			default:

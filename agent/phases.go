@@ -110,7 +110,14 @@ func buildPhases(ctx context.Context, o Options, n *Node) (*phaseSet, error) {
 		// ring and publishes this node's etcd member names, which the other masters
 		// need before any etcd cluster can reach quorum. Started later, after
 		// etcd-health, every master would wait for names nobody publishes.
-		ps.phases = append(ps.phases, ps.volumes, daemonPhase, pkiPhase)
+		backups, err := backupStoreFor(n)
+		if err != nil {
+			return nil, err
+		}
+		ps.phases = append(ps.phases, ps.volumes, daemonPhase, pkiPhase,
+			// Before the static pods: a member on a blank volume learns from its
+			// live peers whether it joins an existing cluster.
+			etcdJoinPhase(o, n, backups))
 	} else if usesSigner(n) {
 		sp, err := signerPhase(o, n)
 		if err != nil {

@@ -55,7 +55,13 @@ func Status(o Options, w io.Writer, format string) (int, error) {
 		_, err = w.Write(b)
 		return code, err
 	case "table", "":
-		return code, WriteStatusTable(w, st)
+		if err := WriteStatusTable(w, st); err != nil {
+			return code, err
+		}
+		if es, err := LoadEtcdStatus(o); err == nil {
+			return code, WriteEtcdTable(w, es, time.Now())
+		}
+		return code, nil
 	default:
 		return StatusUnknown, fmt.Errorf("unknown output format %q (table, json or yaml)", format)
 	}

@@ -535,6 +535,7 @@ func renderVolume(v *volume) ec2Volume {
 		Status:           v.State,
 		CreateTime:       v.created.Format(ec2TimeFormat),
 		VolumeType:       v.VolumeType,
+		MultiAttach:      v.MultiAttachEnabled,
 		TagSet:           tagSet(v.Tags),
 	}
 	if a := v.att; a != nil {

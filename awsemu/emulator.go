@@ -74,6 +74,8 @@ type Emulator struct {
 	volumes       map[string]*volume
 	volOrder      []string
 	buckets       map[string]map[string]*object
+	uploads       map[string]*multipartUpload // by upload ID: S3 multipart uploads not yet completed or aborted
+	nextUpload    int
 	hooks         map[string][]string // group -> launch hook names
 	lifecycle     map[string]string   // instance -> CONTINUE/ABANDON
 	heartbeats    map[string]int      // instance -> RecordLifecycleActionHeartbeat calls
@@ -135,6 +137,7 @@ func New(w *World, o Options) (_ *Emulator, err error) {
 		heartbeats:    map[string]int{},
 		hookDone:      map[string]bool{},
 		faults:        map[string]Faults{},
+		uploads:       map[string]*multipartUpload{},
 		rng:           rand.New(rand.NewPCG(uint64(o.Seed), uint64(o.Seed)^0x9e3779b97f4a7c15)),
 		calls:         map[string]int{},
 		tokens:        map[string]imdsToken{},

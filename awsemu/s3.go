@@ -142,11 +142,24 @@ func s3Action(r *http.Request) string {
 		case http.MethodHead:
 			return "HeadObject"
 		case http.MethodPut:
+			if q.Has("uploadId") && q.Has("partNumber") {
+				return "UploadPart"
+			}
 			if r.Header.Get("X-Amz-Copy-Source") != "" {
 				return "CopyObject"
 			}
 			return "PutObject"
+		case http.MethodPost:
+			if q.Has("uploads") {
+				return "CreateMultipartUpload"
+			}
+			if q.Has("uploadId") {
+				return "CompleteMultipartUpload"
+			}
 		case http.MethodDelete:
+			if q.Has("uploadId") {
+				return "AbortMultipartUpload"
+			}
 			return "DeleteObject"
 		}
 	}
@@ -203,6 +216,19 @@ func (e *Emulator) serveS3(w http.ResponseWriter, req *request) *apiError {
 		return e.s3Get(w, req, bucket, key)
 	case "PutObject":
 		return e.s3Put(w, req, bucket, key)
+	case "CreateMultipartUpload":
+		return e.s3CreateMultipart(w, req, bucket, key)
+	case "UploadPart":
+		return e.s3UploadPart(w, req, bucket, key)
+	case "CompleteMultipartUpload":
+		return e.s3CompleteMultipart(w, req, bucket, key)
+	case "AbortMultipartUpload":
+		e.mu.Lock()
+		delete(e.uploads, req.r.URL.Query().Get("uploadId"))
+		e.mu.Unlock()
+		w.Header().Set("x-amz-request-id", req.id)
+		w.WriteHeader(http.StatusNoContent)
+		return nil
 	case "DeleteObject":
 		e.mu.Lock()
 		defer e.mu.Unlock()
@@ -512,7 +538,9 @@ var checksumAlgorithms = map[string]func() hash.Hash{
 	"x-amz-checksum-sha256":    sha256.New,
 }
 
-func (e *Emulator) s3Put(w http.ResponseWriter, req *request, bucket, key string) *apiError {
+// s3Body decodes and checks an upload's body (aws-chunked, trailers, checksums,
+// Content-MD5) and returns it with the checksums it was sent with.
+func s3Body(req *request) ([]byte, map[string]string, *apiError) {
 	r := req.r
 	body := req.body
 	checksums := map[string]string{}
@@ -524,10 +552,10 @@ func (e *Emulator) s3Put(w http.ResponseWriter, req *request, bucket, key string
 	if strings.HasPrefix(r.Header.Get("X-Amz-Content-Sha256"), "STREAMING-") || strings.Contains(r.Header.Get("Content-Encoding"), "aws-chunked") {
 		decoded, trailers, err := decodeAWSChunked(body)
 		if err != nil {
-			return errorf(400, "IncompleteBody", "aws-chunked body: %v", err)
+			return nil, nil, errorf(400, "IncompleteBody", "aws-chunked body: %v", err)
 		}
 		if dl := r.Header.Get("X-Amz-Decoded-Content-Length"); dl != "" && dl != strconv.Itoa(len(decoded)) {
-			return errorf(400, "IncompleteBody", "decoded length %d, header says %s", len(decoded), dl)
+			return nil, nil, errorf(400, "IncompleteBody", "decoded length %d, header says %s", len(decoded), dl)
 		}
 		body = decoded
 		for k, v := range trailers {
@@ -540,14 +568,23 @@ func (e *Emulator) s3Put(w http.ResponseWriter, req *request, bucket, key string
 		h := checksumAlgorithms[name]()
 		h.Write(body)
 		if got := base64.StdEncoding.EncodeToString(h.Sum(nil)); got != want {
-			return errorf(400, "BadDigest", "The %s you specified did not match the calculated checksum.", strings.TrimPrefix(name, "x-amz-checksum-"))
+			return nil, nil, errorf(400, "BadDigest", "The %s you specified did not match the calculated checksum.", strings.TrimPrefix(name, "x-amz-checksum-"))
 		}
 	}
 	if md := r.Header.Get("Content-MD5"); md != "" {
 		sum := md5.Sum(body)
 		if base64.StdEncoding.EncodeToString(sum[:]) != md {
-			return errorf(400, "BadDigest", "The Content-MD5 you specified did not match what we received.")
+			return nil, nil, errorf(400, "BadDigest", "The Content-MD5 you specified did not match what we received.")
 		}
+	}
+	return body, checksums, nil
+}
+
+func (e *Emulator) s3Put(w http.ResponseWriter, req *request, bucket, key string) *apiError {
+	r := req.r
+	body, checksums, aerr := s3Body(req)
+	if aerr != nil {
+		return aerr
 	}
 	o := newMemObject(bytes.Clone(body), e.now())
 	o.contentType = r.Header.Get("Content-Type")

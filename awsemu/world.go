@@ -102,6 +102,9 @@ type Volume struct {
 	// AttachedTo and Device describe a volume attached before the emulator starts.
 	AttachedTo string `json:"attachedTo,omitempty"`
 	Device     string `json:"device,omitempty"`
+	// MultiAttachEnabled is EBS Multi-Attach (io1/io2): reported as
+	// multiAttachEnabled; the emulator still attaches it to one instance at a time.
+	MultiAttachEnabled bool `json:"multiAttachEnabled,omitempty"`
 }
 
 // LifecycleHook is a launch lifecycle hook of an Auto Scaling group; instances

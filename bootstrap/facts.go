@@ -22,6 +22,12 @@ type EtcdMemberFact struct {
 	VolumeID string   `json:"volumeID"`
 	// MountPoint is the host path the volume is mounted at (not under --root).
 	MountPoint string `json:"mountPoint"`
+	// ClusterState and InitialCluster are how the member starts when its data
+	// directory was blank (etcd's --initial-cluster-state and
+	// --initial-cluster), decided once by the etcd-join phase for this volume
+	// and kept: "existing" after it was added to a live cluster.
+	ClusterState   string   `json:"clusterState,omitempty"`
+	InitialCluster []string `json:"initialCluster,omitempty"`
 }
 
 // EtcdMember returns this node's membership of one etcd cluster.
@@ -39,6 +45,7 @@ func (f Facts) Clone() Facts {
 	out := Facts{EtcdMembers: slices.Clone(f.EtcdMembers)}
 	for i := range out.EtcdMembers {
 		out.EtcdMembers[i].Members = slices.Clone(out.EtcdMembers[i].Members)
+		out.EtcdMembers[i].InitialCluster = slices.Clone(out.EtcdMembers[i].InitialCluster)
 	}
 	return out
 }

@@ -152,6 +152,19 @@ type Etcd struct {
 	// Version is the etcd image tag, e.g. 3.5.15-0.
 	Version  string        `json:"version,omitempty"`
 	Clusters []EtcdCluster `json:"clusters,omitempty"`
+	// Backups are taken into the state store (backups/etcd/<cluster>/) when
+	// spec.cluster.stateStore is set.
+	Backups EtcdBackups `json:"backups,omitempty"`
+}
+
+// EtcdBackups schedules etcd's backups and says how long they are kept.
+type EtcdBackups struct {
+	// Schedule is how often one is taken, e.g. "1h" (the default).
+	Schedule string `json:"schedule,omitempty"`
+	// KeepHourly keeps every backup this long (default "168h", 7 days);
+	// KeepDaily keeps the newest of each day this long (default "8760h", a year).
+	KeepHourly string `json:"keepHourly,omitempty"`
+	KeepDaily  string `json:"keepDaily,omitempty"`
 }
 
 // EtcdCluster is one etcd cluster (kops runs "main" and "events").

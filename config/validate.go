@@ -215,6 +215,15 @@ func (c *NodeConfig) Validate() error {
 		}
 	}
 
+	if s.Etcd != nil {
+		b := s.Etcd.Backups
+		for _, f := range []struct{ field, v string }{{"schedule", b.Schedule}, {"keepHourly", b.KeepHourly}, {"keepDaily", b.KeepDaily}} {
+			if d, err := time.ParseDuration(f.v); f.v != "" && (err != nil || d <= 0) {
+				add("spec.etcd.backups."+f.field, "must be a positive duration such as 1h, got %q", f.v)
+			}
+		}
+	}
+
 	if s.Gossip.Port < 1 || s.Gossip.Port > 65535 {
 		add("spec.gossip.port", "must be 1-65535, got %d", s.Gossip.Port)
 	}

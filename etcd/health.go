@@ -39,6 +39,10 @@ type Member struct {
 	// Peers are the other members' peer addresses (host:port by gossip name),
 	// dialled only to say which peers a member without quorum is waiting for.
 	Peers map[string]string `json:"peers,omitempty"`
+	// PeerURL is this member's own peer URL and PeerClientURLs the other
+	// members' client URLs (gossip names): a learner is promoted through them.
+	PeerURL        string   `json:"-"`
+	PeerClientURLs []string `json:"-"`
 }
 
 // HealthOptions configure the etcd-health phase.
@@ -179,12 +183,21 @@ func (p *HealthPhase) UseFacts(f bootstrap.Facts) {
 			continue
 		}
 		m.Name = fact.Member
-		m.Peers = nil
+		m.Peers, m.PeerClientURLs, m.PeerURL = nil, nil, ""
 		if port := p.o.PeerPorts[m.Cluster]; port != 0 && p.o.ClusterName != "" {
 			m.Peers = map[string]string{}
+			m.PeerURL = "https://" + net.JoinHostPort(config.EtcdMemberHost(m.Cluster, fact.Member, p.o.ClusterName), strconv.Itoa(port))
+			clientPort := ""
+			if u, err := url.Parse(m.ClientURL); err == nil {
+				clientPort = u.Port()
+			}
 			for _, peer := range fact.Members {
 				if peer != fact.Member {
-					m.Peers[peer] = net.JoinHostPort(config.EtcdMemberHost(m.Cluster, peer, p.o.ClusterName), strconv.Itoa(port))
+					host := config.EtcdMemberHost(m.Cluster, peer, p.o.ClusterName)
+					m.Peers[peer] = net.JoinHostPort(host, strconv.Itoa(port))
+					if clientPort != "" {
+						m.PeerClientURLs = append(m.PeerClientURLs, "https://"+net.JoinHostPort(host, clientPort))
+					}
 				}
 			}
 		}
@@ -282,6 +295,14 @@ func (p *HealthPhase) probeAll(ctx context.Context) []MemberHealth {
 	res := make([]MemberHealth, 0, len(members))
 	for _, m := range members {
 		h, err := p.probe(ctx, m)
+		if h.IsLearner {
+			// A learner answers Status but not the member list; it is this
+			// node's member joining a live cluster, healthy once promoted.
+			err = p.promote(ctx, m)
+			if err == nil {
+				err = &probeError{err: errors.New("learner promoted to a voting member just now")}
+			}
+		}
 		r := MemberHealth{Member: m, Health: h}
 		if err != nil {
 			r.Err = err.Error()
@@ -339,6 +360,34 @@ func (p *HealthPhase) probe(ctx context.Context, m Member) (Health, error) {
 		return h, &probeError{err: fmt.Errorf("%s answers as member %q, want %q", m.ClientURL, h.Name, m.Name), local: true}
 	}
 	return h, nil
+}
+
+// promote makes this node's learner (a member that joined a live cluster with
+// a blank data dir) a voter once it has caught up. Until then the member is
+// waiting, not failed.
+func (p *HealthPhase) promote(ctx context.Context, m Member) error {
+	if len(m.PeerClientURLs) == 0 || m.PeerURL == "" {
+		return &probeError{err: errors.New("member is a learner and its peers are unknown, so it cannot be promoted")}
+	}
+	tlsCfg, err := p.o.TLS(m.Cluster)
+	if err != nil {
+		return err
+	}
+	cli, err := newClient(m.PeerClientURLs, tlsCfg)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(ctx, p.o.ProbeTimeout)
+	defer cancel()
+	promoted, err := Promote(ctx, cli, m.PeerURL)
+	if err != nil {
+		return &probeError{err: fmt.Errorf("learner not promoted yet: %w", err)}
+	}
+	if promoted {
+		p.o.Log.Info("etcd learner promoted to a voting member", "cluster", m.Cluster, "member", m.Name)
+	}
+	return nil
 }
 
 // probeError says whether a probe failed for a reason of this node's own.

@@ -47,6 +47,11 @@ type EtcdMember struct {
 	// DataDir is the mount point of the claimed volume, e.g. /mnt/master-vol-0abc;
 	// etcd keeps its data in DataDir/data.
 	DataDir string
+	// ClusterState and InitialCluster, when set, are how the member joined a
+	// live cluster (etcd-join): "existing" with the cluster's member list.
+	// Unset, the member starts "new" from Members.
+	ClusterState   string
+	InitialCluster []string
 }
 
 // Options configures rendering and the phase.

@@ -60,7 +60,8 @@ func (p *Phase) UseFacts(f bootstrap.Facts) {
 func MembersFromFacts(f bootstrap.Facts) []EtcdMember {
 	out := make([]EtcdMember, 0, len(f.EtcdMembers))
 	for _, m := range f.EtcdMembers {
-		out = append(out, EtcdMember{Cluster: m.Cluster, Member: m.Member, Members: m.Members, DataDir: m.MountPoint})
+		out = append(out, EtcdMember{Cluster: m.Cluster, Member: m.Member, Members: m.Members, DataDir: m.MountPoint,
+			ClusterState: m.ClusterState, InitialCluster: m.InitialCluster})
 	}
 	return out
 }

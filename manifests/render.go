@@ -337,6 +337,13 @@ func (in *inputs) etcdPod(e etcdInput) *corev1.Pod {
 	for i, m := range e.Members {
 		peers[i] = m + "=" + httpsURL(host(m), e.PeerPort)
 	}
+	state := "new"
+	if e.ClusterState != "" {
+		state = e.ClusterState
+	}
+	if len(e.InitialCluster) > 0 {
+		peers = e.InitialCluster
+	}
 	certDir := path.Dir(paths.EtcdServerCert(e.Cluster))
 	cmd := append([]string{"etcd"}, flags(map[string]string{
 		"name":                        e.Member,
@@ -347,8 +354,9 @@ func (in *inputs) etcdPod(e etcdInput) *corev1.Pod {
 		"initial-advertise-peer-urls": httpsURL(host(e.Member), e.PeerPort),
 		"initial-cluster":             strings.Join(peers, ","),
 		// Only read when the data directory is empty; a member restarting on an
-		// existing volume ignores it.
-		"initial-cluster-state": "new",
+		// existing volume ignores it. "existing" when etcd-join added this
+		// blank member to a live cluster.
+		"initial-cluster-state": state,
 		"initial-cluster-token": "etcd-cluster-" + e.Cluster + "-" + in.clusterName,
 		"listen-metrics-urls":   "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(e.metricsPort)),
 		"cert-file":             paths.EtcdServerCert(e.Cluster),

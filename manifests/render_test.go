@@ -218,6 +218,29 @@ func TestRenderControlPlaneWiring(t *testing.T) {
 	}
 }
 
+// TestRenderJoinedMember: a member that etcd-join added to a live cluster
+// starts "existing" with the cluster's member list; one without a decision
+// starts "new" from the tags.
+func TestRenderJoinedMember(t *testing.T) {
+	o := controlPlaneOptions()
+	joined := []string{"a=https://etcd-a.internal.x:2380", "b=https://etcd-b.internal.x:2380", "c=https://etcd-c.internal.x:2380"}
+	o.Etcd[0].ClusterState, o.Etcd[0].InitialCluster = "existing", joined
+	out, err := manifests.Render(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	main := decodeStrict(t, "etcd-main.yaml", out["etcd-main.yaml"]).Spec.Containers[0].Command
+	for _, want := range []string{"--initial-cluster-state=existing", "--initial-cluster=" + strings.Join(joined, ",")} {
+		if !hasArg(main, want) {
+			t.Errorf("etcd-main lacks %s: %v", want, main)
+		}
+	}
+	events := decodeStrict(t, "etcd-events.yaml", out["etcd-events.yaml"]).Spec.Containers[0].Command
+	if !hasArg(events, "--initial-cluster-state=new") {
+		t.Errorf("etcd-events without a join decision: %v", events)
+	}
+}
+
 func TestRenderRefusesBadInput(t *testing.T) {
 	cp := func(mut func(o *manifests.Options)) manifests.Options {
 		o := controlPlaneOptions()

@@ -103,6 +103,12 @@ func (p *ClaimPhase) toCandidate(v types.Volume, etcdCluster string) (candidate,
 			c.Holder = inst
 		}
 	}
+	if aws.ToBool(v.MultiAttachEnabled) {
+		// Multi-Attach lets a second instance attach the volume while we hold
+		// it: the attach would no longer be the lock that keeps two etcd
+		// members off one data directory.
+		return c, fmt.Errorf("volume %s has Multi-Attach enabled; an etcd volume must attach to one instance only, so it is refused", id)
+	}
 	tags := tagMap(v.Tags)
 	if tags[tagCluster] != p.o.ClusterName {
 		return c, fmt.Errorf("volume %s: tag %s=%q, not %q", id, tagCluster, tags[tagCluster], p.o.ClusterName)
@@ -372,6 +378,16 @@ func (p *ClaimPhase) claimVolume(ctx context.Context, etcdCluster string) (candi
 			return p.waitAttached(ctx, etcdCluster, *mine, deadline)
 		}
 		free := available(cs)
+		if own, ok := p.ownedVolume(etcdCluster); ok {
+			free = slices.DeleteFunc(free, func(c candidate) bool { return c.ID != own.VolumeID })
+			if len(free) == 0 {
+				waiting = true
+				last = p.ownedElsewhere(own, cs)
+				log.Warn("waiting for this node's own etcd volume", "reason", last)
+				bootstrap.Progress(ctx, fmt.Sprintf("waiting for this node's etcd %s volume: %v", etcdCluster, last))
+				continue
+			}
+		}
 		waiting = len(free) == 0
 		if waiting {
 			last = fmt.Errorf("none of its %d volumes is available: %s", len(cs), summarize(cs))
@@ -400,6 +416,20 @@ func (p *ClaimPhase) claimVolume(ctx context.Context, etcdCluster string) (candi
 			}
 		}
 	}
+}
+
+// ownedElsewhere says why the volume this node owns cannot be attached now.
+func (p *ClaimPhase) ownedElsewhere(own bootstrap.EtcdMemberFact, cs []candidate) error {
+	where := "is not among the cluster's tagged volumes in " + p.o.AvailabilityZone
+	if i := slices.IndexFunc(cs, func(c candidate) bool { return c.ID == own.VolumeID }); i >= 0 {
+		c := cs[i]
+		where = "is " + string(c.State)
+		if c.Holder != "" {
+			where += ", attached to " + c.Holder
+		}
+	}
+	return fmt.Errorf("this node holds member %s on volume %s (recorded in its state), which %s; "+
+		"it takes no other member's volume while it owns one", own.Member, own.VolumeID, where)
 }
 
 // tryAttach attaches one available volume. done means the claim is settled (won,

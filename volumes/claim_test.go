@@ -540,3 +540,126 @@ func TestClaimThrottled(t *testing.T) {
 		t.Errorf("suspiciously few EC2 calls; were faults applied?")
 	}
 }
+
+// TestClaimRefusesMultiAttach: a volume with EBS Multi-Attach enabled could be
+// attached by a second instance while we hold it, so it is never claimed; the
+// zone's ordinary volume is taken instead, and the refusal is a warning.
+func TestClaimRefusesMultiAttach(t *testing.T) {
+	n := &node{id: "i-0aaa", az: "us-east-1a", typ: "m5.large"}
+	multi := etcdVolume("vol-01multi", n.az, "main", "a", "a,b")
+	multi.MultiAttachEnabled = true
+	plain := etcdVolume("vol-02plain", n.az, "main", "b", "a,b")
+	r, c := emu(t, []*node{n}, []awsemu.Volume{multi, plain}, nil)
+	p := newPhase(t, c, n, bothEtcd[:1])
+	if _, err := converge(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	if cl := p.Claims(); len(cl) != 1 || cl[0].VolumeID != "vol-02plain" {
+		t.Fatalf("claims %+v, want vol-02plain only", cl)
+	}
+	if st, _ := r.E.VolumeStatus("vol-01multi"); st.State != "available" {
+		t.Errorf("multi-attach volume is %s, want never attached", st.State)
+	}
+	if !slices.ContainsFunc(p.Warnings(), func(w string) bool {
+		return strings.Contains(w, "vol-01multi has Multi-Attach enabled") && strings.Contains(w, "refused")
+	}) {
+		t.Errorf("warnings %q lack the multi-attach refusal", p.Warnings())
+	}
+
+	// Alone in its zone, a multi-attach volume leaves the node waiting, unattached.
+	n2 := &node{id: "i-0bbb", az: "us-east-1b", typ: "m5.large"}
+	only := etcdVolume("vol-03multi", n2.az, "main", "c", "c")
+	only.MultiAttachEnabled = true
+	r2, c2 := emu(t, []*node{n2}, []awsemu.Volume{only}, nil)
+	p2 := newPhase(t, c2, n2, bothEtcd[:1])
+	p2.o.AttachTimeout = 300 * time.Millisecond
+	if err := p2.Act(context.Background()); !bootstrap.IsWaiting(err) {
+		t.Fatalf("act = %v, want waiting (no usable volume)", err)
+	}
+	if got := r2.E.Calls(awsemu.ServiceEC2, "AttachVolume"); got != 0 {
+		t.Errorf("%d AttachVolume calls for a multi-attach volume", got)
+	}
+}
+
+// TestReconcileTakesOnlyItsOwnVolume: once a node's state records the volume it
+// claimed, the periodic reconcile re-attaches that volume only. While it is held
+// elsewhere the node waits, and another member's free volume in the same zone
+// stays free.
+func TestReconcileTakesOnlyItsOwnVolume(t *testing.T) {
+	n := &node{id: "i-0aaa", az: "us-east-1a", typ: "m5.large"}
+	own := etcdVolume("vol-02own", n.az, "main", "b", "a,b")
+	own.AttachedTo, own.Device, own.State = "i-0other", "/dev/xvdu", "in-use"
+	other := etcdVolume("vol-01other", n.az, "main", "a", "a,b")
+	r, c := emu(t, []*node{n}, []awsemu.Volume{other, own}, func(w *awsemu.World) {
+		w.Instances = append(w.Instances, awsemu.Instance{ID: "i-0other", Type: "m5.large", AvailabilityZone: n.az, State: "running",
+			DevRoot: t.TempDir(), Tags: map[string]string{"KubernetesCluster": testCluster}})
+	})
+	facts := bootstrap.Facts{EtcdMembers: []bootstrap.EtcdMemberFact{{
+		Cluster: "main", Member: "b", Members: []string{"a", "b"}, VolumeID: "vol-02own", MountPoint: "/mnt/master-vol-02own",
+	}}}
+	ctx := context.Background()
+
+	p := newPhase(t, c, n, bothEtcd[:1])
+	p.o.AttachTimeout = 500 * time.Millisecond
+	p.UseFacts(facts)
+	changes, err := p.Check(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(changes) == 0 || !strings.Contains(changes[0].Detail, "wait for this node's own volume") ||
+		!strings.Contains(changes[0].Detail, "attached to i-0other") {
+		t.Fatalf("plan %v, want a wait for vol-02own", changes)
+	}
+	err = p.Act(ctx)
+	if !bootstrap.IsWaiting(err) || !strings.Contains(err.Error(), "takes no other member's volume while it owns one") {
+		t.Fatalf("act = %v, want waiting for its own volume", err)
+	}
+	if got := r.E.Calls(awsemu.ServiceEC2, "AttachVolume"); got != 0 {
+		t.Fatalf("%d AttachVolume calls while its own volume is held elsewhere", got)
+	}
+	if st, _ := r.E.VolumeStatus("vol-01other"); st.State != "available" {
+		t.Fatalf("another member's volume is %s", st.State)
+	}
+
+	// A first boot (no recorded claim) may take any free volume: vol-01other
+	// sorts first. With the claim recorded, the node takes its own once free.
+	fresh := newPhase(t, c, n, bothEtcd[:1])
+	if ch, err := fresh.Check(ctx); err != nil || !strings.Contains(ch[0].Detail, "vol-01other") {
+		t.Fatalf("first-boot plan %v %v, want vol-01other offered", ch, err)
+	}
+	detach(t, r, "vol-02own")
+	p2 := newPhase(t, c, n, bothEtcd[:1])
+	p2.UseFacts(facts)
+	if _, err := converge(ctx, p2); err != nil {
+		t.Fatal(err)
+	}
+	if cl := p2.Claims(); len(cl) != 1 || cl[0].VolumeID != "vol-02own" || cl[0].Member != "b" {
+		t.Fatalf("claims %+v, want its own vol-02own", cl)
+	}
+	if st, _ := r.E.VolumeStatus("vol-01other"); st.State != "available" {
+		t.Errorf("another member's volume is %s", st.State)
+	}
+}
+
+// detach detaches a volume through the emulator's EC2 API, as an operator or a
+// terminated instance would, and waits until it is available.
+func detach(t *testing.T, r *awsemu.Running, id string) {
+	t.Helper()
+	cfg, err := cloud.LoadConfig(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cloud.NewEC2(cfg).DetachVolume(context.Background(), &ec2.DetachVolumeInput{VolumeId: &id}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if st, _ := r.E.VolumeStatus(id); st.State == "available" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not available 10s after detaching", id)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -11,11 +11,12 @@ import (
 
 // blkidOpinion asks `blkid -p` (low-level superblock probing, no cache) what is on
 // dev. It is a second opinion on top of our own probe: the device is formatted only
-// when both say blank. ok is false when blkid is not installed.
-func blkidOpinion(ctx context.Context, dev string) (found string, ok bool, err error) {
+// when both say blank. Without blkid there is no second opinion, and that is an
+// error: nothing is formatted on one probe's word.
+func blkidOpinion(ctx context.Context, dev string) (found string, err error) {
 	bin, lerr := exec.LookPath("blkid")
 	if lerr != nil {
-		return "", false, nil
+		return "", fmt.Errorf("blkid is not installed (util-linux): %w", lerr)
 	}
 	cmd := exec.CommandContext(ctx, bin, "-p", "-o", "export", dev)
 	var out, stderr bytes.Buffer
@@ -24,14 +25,14 @@ func blkidOpinion(ctx context.Context, dev string) (found string, ok bool, err e
 	var ee *exec.ExitError
 	switch {
 	case err == nil:
-		return summarizeBlkid(out.String()), true, nil
+		return summarizeBlkid(out.String()), nil
 	case errors.As(err, &ee) && ee.ExitCode() == 2:
 		// blkid's "nothing found".
-		return "", true, nil
+		return "", nil
 	case errors.As(err, &ee) && ee.ExitCode() == 8:
-		return "several conflicting signatures (blkid: ambivalent probing result)", true, nil
+		return "several conflicting signatures (blkid: ambivalent probing result)", nil
 	default:
-		return "", true, fmt.Errorf("blkid -p %s: %w: %s", dev, err, strings.TrimSpace(stderr.String()))
+		return "", fmt.Errorf("blkid -p %s: %w: %s", dev, err, strings.TrimSpace(stderr.String()))
 	}
 }
 
@@ -61,11 +62,11 @@ func ensureBlank(ctx context.Context, volumeID, dev string) error {
 	if c.Kind != Blank {
 		return refuseFormat(volumeID, dev, c)
 	}
-	found, ok, err := blkidOpinion(ctx, dev)
+	found, err := blkidOpinion(ctx, dev)
 	if err != nil {
 		return fmt.Errorf("%s (%s): cannot get a second opinion that the device is blank; refusing to format: %w", volumeID, dev, err)
 	}
-	if ok && found != "" {
+	if found != "" {
 		return fmt.Errorf("%s (%s) reads as blank to our probe but blkid finds %s; refusing to format", volumeID, dev, found)
 	}
 	return nil

@@ -106,7 +106,12 @@ func (p *ClaimPhase) checkCluster(ctx context.Context, etcdCluster string) ([]bo
 	}
 	if mine == nil {
 		detail := "no volume available yet in " + p.o.AvailabilityZone + "; will wait up to " + p.o.AttachTimeout.String()
-		if free := available(cs); len(free) > 0 {
+		if own, ok := p.ownedVolume(etcdCluster); ok {
+			detail = "wait for this node's own volume: " + p.ownedElsewhere(own, cs).Error()
+			if slices.ContainsFunc(available(cs), func(c candidate) bool { return c.ID == own.VolumeID }) {
+				detail = "re-attach this node's own volume " + own.VolumeID + " (member " + own.Member + ")"
+			}
+		} else if free := available(cs); len(free) > 0 {
 			ids := make([]string, len(free))
 			for i, c := range free {
 				ids[i] = c.ID

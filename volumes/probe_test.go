@@ -162,6 +162,29 @@ func TestEnsureBlankSecondOpinion(t *testing.T) {
 	}
 }
 
+// TestFormatRefusedWithoutBlkid: blkid -p is the required second opinion; when
+// it is missing a blank device is not formatted, and the error says why.
+func TestFormatRefusedWithoutBlkid(t *testing.T) {
+	dev, _ := newLoop(t, 16)
+	bin := t.TempDir() // a PATH with mkfs.ext4 but no blkid
+	mkfs, err := exec.LookPath("mkfs.ext4")
+	if err != nil {
+		t.Fatal("mkfs.ext4 is needed for this test: ", err)
+	}
+	if err := os.Symlink(mkfs, filepath.Join(bin, "mkfs.ext4")); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin)
+	_, err = formatExt4(context.Background(), "vol-1", "main", dev)
+	if err == nil || !strings.Contains(err.Error(), "blkid is not installed") || !strings.Contains(err.Error(), "refusing to format") {
+		t.Fatalf("format without blkid = %v, want a refusal naming the missing blkid", err)
+	}
+	t.Setenv("PATH", os.Getenv("PATH"))
+	if c, err := ProbeDevice(dev); err != nil || c.Kind != Blank {
+		t.Fatalf("device after the refusal: %+v %v, want still blank", c, err)
+	}
+}
+
 // TestFormatExt4 formats a blank device and proves the result; a second format of
 // the same device is refused.
 func TestFormatExt4(t *testing.T) {

@@ -81,6 +81,10 @@ type ClaimPhase struct {
 	devices deviceAllocator
 	// timing knobs; tests shorten them.
 	poll pollConfig
+	// owned is the volume this node holds for each etcd cluster according to
+	// the facts recorded by an earlier run (state.json): the only volume it may
+	// attach for that cluster from then on.
+	owned map[string]bootstrap.EtcdMemberFact
 }
 
 // NewClaimPhase returns the phase for o.
@@ -116,6 +120,35 @@ func (p *ClaimPhase) Claims() []Claim {
 	return out
 }
 
+var _ bootstrap.FactConsumer = (*ClaimPhase)(nil)
+
+// UseFacts takes the volumes an earlier run claimed. Which volume a node may
+// take:
+//   - with no recorded claim for an etcd cluster (its first boot), the first
+//     available tagged volume in its zone that it wins;
+//   - once a claim is recorded, only that volume, ever: if it is detached or
+//     held elsewhere, the node waits for it and never claims another member's
+//     free volume in its place (that would make it a second copy of a member
+//     whose volume may come back, or leave its own member's data behind).
+func (p *ClaimPhase) UseFacts(f bootstrap.Facts) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.owned = map[string]bootstrap.EtcdMemberFact{}
+	for _, m := range f.EtcdMembers {
+		if m.VolumeID != "" {
+			p.owned[m.Cluster] = m
+		}
+	}
+}
+
+// ownedVolume is the volume an earlier run recorded for etcdCluster, if any.
+func (p *ClaimPhase) ownedVolume(etcdCluster string) (bootstrap.EtcdMemberFact, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	m, ok := p.owned[etcdCluster]
+	return m, ok
+}
+
 // LearnFacts records this node's etcd memberships from the volumes it holds
 // mounted, replacing what an earlier run recorded for the same etcd cluster.
 func (p *ClaimPhase) LearnFacts(f *bootstrap.Facts) {
@@ -126,8 +159,12 @@ func (p *ClaimPhase) LearnFacts(f *bootstrap.Facts) {
 		i := slices.IndexFunc(f.EtcdMembers, func(x bootstrap.EtcdMemberFact) bool { return x.Cluster == c.EtcdCluster })
 		if i < 0 {
 			f.EtcdMembers = append(f.EtcdMembers, m)
-		} else {
-			f.EtcdMembers[i] = m
+			continue
 		}
+		if old := f.EtcdMembers[i]; old.VolumeID == m.VolumeID {
+			// How the member joined belongs to its volume: kept while it is the same.
+			m.ClusterState, m.InitialCluster = old.ClusterState, old.InitialCluster
+		}
+		f.EtcdMembers[i] = m
 	}
 }

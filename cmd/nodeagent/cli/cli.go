@@ -102,6 +102,7 @@ flag, missing argument) exits 2 on every command.`,
 		versionCmd(stdout),
 		doctorCmd(g, stdout),
 		supportCmd(g, stdout, stderr),
+		etcdCmd(g, stdout),
 	)
 	root.InitDefaultCompletionCmd()
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
