@@ -16,7 +16,7 @@ import (
 	"github.com/nodeagent/nodeagent/bootstrap"
 	"github.com/nodeagent/nodeagent/etcd"
 	"github.com/nodeagent/nodeagent/etcdbackup"
-	"github.com/nodeagent/nodeagent/pki"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // etcdContext is what the etcd commands need of this master: its config (the
@@ -66,6 +66,16 @@ func (e *etcdContext) clientURL(cluster string) (string, error) {
 	return "", fmt.Errorf("etcd cluster %q is not in spec.etcd.clusters", cluster)
 }
 
+// client connects to this master's own member of an etcd cluster.
+func (e *etcdContext) client(o Options, cluster string) (*clientv3.Client, string, error) {
+	endpoint, err := e.clientURL(cluster)
+	if err != nil {
+		return nil, "", err
+	}
+	cli, err := localEtcdClient(o, cluster, endpoint)
+	return cli, endpoint, err
+}
+
 func (e *etcdContext) member(cluster string) (bootstrap.EtcdMemberFact, error) {
 	m, ok := e.facts.EtcdMember(cluster)
 	if !ok {
@@ -81,15 +91,7 @@ func EtcdMembers(ctx context.Context, o Options, w io.Writer, cluster, format st
 	if err != nil {
 		return err
 	}
-	endpoint, err := e.clientURL(cluster)
-	if err != nil {
-		return err
-	}
-	tlsCfg, err := pki.ClientTLS(o.Root, cluster)
-	if err != nil {
-		return err
-	}
-	cli, err := etcd.NewClient([]string{endpoint}, tlsCfg)
+	cli, endpoint, err := e.client(o, cluster)
 	if err != nil {
 		return err
 	}
@@ -180,15 +182,7 @@ func EtcdBackupNow(ctx context.Context, o Options, w io.Writer, cluster string) 
 	if err != nil {
 		return err
 	}
-	endpoint, err := e.clientURL(cluster)
-	if err != nil {
-		return err
-	}
-	tlsCfg, err := pki.ClientTLS(o.Root, cluster)
-	if err != nil {
-		return err
-	}
-	cli, err := etcd.NewClient([]string{endpoint}, tlsCfg)
+	cli, endpoint, err := e.client(o, cluster)
 	if err != nil {
 		return err
 	}

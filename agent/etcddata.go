@@ -27,6 +27,7 @@ import (
 	"github.com/nodeagent/nodeagent/internal/fsutil"
 	"github.com/nodeagent/nodeagent/manifests"
 	"github.com/nodeagent/nodeagent/pki"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // etcdStatusName is the daemon's record of this node's etcd members and their
@@ -192,11 +193,7 @@ func (k *etcdKeeper) cluster(ctx context.Context, m bootstrap.EtcdMemberFact, cs
 		}
 	}
 	endpoint := k.clientURL(m.Cluster)
-	tlsCfg, err := pki.ClientTLS(k.o.Root, m.Cluster)
-	if err != nil {
-		return err
-	}
-	cli, err := etcd.NewClient([]string{endpoint}, tlsCfg)
+	cli, err := localEtcdClient(k.o, m.Cluster, endpoint)
 	if err != nil {
 		return err
 	}
@@ -434,4 +431,14 @@ func WriteEtcdTable(w io.Writer, es *EtcdStatus, now time.Time) error {
 		}
 	}
 	return nil
+}
+
+// localEtcdClient connects to endpoint, a member of an etcd cluster on this
+// master, with the master's client certificate for that cluster.
+func localEtcdClient(o Options, cluster, endpoint string) (*clientv3.Client, error) {
+	tlsCfg, err := pki.ClientTLS(o.Root, cluster)
+	if err != nil {
+		return nil, err
+	}
+	return etcd.NewClient([]string{endpoint}, tlsCfg)
 }

@@ -9,11 +9,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"mime"
 	"mime/multipart"
 	"net/mail"
 	"reflect"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -130,20 +131,8 @@ func unknownFields(v any, t reflect.Type, path string, errs *ValidationError) {
 		if !ok {
 			return // a type error; json.Unmarshal reports it
 		}
-		fields := map[string]reflect.Type{}
-		for i := 0; i < t.NumField(); i++ {
-			f := t.Field(i)
-			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-			if name != "" && name != "-" {
-				fields[name] = f.Type
-			}
-		}
-		keys := make([]string, 0, len(m))
-		for k := range m {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
+		fields := jsonFields(t)
+		for _, k := range slices.Sorted(maps.Keys(m)) {
 			p := joinPath(path, k)
 			ft, ok := fields[k]
 			if !ok {
@@ -177,20 +166,8 @@ func wrongTypes(v any, t reflect.Type, path string, errs *ValidationError) {
 		if !ok {
 			return
 		}
-		fields := map[string]reflect.Type{}
-		for i := 0; i < t.NumField(); i++ {
-			f := t.Field(i)
-			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-			if name != "" && name != "-" {
-				fields[name] = f.Type
-			}
-		}
-		keys := make([]string, 0, len(m))
-		for k := range m {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
+		fields := jsonFields(t)
+		for _, k := range slices.Sorted(maps.Keys(m)) {
 			ft, ok := fields[k]
 			if !ok {
 				continue // unknownFields reports it
@@ -222,12 +199,7 @@ func wrongTypes(v any, t reflect.Type, path string, errs *ValidationError) {
 		if !ok {
 			return
 		}
-		keys := make([]string, 0, len(m))
-		for k := range m {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
+		for _, k := range slices.Sorted(maps.Keys(m)) {
 			p := path + "[" + k + "]"
 			if msg := kindMismatch(m[k], t.Elem()); msg != "" {
 				*errs = append(*errs, FieldError{Path: p, Message: msg})
@@ -399,4 +371,17 @@ func decodePart(r io.Reader, encoding string) ([]byte, error) {
 		return nil, fmt.Errorf("user-data: read %s part: %w", UserDataContentType, err)
 	}
 	return b, nil
+}
+
+// jsonFields maps the JSON names of a struct type's fields to their types.
+func jsonFields(t reflect.Type) map[string]reflect.Type {
+	fields := map[string]reflect.Type{}
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name != "" && name != "-" {
+			fields[name] = f.Type
+		}
+	}
+	return fields
 }
