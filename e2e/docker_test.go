@@ -49,6 +49,11 @@ func TestDockerNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	bins = append(bins, dockerBins...)
+	// The engine runs on the worker's containerd, which comes as its release tarball.
+	archives, err := testenv.WorkerArchives()
+	if err != nil {
+		t.Fatal(err)
+	}
 	var hello imageEntry
 	for _, im := range loadImages(t) {
 		if im.Name == dockerHelloImage {
@@ -59,7 +64,7 @@ func TestDockerNode(t *testing.T) {
 		t.Fatalf("%s is not among the image archives in %s (go run ./hack/images)", dockerHelloImage, imagesDir())
 	}
 	bins = append(bins, testenv.Binary{Name: imageAssetName(hello), Path: filepath.Join(imagesDir(), hello.File)})
-	env, err := testenv.Start(testenv.Options{Binaries: bins, Log: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))}, &awsemu.World{})
+	env, err := testenv.Start(testenv.Options{Binaries: bins, Archives: archives, Log: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))}, &awsemu.World{})
 	if err != nil {
 		t.Fatal(err)
 	}
