@@ -210,6 +210,12 @@ func etcdHealthOptions(o Options, n *Node) etcd.HealthOptions {
 		Root: o.Root, Log: o.log(), ClusterName: n.Config.Spec.Cluster.Name, PeerPorts: map[string]int{},
 		TLS: func(cluster string) (*tls.Config, error) { return pki.ClientTLS(o.Root, cluster) },
 	}
+	// spec.readiness.timeout bounds each wait for readiness, etcd's quorum among
+	// them (at most etcd's own default): a master alone hands over to its daemon
+	// after it, as it does when its Node is not Ready in time.
+	if d, err := time.ParseDuration(n.Config.Spec.Readiness.Timeout); err == nil && d > 0 {
+		ho.Timeout = min(d, etcd.DefaultHealthTimeout)
+	}
 	for _, c := range n.Config.Spec.Etcd.Clusters {
 		ho.Clusters = append(ho.Clusters, etcd.Member{Cluster: c.Name, ClientURL: fmt.Sprintf("https://127.0.0.1:%d", c.ClientPort)})
 		ho.PeerPorts[c.Name] = c.PeerPort
