@@ -80,7 +80,10 @@ func watchRuns(t *testing.T, interval time.Duration, daemon bool, phases func(sh
 		done <- result{code, err}
 	}()
 	// The watcher is up before the boot starts, as in a second session.
-	for !strings.Contains(out.String(), "waiting for a boot to start") {
+	for up := time.Now().Add(10 * time.Second); !strings.Contains(out.String(), "waiting for a boot to start"); {
+		if time.Now().After(up) {
+			t.Fatalf("the watcher never said it waits for a boot; output:\n%s", out.String())
+		}
 		time.Sleep(5 * time.Millisecond)
 	}
 	r := &bootstrap.Runner{Store: o.store(), Log: quietLog(), Node: bootstrap.NodeInfo{Name: "n1", Cluster: "c.example.com", Role: "Node"}, RecordBoot: true}
