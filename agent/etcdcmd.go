@@ -50,11 +50,17 @@ func loadEtcdContext(ctx context.Context, o Options) (*etcdContext, error) {
 	return &etcdContext{n: n, facts: loadFacts(o, o.log()), store: store}, nil
 }
 
-func (e *etcdContext) needStore() error {
-	if e.store == nil {
-		return errors.New("no state store (spec.cluster.stateStore) or no AWS configuration: backups live in the state store")
+// loadEtcdBackupContext is loadEtcdContext for the commands that work on the
+// backups, which live in the state store.
+func loadEtcdBackupContext(ctx context.Context, o Options) (*etcdContext, error) {
+	e, err := loadEtcdContext(ctx, o)
+	if err != nil {
+		return nil, err
 	}
-	return nil
+	if e.store == nil {
+		return nil, errors.New("no state store (spec.cluster.stateStore) or no AWS configuration: backups live in the state store")
+	}
+	return e, nil
 }
 
 func (e *etcdContext) clientURL(cluster string) (string, error) {
@@ -132,11 +138,8 @@ func EtcdMembers(ctx context.Context, o Options, w io.Writer, cluster, format st
 
 // EtcdBackups lists the complete backups of an etcd cluster, newest first.
 func EtcdBackups(ctx context.Context, o Options, w io.Writer, cluster, format string) error {
-	e, err := loadEtcdContext(ctx, o)
+	e, err := loadEtcdBackupContext(ctx, o)
 	if err != nil {
-		return err
-	}
-	if err := e.needStore(); err != nil {
 		return err
 	}
 	bs, err := e.store.List(ctx, cluster)
@@ -171,11 +174,8 @@ func EtcdBackups(ctx context.Context, o Options, w io.Writer, cluster, format st
 // EtcdBackupNow takes a backup of an etcd cluster from the local member now,
 // whoever leads, and stores it.
 func EtcdBackupNow(ctx context.Context, o Options, w io.Writer, cluster string) error {
-	e, err := loadEtcdContext(ctx, o)
+	e, err := loadEtcdBackupContext(ctx, o)
 	if err != nil {
-		return err
-	}
-	if err := e.needStore(); err != nil {
 		return err
 	}
 	m, err := e.member(cluster)
@@ -203,11 +203,8 @@ func EtcdBackupNow(ctx context.Context, o Options, w io.Writer, cluster string) 
 // EtcdRestore asks every master to restore an etcd cluster from a backup
 // ("latest" or its time). This node's member restores it; the others join.
 func EtcdRestore(ctx context.Context, o Options, w io.Writer, cluster, which string) error {
-	e, err := loadEtcdContext(ctx, o)
+	e, err := loadEtcdBackupContext(ctx, o)
 	if err != nil {
-		return err
-	}
-	if err := e.needStore(); err != nil {
 		return err
 	}
 	m, err := e.member(cluster)
