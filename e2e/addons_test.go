@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -36,30 +35,7 @@ func TestClusterAddons(t *testing.T) {
 	h := newHALab(t)
 	ctx := context.Background()
 	began := time.Now()
-	var masters []*haNode
-	for i, z := range haZones {
-		masters = append(masters, h.boot(ctx, fmt.Sprintf("i-0ad0master%07d", i), config.RoleControlPlane, z.az))
-	}
-	var wg sync.WaitGroup
-	for _, m := range masters {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			bctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
-			defer cancel()
-			_, stderr, code := h.agent(bctx, m, "bootstrap")
-			t.Logf("%s: bootstrap exit %d\n%s", m.InstanceID, code, lastLines(stderr, 5))
-		}()
-	}
-	wg.Wait()
-	eventually(t, 10*time.Minute, "every master ready", func() (bool, string) {
-		for _, m := range masters {
-			if st, code := h.status(ctx, m); code != 0 {
-				return false, fmt.Sprintf("%s: %s", m.InstanceID, st.Readiness.Reason)
-			}
-		}
-		return true, ""
-	})
+	masters := h.bootMastersAtOnce(ctx, "i-0ad0master")
 	worker := h.boot(ctx, "i-0ad0worker0000001", config.RoleNode, "us-east-1a")
 	if _, stderr, code := h.agent(ctx, worker, "bootstrap"); code != 0 {
 		t.Fatalf("worker bootstrap: exit %d\n%s", code, lastLines(stderr, 20))

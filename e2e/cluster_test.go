@@ -599,3 +599,35 @@ func (h *haLab) memory() (total int64, byNode map[string]int64) {
 	}
 	return total, byNode
 }
+
+// bootMastersAtOnce boots three masters, one per zone (instance IDs idPrefix
+// followed by 0, 1, 2), runs bootstrap in all at once, and waits until every
+// one is ready.
+func (h *haLab) bootMastersAtOnce(ctx context.Context, idPrefix string) []*haNode {
+	h.t.Helper()
+	var masters []*haNode
+	for i, z := range haZones {
+		masters = append(masters, h.boot(ctx, fmt.Sprintf("%s%07d", idPrefix, i), config.RoleControlPlane, z.az))
+	}
+	var wg sync.WaitGroup
+	for _, m := range masters {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			bctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
+			defer cancel()
+			_, stderr, code := h.agent(bctx, m, "bootstrap")
+			h.t.Logf("%s: bootstrap exit %d\n%s", m.InstanceID, code, lastLines(stderr, 5))
+		}()
+	}
+	wg.Wait()
+	eventually(h.t, 10*time.Minute, "every master ready", func() (bool, string) {
+		for _, m := range masters {
+			if st, code := h.status(ctx, m); code != 0 {
+				return false, fmt.Sprintf("%s: %s (%s)", m.InstanceID, st.Readiness.Reason, st.Error)
+			}
+		}
+		return true, ""
+	})
+	return masters
+}

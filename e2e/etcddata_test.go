@@ -28,29 +28,7 @@ import (
 func TestEtcdBlankVolumeReplacement(t *testing.T) {
 	h := newHALab(t)
 	ctx := context.Background()
-	var masters []*haNode
-	for i, z := range haZones {
-		masters = append(masters, h.boot(ctx, fmt.Sprintf("i-0ed0master%07d", i), config.RoleControlPlane, z.az))
-	}
-	var wg sync.WaitGroup
-	for _, m := range masters {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			bctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
-			defer cancel()
-			h.agent(bctx, m, "bootstrap")
-		}()
-	}
-	wg.Wait()
-	eventually(t, 10*time.Minute, "every master ready", func() (bool, string) {
-		for _, m := range masters {
-			if st, code := h.status(ctx, m); code != 0 {
-				return false, fmt.Sprintf("%s: %s (%s)", m.InstanceID, st.Readiness.Reason, st.Error)
-			}
-		}
-		return true, ""
-	})
+	masters := h.bootMastersAtOnce(ctx, "i-0ed0master")
 
 	// The leader's daemon backs etcd up into the state store soon after it forms.
 	eventually(t, 3*time.Minute, "a backup of etcd main in the state store", func() (bool, string) {
