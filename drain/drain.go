@@ -193,17 +193,22 @@ func evictAndWait(ctx context.Context, cs kubernetes.Interface, p *corev1.Pod, o
 		return orLast(err, last)
 	}
 	o.Log.Info("pod evicted", "pod", key(p))
+	// Gone is seen by listing the node's pods: a node's own credentials may
+	// list the pods bound to it, but not get a pod that no longer is.
+	sel := fields.AndSelectors(fields.OneTermEqualSelector("spec.nodeName", o.Node), fields.OneTermEqualSelector("metadata.name", p.Name)).String()
 	err = wait.PollUntilContextCancel(ctx, o.RetryEvery/2, true, func(ctx context.Context) (bool, error) {
-		cur, err := cs.CoreV1().Pods(p.Namespace).Get(ctx, p.Name, metav1.GetOptions{})
-		switch {
-		case apierrors.IsNotFound(err):
-			return true, nil
-		case err != nil:
+		l, err := cs.CoreV1().Pods(p.Namespace).List(ctx, metav1.ListOptions{FieldSelector: sel})
+		if err != nil {
 			last = err
 			return false, nil
 		}
-		last = errors.New("evicted but still terminating")
-		return cur.UID != p.UID, nil
+		for _, cur := range l.Items {
+			if cur.UID == p.UID {
+				last = errors.New("evicted but still terminating")
+				return false, nil
+			}
+		}
+		return true, nil
 	})
 	return orLast(err, last)
 }
