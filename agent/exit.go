@@ -2,11 +2,16 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"strings"
 	"sync"
+	"text/tabwriter"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
@@ -339,4 +344,52 @@ func etcdHandoff(o Options, n *Node) func(ctx context.Context) (string, error) {
 		}
 		return strings.Join(details, "; "), errors.Join(errs...)
 	}
+}
+
+// DrainNode is `nodeagent drain`: it asks the local daemon for the graceful
+// exit (cordon and drain the Node, hand etcd leadership on, leave the gossip
+// ring; the terminate hook too when the group is terminating the instance),
+// waits for it and prints each step. A step that failed exits 1.
+func DrainNode(ctx context.Context, socket string, w io.Writer) error {
+	client := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+	}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://nodeagent/exit", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("status API at %s: %w (is nodeagent.service running?)", socket, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("status API /exit: %s: %s", resp.Status, strings.TrimSpace(string(msg)))
+	}
+	var e bootstrap.ExitStatus
+	if err := json.NewDecoder(resp.Body).Decode(&e); err != nil {
+		return fmt.Errorf("status API /exit: %w", err)
+	}
+	fmt.Fprintf(w, "Exit: %s (started %s)\n", e.Reason, e.StartedAt.Format(time.RFC3339))
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "STEP\tRESULT\tDURATION\tDETAIL")
+	failed := 0
+	for _, s := range e.Steps {
+		result, detail := "ok", s.Detail
+		if s.Error != "" {
+			result, detail, failed = "failed", s.Error, failed+1
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Name, result, s.Duration.Round(time.Millisecond), orDash(detail))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if failed > 0 {
+		return ExitError{Code: 1, Err: fmt.Errorf("%d exit step(s) failed", failed)}
+	}
+	return nil
 }

@@ -60,6 +60,20 @@ type State struct {
 	// Exit is the node's graceful exit, once one began (the group terminating
 	// the instance, a spot interruption notice, or `nodeagent drain`).
 	Exit *ExitStatus `json:"exit,omitempty"`
+	// Warm is the node's stay in its Auto Scaling group's warm pool, if it was
+	// launched into one.
+	Warm *WarmStatus `json:"warm,omitempty"`
+}
+
+// WarmStatus records a launch into a warm pool: what was prepared (the
+// phases up to the image import; kubelet not started) and the warm launch
+// hook's result.
+type WarmStatus struct {
+	Target     string    `json:"target"` // Warmed:Stopped, Warmed:Running, Warmed:Hibernated
+	PreparedAt time.Time `json:"preparedAt"`
+	Lifecycle  string    `json:"lifecycle,omitempty"`
+	// InServiceAt is when a Warmed:Running node saw itself moved into service.
+	InServiceAt time.Time `json:"inServiceAt,omitzero"`
 }
 
 // ExitStatus records a graceful exit step by step.
