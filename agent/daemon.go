@@ -122,6 +122,9 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 		lastRun     error = errors.New("no run finished yet")
 	)
 	reconcile := func() {
+		if exit.exiting() {
+			return // leaving: nothing is restarted (a master's etcd stays stopped)
+		}
 		rctx, rcancel := context.WithTimeout(ctx, ro.ReconcileInterval*5)
 		defer rcancel()
 		// Under the run lock, the inputs are re-read first: a bootstrap that

@@ -6,14 +6,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
 
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/nodeagent/nodeagent/bootstrap"
@@ -22,7 +27,9 @@ import (
 	"github.com/nodeagent/nodeagent/etcd"
 	"github.com/nodeagent/nodeagent/kube"
 	"github.com/nodeagent/nodeagent/kubelet"
+	"github.com/nodeagent/nodeagent/manifests"
 	"github.com/nodeagent/nodeagent/pki"
+	"github.com/nodeagent/nodeagent/volumes"
 )
 
 // exitWatchEvery is how often the daemon reads IMDS for the group terminating
@@ -293,7 +300,7 @@ func (x *exitRunner) byHand(ctx context.Context) (*bootstrap.ExitStatus, error) 
 func exitSteps(o Options, n *Node, g *gossipRunner) []exitStep {
 	var steps []exitStep
 	if n.IsControlPlane() {
-		steps = append(steps, exitStep{name: "etcd-handoff", fn: etcdHandoff(o, n)})
+		steps = append(steps, exitStep{name: "etcd-handoff", fn: etcdHandoff(o, n)}, exitStep{name: "volumes", fn: etcdRelease(o, n)})
 	}
 	if g != nil {
 		steps = append(steps, exitStep{name: "gossip-leave", fn: func(context.Context) (string, error) { return g.leave() }})
@@ -392,4 +399,54 @@ func DrainNode(ctx context.Context, socket string, w io.Writer) error {
 		return ExitError{Code: 1, Err: fmt.Errorf("%d exit step(s) failed", failed)}
 	}
 	return nil
+}
+
+// etcdRelease stops this master's etcd members (their static pods removed, so
+// kubelet stops them; the daemon no longer reconciles once the exit began)
+// and unmounts their volumes cleanly, so that the volume the group detaches
+// next is consistent and its next holder needs no recovery.
+func etcdRelease(o Options, n *Node) func(ctx context.Context) (string, error) {
+	return func(ctx context.Context) (string, error) {
+		st, err := o.store().Load()
+		if err != nil {
+			return "", err
+		}
+		ports := map[string]int{}
+		for _, c := range n.Config.Spec.Etcd.Clusters {
+			ports[c.Name] = c.ClientPort
+		}
+		ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+		defer cancel()
+		for _, m := range st.Facts.EtcdMembers {
+			path := o.Root.Path(filepath.Join(manifests.DefaultDir, manifests.EtcdPodName(m.Cluster)+".yaml"))
+			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return "", fmt.Errorf("stop etcd %s: %w", m.Cluster, err)
+			}
+		}
+		var (
+			done []string
+			errs []error
+		)
+		for _, m := range st.Facts.EtcdMembers {
+			addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[m.Cluster]))
+			err := wait.PollUntilContextCancel(ctx, 500*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+				c, err := (&net.Dialer{Timeout: time.Second}).DialContext(ctx, "tcp", addr)
+				if err != nil {
+					return true, nil // nobody serves etcd there any more
+				}
+				c.Close()
+				return false, nil
+			})
+			if err != nil {
+				errs = append(errs, fmt.Errorf("etcd %s still serves on %s: %w", m.Cluster, addr, err))
+				continue
+			}
+			if err := volumes.Unmount(ctx, m.MountPoint); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			done = append(done, m.VolumeID+" unmounted")
+		}
+		return strings.Join(done, ", "), errors.Join(errs...)
+	}
 }

@@ -24,7 +24,7 @@ import (
 func TestExitFollowsTheGroupsTermination(t *testing.T) {
 	const id, group, hook = "i-0leaving", "nodes", "nodeagent-drain"
 	emu := awsemu.Start(t, &awsemu.World{
-		Instances: []awsemu.Instance{{ID: id, AvailabilityZone: "us-east-1a", PrivateIP: "10.0.1.5", AutoScalingGroup: group}},
+		Instances:      []awsemu.Instance{{ID: id, AvailabilityZone: "us-east-1a", PrivateIP: "10.0.1.5", AutoScalingGroup: group}},
 		LifecycleHooks: []awsemu.LifecycleHook{{AutoScalingGroup: group, Name: hook, Transition: awsemu.TransitionTerminating}},
 	}, awsemu.Options{})
 	emu.Setenv(t, id)
