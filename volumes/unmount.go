@@ -28,8 +28,12 @@ func Unmount(ctx context.Context, target string) error {
 	if err != nil {
 		return fmt.Errorf("unmount %s: own mount namespace: %w", target, err)
 	}
+	group, err := peerGroup("/proc/self/mountinfo", dev, target)
+	if err != nil {
+		return fmt.Errorf("unmount %s: %w", target, err)
+	}
 	for {
-		users, err := otherUsers("/proc", dev, self)
+		users, err := otherUsers("/proc", dev, self, group)
 		if err != nil {
 			return fmt.Errorf("unmount %s: %w", target, err)
 		}
@@ -78,8 +82,10 @@ func mountedDevice(target string) (string, bool, error) {
 }
 
 // otherUsers lists one process per mount namespace other than self's that
-// has a mount of dev.
-func otherUsers(procDir, dev, self string) ([]string, error) {
+// has a copy of dev's mount of its own: a mount that receives ours by
+// propagation (optional field master:<group> or shared:<group> of our peer
+// group) goes with ours and holds nothing.
+func otherUsers(procDir, dev, self, group string) ([]string, error) {
 	entries, err := os.ReadDir(procDir)
 	if err != nil {
 		return nil, err
@@ -96,7 +102,7 @@ func otherUsers(procDir, dev, self string) ([]string, error) {
 			continue // gone, or a namespace already looked at
 		}
 		seen[ns] = true
-		if has, err := mountsDevice(filepath.Join(procDir, pid, "mountinfo"), dev); err == nil && has {
+		if has, err := holdsDevice(filepath.Join(procDir, pid, "mountinfo"), dev, group); err == nil && has {
 			comm, _ := os.ReadFile(filepath.Join(procDir, pid, "comm"))
 			users = append(users, pid+" ("+strings.TrimSpace(string(comm))+")")
 		}
@@ -105,9 +111,10 @@ func otherUsers(procDir, dev, self string) ([]string, error) {
 	return users, nil
 }
 
-// mountsDevice says whether a mountinfo file lists a mount of dev (its third
-// field is the device's major:minor).
-func mountsDevice(path, dev string) (bool, error) {
+// holdsDevice says whether a mountinfo file lists a mount of dev (its third
+// field is the device's major:minor) that is not a propagated copy of peer
+// group (a "shared:N" or "master:N" optional field naming it).
+func holdsDevice(path, dev, group string) (bool, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return false, err
@@ -116,9 +123,52 @@ func mountsDevice(path, dev string) (bool, error) {
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		if fields := strings.Fields(sc.Text()); len(fields) > 2 && fields[2] == dev {
-			return true, nil
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 3 || fields[2] != dev {
+			continue
 		}
+		if group != "" && (slices.Contains(optional(fields), "shared:"+group) || slices.Contains(optional(fields), "master:"+group)) {
+			continue
+		}
+		return true, nil
 	}
 	return false, sc.Err()
+}
+
+// peerGroup is the peer group ("N" of shared:N) of dev's mount at target in a
+// mountinfo file; "" when that mount is not shared.
+func peerGroup(path, dev, target string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 || fields[2] != dev || fields[4] != target {
+			continue
+		}
+		for _, o := range optional(fields) {
+			if g, ok := strings.CutPrefix(o, "shared:"); ok {
+				return g, nil
+			}
+		}
+		return "", nil
+	}
+	return "", sc.Err()
+}
+
+// optional are a mountinfo line's optional fields: after the sixth field, up
+// to the "-" separator.
+func optional(fields []string) []string {
+	if len(fields) < 7 {
+		return nil
+	}
+	rest := fields[6:]
+	if i := slices.Index(rest, "-"); i >= 0 {
+		return rest[:i]
+	}
+	return rest
 }
