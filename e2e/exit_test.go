@@ -223,7 +223,10 @@ func logExit(t *testing.T, n *haNode, e *bootstrap.ExitStatus) {
 	t.Helper()
 	var b strings.Builder
 	for _, s := range e.Steps {
-		fmt.Fprintf(&b, "\n  %-13s %8s  %s%s", s.Name, s.Duration.Round(time.Millisecond), s.Detail, s.Error)
+		fmt.Fprintf(&b, "\n  %-13s %8s  %s", s.Name, s.Duration.Round(time.Millisecond), s.Detail)
+		if s.Error != "" {
+			fmt.Fprintf(&b, " (error: %s)", s.Error)
+		}
 	}
 	t.Logf("%s exit: %s%s", n.InstanceID, e.Reason, b.String())
 }
