@@ -60,6 +60,7 @@ e2e: deps build e2e-parts
 	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -p 1 -run E2E ./systemd/... ./cri/ ./kubelet/ ./addons/
 	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -run TestFullVarLib ./doctor/
 	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -p 1 -run TestEtcdNeverLosesData ./etcdbackup/
+	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -run TestDrain ./drain/
 	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -v ./e2e/ -args -agent $(CURDIR)/$(BIN)/nodeagent
 
 test: deps lint unit e2e

@@ -40,7 +40,9 @@ type statusAPI struct {
 	store   bootstrap.StateStore
 	metrics *metrics
 	cluster func() []ClusterMember // nil when gossip is off
-	log     *slog.Logger
+	// exit runs the graceful exit (`nodeagent drain`) and returns its record.
+	exit func(ctx context.Context) (*bootstrap.ExitStatus, error)
+	log  *slog.Logger
 }
 
 func (a *statusAPI) handler() http.Handler {
@@ -78,6 +80,18 @@ func (a *statusAPI) handler() http.Handler {
 			return
 		}
 		writeJSON(w, a.cluster())
+	})
+	mux.HandleFunc("POST /exit", func(w http.ResponseWriter, r *http.Request) {
+		if a.exit == nil {
+			http.Error(w, "this daemon cannot exit gracefully", http.StatusNotFound)
+			return
+		}
+		st, err := a.exit(r.Context())
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		writeJSON(w, st)
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
 	return mux

@@ -65,6 +65,10 @@ func Bootstrap(ctx context.Context, o Options) error {
 		return err
 	}
 	runner := &bootstrap.Runner{Store: o.store(), Log: log, Node: n.Info(), ConfigHash: n.ConfigHash, RecordBoot: true}
+	// A launch into a warm pool prepares and stops short of joining (warm.go).
+	if inPool, err := bootWarm(ctx, n, ps, runner, log); inPool || err != nil {
+		return err
+	}
 	if err := runner.RunHeld(ctx, ps.phases); err != nil {
 		if bootstrap.IsWaiting(err) {
 			// Waiting on others (a master on its peers) is not a failed launch:

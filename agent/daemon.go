@@ -86,6 +86,10 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 	}
 	pods := startPodNetwork(o, n, ps, g)
 	defer pods.close()
+	// The graceful exit (exit.go): started by IMDS telling of a termination or
+	// a spot interruption, or by `nodeagent drain` through the status API.
+	exit := newExitRunner(o, n, exitSteps(o, n, g))
+	api.exit = exit.byHand
 	apiErr := make(chan error, 1)
 	go func() { apiErr <- api.serve(ctx, ro.Socket) }()
 
@@ -118,6 +122,9 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 		lastRun     error = errors.New("no run finished yet")
 	)
 	reconcile := func() {
+		if exit.exiting() {
+			return // leaving: nothing is restarted (a master's etcd stays stopped)
+		}
 		rctx, rcancel := context.WithTimeout(ctx, ro.ReconcileInterval*5)
 		defer rcancel()
 		// Under the run lock, the inputs are re-read first: a bootstrap that
@@ -221,6 +228,11 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 	defer func() {
 		cancel()
 		bg.Wait()
+	}()
+	bg.Add(1)
+	go func() {
+		defer bg.Done()
+		exit.watch(ctx, exitWatchEvery)
 	}()
 	bg.Add(1)
 	go func() {

@@ -26,6 +26,8 @@ type gossipRunner struct {
 	ready   bool
 	names   []string
 	podCIDR netip.Prefix
+	// left: the node left the ring on its way out; nothing is published after.
+	left bool
 }
 
 // gossipEnabled: like kops, a cluster whose name ends in .k8s.local has no DNS and
@@ -87,7 +89,7 @@ func trimKey(b []byte) []byte { return []byte(strings.TrimRight(string(b), "\r\n
 func (g *gossipRunner) setReady(ready bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.ready == ready {
+	if g.ready == ready || g.left {
 		return
 	}
 	g.ready = ready
@@ -114,7 +116,7 @@ func gossipNames(n *Node, facts bootstrap.Facts) []string {
 func (g *gossipRunner) setNames(names []string) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if slices.Equal(g.names, names) {
+	if slices.Equal(g.names, names) || g.left {
 		return nil
 	}
 	if err := g.agent.SetNames(names); err != nil {
@@ -137,7 +139,24 @@ func (g *gossipRunner) members() []ClusterMember {
 	return out
 }
 
-func (g *gossipRunner) stop() { g.agent.Shutdown() }
+// stop leaves the ring as the daemon stops; a failed leave is a crash to the
+// peers, which their failure detection handles.
+func (g *gossipRunner) stop() { _, _ = g.leave() }
+
+// leave leaves the ring gracefully (peers drop this node's names at once, not
+// after failure detection); the first call does it, later ones say so.
+func (g *gossipRunner) leave() (string, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.left {
+		return "already left", nil
+	}
+	g.left = true
+	if err := g.agent.Shutdown(); err != nil {
+		return "", err
+	}
+	return "left the gossip ring", nil
+}
 
 // collector exports ring membership by state on /metrics.
 func (g *gossipRunner) collector() prometheus.Collector {

@@ -203,7 +203,7 @@ func peersOf(members []gossip.Member, self string) []podroutes.Peer {
 func (g *gossipRunner) setPodCIDR(p netip.Prefix) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.podCIDR == p {
+	if g.podCIDR == p || g.left {
 		return
 	}
 	if err := g.agent.SetPodCIDR(p); err != nil {

@@ -95,6 +95,16 @@ func WriteStatusTable(w io.Writer, st *bootstrap.State) error {
 	if st.Error != "" {
 		fmt.Fprintf(w, "Error:     %s\n", st.Error)
 	}
+	if ws := st.Warm; ws != nil && st.Readiness.Lifecycle == "" {
+		fmt.Fprintf(w, "Warm pool: %s, prepared %s (kubelet not started)\n", ws.Target, ws.PreparedAt.Format(time.RFC3339))
+	}
+	if e := st.Exit; e != nil {
+		state := "running"
+		if !e.FinishedAt.IsZero() {
+			state = "done in " + e.FinishedAt.Sub(e.StartedAt).Round(time.Millisecond).String()
+		}
+		fmt.Fprintf(w, "Exit:      %s (%s; nodeagent drain shows the steps)\n", e.Reason, state)
+	}
 
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "\nPHASE\tSTATE\tSTARTED\tDURATION\tCHANGED\tERROR")

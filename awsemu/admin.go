@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"time"
 )
 
 // State is a snapshot of what a run did, for tests and demos that drive the
@@ -43,6 +44,9 @@ func (e *Emulator) Snapshot() State {
 //	PUT  /faults/{service}         body: Faults as JSON ({"throttleRate":0.5,"latency":"50ms"})
 //	PUT  /instances/{id}/state     body: the new state (e.g. terminated)
 //	POST /instances                body: an Instance as JSON
+//	PUT  /instances/{id}/target-lifecycle-state  body: InService, Warmed:Stopped, ...
+//	POST /instances/{id}/terminate-in-group      a scale-in or replacement (terminate hooks run)
+//	POST /instances/{id}/spot-interruption       a spot notice, terminating in two minutes
 //
 // It is unauthenticated: bind it to loopback only.
 func (e *Emulator) AdminHandler() http.Handler {
@@ -93,6 +97,19 @@ func (e *Emulator) AdminHandler() http.Handler {
 		e.SetInstanceState(id, state)
 		w.WriteHeader(http.StatusNoContent)
 	})
+	mux.HandleFunc("PUT /instances/{id}/target-lifecycle-state", func(w http.ResponseWriter, r *http.Request) {
+		b, err := io.ReadAll(io.LimitReader(r.Body, 64))
+		if err == nil {
+			err = e.SetTargetLifecycleState(r.PathValue("id"), strings.TrimSpace(string(b)))
+		}
+		adminResult(w, err)
+	})
+	mux.HandleFunc("POST /instances/{id}/terminate-in-group", func(w http.ResponseWriter, r *http.Request) {
+		adminResult(w, e.TerminateInGroup(r.PathValue("id")))
+	})
+	mux.HandleFunc("POST /instances/{id}/spot-interruption", func(w http.ResponseWriter, r *http.Request) {
+		adminResult(w, e.InterruptSpot(r.PathValue("id"), e.now().Add(2*time.Minute)))
+	})
 	mux.HandleFunc("POST /instances", func(w http.ResponseWriter, r *http.Request) {
 		var in Instance
 		if err := decodeStrict(r.Body, &in); err != nil {
@@ -106,6 +123,14 @@ func (e *Emulator) AdminHandler() http.Handler {
 		w.WriteHeader(http.StatusCreated)
 	})
 	return mux
+}
+
+func adminResult(w http.ResponseWriter, err error) {
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
 }
 
 func decodeStrict(r io.Reader, v any) error {

@@ -38,6 +38,12 @@ func TestAdminHandler(t *testing.T) {
 		{"PUT", "/instances/" + nitroB + "/state", "exploded", 400},
 		{"POST", "/instances", `{"id": "i-0000000000000new1", "type": "t3.small"}`, 201},
 		{"POST", "/instances", `{"id": "i-0000000000000new1"}`, 409},
+		{"PUT", "/instances/" + xenID + "/target-lifecycle-state", "Warmed:Running", 204},
+		{"PUT", "/instances/" + xenID + "/target-lifecycle-state", "Warmed:Melted", 400},
+		{"PUT", "/instances/" + nitroB + "/target-lifecycle-state", "InService", 400}, // in no group
+		{"POST", "/instances/" + xenID + "/spot-interruption", "", 204},
+		{"POST", "/instances/" + xenID + "/terminate-in-group", "", 204},
+		{"PUT", "/instances/" + xenID + "/target-lifecycle-state", "InService", 400}, // terminating
 	}
 	for _, s := range steps {
 		if got := do(s.method, s.path, s.body); got != s.want {

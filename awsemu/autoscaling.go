@@ -118,14 +118,27 @@ func (e *Emulator) lifecycleState(in *instance) string {
 	if in.State == "terminated" {
 		return "Terminated"
 	}
+	if e.ends.terminating[in.ID] {
+		if e.termHookPendingLocked(in) {
+			return "Terminating:Wait"
+		}
+		return "Terminating:Proceed"
+	}
+	warm := strings.HasPrefix(in.TargetLifecycleState, "Warmed:")
 	result := e.lifecycle[in.ID]
 	if result == LifecycleAbandon {
 		return "Terminating"
 	}
 	for _, h := range e.hooks[in.AutoScalingGroup] {
 		if !e.hookDone[in.ID+"/"+h] {
+			if warm {
+				return "Warmed:Pending:Wait"
+			}
 			return "Pending:Wait"
 		}
+	}
+	if warm {
+		return in.TargetLifecycleState
 	}
 	return "InService"
 }
@@ -156,7 +169,11 @@ func (e *Emulator) recordLifecycleActionHeartbeat(req *request) (any, *apiError)
 	if aerr := e.pendingActionLocked(group, hook, iid); aerr != nil {
 		return nil, aerr
 	}
-	e.heartbeats[iid]++
+	if slices.Contains(e.ends.termHooks[group], hook) {
+		e.ends.termHeartbeats[iid]++
+	} else {
+		e.heartbeats[iid]++
+	}
 	return recordLifecycleActionHeartbeatResponse{Xmlns: autoScalingXMLNS, Metadata: responseMetadata{req.id}}, nil
 }
 
@@ -188,6 +205,9 @@ func (e *Emulator) pendingActionLocked(group, hook, iid string) *apiError {
 	if !ok && !e.groupExists(group) {
 		return errorf(400, "ValidationError", "AutoScalingGroup name not found - AutoScalingGroup %s not found", group)
 	}
+	if slices.Contains(e.ends.termHooks[group], hook) {
+		return e.pendingTerminateLocked(group, hook, iid)
+	}
 	if !slices.Contains(hooks, hook) {
 		return errorf(400, "ValidationError", "No Lifecycle Hook found with name %s for group %s", hook, group)
 	}
@@ -213,6 +233,11 @@ func (e *Emulator) completeLifecycleAction(req *request) (any, *apiError) {
 	if aerr := e.pendingActionLocked(group, hook, iid); aerr != nil {
 		return nil, aerr
 	}
+	if slices.Contains(e.ends.termHooks[group], hook) {
+		e.completeTerminateLocked(group, hook, iid, result)
+		return completeLifecycleActionResponse{Xmlns: autoScalingXMLNS, Metadata: responseMetadata{req.id}}, nil
+	}
+	e.recordCompletionLocked(iid, hook, result)
 	e.hookDone[iid+"/"+hook] = true
 	e.lifecycle[iid] = result
 	e.log.Info("lifecycle action completed", "group", group, "hook", hook, "instance", iid, "result", result)

@@ -80,6 +80,7 @@ type Emulator struct {
 	lifecycle     map[string]string   // instance -> CONTINUE/ABANDON
 	heartbeats    map[string]int      // instance -> RecordLifecycleActionHeartbeat calls
 	hookDone      map[string]bool     // instance + "/" + hook
+	ends          endState            // terminate hooks, warm pools, spot notices (termination.go)
 	faults        map[string]Faults
 	rng           *rand.Rand
 	calls         map[string]int // service + " " + action
@@ -136,6 +137,7 @@ func New(w *World, o Options) (_ *Emulator, err error) {
 		lifecycle:     map[string]string{},
 		heartbeats:    map[string]int{},
 		hookDone:      map[string]bool{},
+		ends:          newEndState(),
 		faults:        map[string]Faults{},
 		uploads:       map[string]*multipartUpload{},
 		rng:           rand.New(rand.NewPCG(uint64(o.Seed), uint64(o.Seed)^0x9e3779b97f4a7c15)),
@@ -227,7 +229,14 @@ func New(w *World, o Options) (_ *Emulator, err error) {
 		if h.AutoScalingGroup == "" || h.Name == "" {
 			return nil, fmt.Errorf("world: lifecycle hook %+v needs autoScalingGroup and name", h)
 		}
-		e.hooks[h.AutoScalingGroup] = append(e.hooks[h.AutoScalingGroup], h.Name)
+		switch h.Transition {
+		case "", TransitionLaunching:
+			e.hooks[h.AutoScalingGroup] = append(e.hooks[h.AutoScalingGroup], h.Name)
+		case TransitionTerminating:
+			e.ends.termHooks[h.AutoScalingGroup] = append(e.ends.termHooks[h.AutoScalingGroup], h.Name)
+		default:
+			return nil, fmt.Errorf("world: lifecycle hook %s: transition %q is neither %s nor %s", h.Name, h.Transition, TransitionLaunching, TransitionTerminating)
+		}
 	}
 	// Pre-attached volumes get their devices last, once every instance exists.
 	e.mu.Lock()
@@ -301,6 +310,9 @@ func (e *Emulator) addInstance(in Instance) error {
 	}
 	if in.ImageID == "" {
 		in.ImageID = "ami-0123456789abcdef0"
+	}
+	if err := validTarget(in.TargetLifecycleState); err != nil {
+		return fmt.Errorf("instance %s: %w", in.ID, err)
 	}
 	in.Tags = cloneMap(in.Tags)
 	e.instances[in.ID] = &instance{Instance: in, launched: e.now().UTC(), reservation: "r-" + strings.TrimPrefix(in.ID, "i-")}
@@ -399,6 +411,11 @@ func (e *Emulator) Calls(service, action string) int {
 func (e *Emulator) SetInstanceState(id, state string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.setInstanceStateLocked(id, state)
+}
+
+// setInstanceStateLocked is SetInstanceState with e.mu held.
+func (e *Emulator) setInstanceStateLocked(id, state string) {
 	in, ok := e.instances[id]
 	if !ok {
 		e.log.Error("set state of unknown instance", "instance", id)

@@ -181,6 +181,7 @@ func (e *Emulator) metadataTree(instanceID string) (map[string]string, bool) {
 		"network/interfaces/macs/" + mac + "/subnet-ipv4-cidr-block": "10.0.0.0/16",
 	}
 	e.addCredentialsMetadata(md, in.ID, in.InstanceProfile)
+	e.endMetadataLocked(in, md)
 	for k, v := range in.Tags {
 		// Instance tags in metadata cannot hold '/' in their keys.
 		if !strings.Contains(k, "/") {

@@ -86,6 +86,11 @@ type Instance struct {
 	// InstanceProfile is the role of the instance's profile: IMDS serves
 	// temporary credentials of its own under iam/security-credentials/<role>.
 	InstanceProfile string `json:"instanceProfile,omitempty"`
+	// TargetLifecycleState is where the group is taking the instance, served in
+	// IMDS at autoscaling/target-lifecycle-state: InService (the default for a
+	// group member) or, launched into a warm pool, Warmed:Stopped,
+	// Warmed:Running or Warmed:Hibernated (SetTargetLifecycleState moves it).
+	TargetLifecycleState string `json:"targetLifecycleState,omitempty"`
 }
 
 // Volume is one EBS volume.
@@ -107,12 +112,22 @@ type Volume struct {
 	MultiAttachEnabled bool `json:"multiAttachEnabled,omitempty"`
 }
 
-// LifecycleHook is a launch lifecycle hook of an Auto Scaling group; instances
-// of the group wait in Pending:Wait until the hook is completed.
+// LifecycleHook is a lifecycle hook of an Auto Scaling group. A launch hook
+// (the default transition) holds an instance in Pending:Wait (or, launched into
+// a warm pool, Warmed:Pending:Wait) until it is completed; a terminate hook
+// holds an instance the group terminates in Terminating:Wait.
 type LifecycleHook struct {
 	AutoScalingGroup string `json:"autoScalingGroup"`
 	Name             string `json:"name"`
+	// Transition is TransitionLaunching ("" means that) or TransitionTerminating.
+	Transition string `json:"transition,omitempty"`
 }
+
+// Lifecycle hook transitions, as Auto Scaling names them.
+const (
+	TransitionLaunching   = "autoscaling:EC2_INSTANCE_LAUNCHING"
+	TransitionTerminating = "autoscaling:EC2_INSTANCE_TERMINATING"
+)
 
 // Faults are injected into one service's requests with the emulator's seeded RNG.
 type Faults struct {

@@ -57,6 +57,42 @@ type State struct {
 	// Boot is the timeline of the last boot (the last run of `nodeagent
 	// bootstrap`); the daemon's later runs do not change it.
 	Boot *BootRecord `json:"boot,omitempty"`
+	// Exit is the node's graceful exit, once one began (the group terminating
+	// the instance, a spot interruption notice, or `nodeagent drain`).
+	Exit *ExitStatus `json:"exit,omitempty"`
+	// Warm is the node's stay in its Auto Scaling group's warm pool, if it was
+	// launched into one.
+	Warm *WarmStatus `json:"warm,omitempty"`
+}
+
+// WarmStatus records a launch into a warm pool: what was prepared (the
+// phases up to the image import; kubelet not started) and the warm launch
+// hook's result.
+type WarmStatus struct {
+	Target     string    `json:"target"` // Warmed:Stopped, Warmed:Running, Warmed:Hibernated
+	PreparedAt time.Time `json:"preparedAt"`
+	Lifecycle  string    `json:"lifecycle,omitempty"`
+	// InServiceAt is when a Warmed:Running node saw itself moved into service.
+	InServiceAt time.Time `json:"inServiceAt,omitzero"`
+}
+
+// ExitStatus records a graceful exit step by step.
+type ExitStatus struct {
+	Reason     string     `json:"reason"`
+	StartedAt  time.Time  `json:"startedAt"`
+	FinishedAt time.Time  `json:"finishedAt,omitzero"`
+	Steps      []ExitStep `json:"steps,omitempty"`
+	// Lifecycle is the result the terminate hook was completed with.
+	Lifecycle string `json:"lifecycle,omitempty"`
+}
+
+// ExitStep is one step of an exit: drain, gossip-leave, etcd-handoff, volumes,
+// lifecycle.
+type ExitStep struct {
+	Name     string        `json:"name"`
+	Error    string        `json:"error,omitempty"`
+	Detail   string        `json:"detail,omitempty"`
+	Duration time.Duration `json:"duration"`
 }
 
 // ConfigStatus is the node's effective config: derived from its raw inputs

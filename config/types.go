@@ -188,6 +188,13 @@ type Readiness struct {
 	LifecycleHook string `json:"lifecycleHook,omitempty"`
 	// Timeout bounds how long bootstrap waits for readiness, e.g. "5m".
 	Timeout string `json:"timeout,omitempty"`
+	// TerminationHook is the Auto Scaling terminate lifecycle hook
+	// (autoscaling:EC2_INSTANCE_TERMINATING) completed with CONTINUE once the
+	// node has left gracefully (drained, left the gossip ring, etcd handed on).
+	TerminationHook string `json:"terminationHook,omitempty"`
+	// DrainTimeout bounds the drain of a terminating node, e.g. "90s"
+	// (default 90s; a spot notice gives two minutes in all).
+	DrainTimeout string `json:"drainTimeout,omitempty"`
 }
 
 // Images says where the images the node runs come from: a registry, and verified

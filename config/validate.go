@@ -239,6 +239,11 @@ func (c *NodeConfig) Validate() error {
 	if d, err := time.ParseDuration(s.Readiness.Timeout); err != nil || d <= 0 {
 		add("spec.readiness.timeout", "must be a positive duration such as 10m, got %q", s.Readiness.Timeout)
 	}
+	if t := s.Readiness.DrainTimeout; t != "" {
+		if d, err := time.ParseDuration(t); err != nil || d <= 0 {
+			add("spec.readiness.drainTimeout", "must be a positive duration such as 90s, got %q", t)
+		}
+	}
 	for _, f := range []struct{ path, v string }{
 		{"spec.networking.serviceCIDR", s.Networking.ServiceCIDR},
 		{"spec.networking.podCIDR", s.Networking.PodCIDR},

@@ -77,6 +77,8 @@ type haLab struct {
 	volumeDir string
 	// readinessTimeout is the launch template's spec.readiness.timeout.
 	readinessTimeout string
+	// extra edits the launch templates' NodeConfig further, when set.
+	extra func(*config.NodeConfig)
 
 	mu    sync.Mutex
 	nodes []*haNode
@@ -155,9 +157,11 @@ func newHALab(t *testing.T, extraVolumes ...awsemu.Volume) *haLab {
 		for _, ec := range []string{"main", "events"} {
 			world.Volumes = append(world.Volumes, haVolume(ec, z.member, "a,b,c", z.az))
 		}
-		world.LifecycleHooks = append(world.LifecycleHooks, awsemu.LifecycleHook{AutoScalingGroup: masterASG(z.az), Name: haHook})
+		world.LifecycleHooks = append(world.LifecycleHooks, awsemu.LifecycleHook{AutoScalingGroup: masterASG(z.az), Name: haHook},
+			awsemu.LifecycleHook{AutoScalingGroup: masterASG(z.az), Name: haTermHook, Transition: awsemu.TransitionTerminating})
 	}
-	world.LifecycleHooks = append(world.LifecycleHooks, awsemu.LifecycleHook{AutoScalingGroup: "nodes", Name: haHook})
+	world.LifecycleHooks = append(world.LifecycleHooks, awsemu.LifecycleHook{AutoScalingGroup: "nodes", Name: haHook},
+		awsemu.LifecycleHook{AutoScalingGroup: "nodes", Name: haTermHook, Transition: awsemu.TransitionTerminating})
 	world.Volumes = append(world.Volumes, extraVolumes...)
 
 	h := &haLab{t: t, net: lab, ca: caCert, images: images, volumeDir: t.TempDir(), readinessTimeout: "15m"}
@@ -250,6 +254,9 @@ func (h *haLab) userData(role config.Role) []byte {
 			c.Spec.KubeProxy.ConntrackMaxPerCore = &noConntrackMax
 			if role == config.RoleControlPlane {
 				c.Spec.Etcd = &config.Etcd{Version: haEtcdVersion}
+			}
+			if h.extra != nil {
+				h.extra(c)
 			}
 		},
 	})

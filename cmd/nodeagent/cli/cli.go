@@ -103,6 +103,7 @@ flag, missing argument) exits 2 on every command.`,
 		doctorCmd(g, stdout),
 		supportCmd(g, stdout, stderr),
 		etcdCmd(g, stdout),
+		drainCmd(g, stdout, stderr),
 	)
 	root.InitDefaultCompletionCmd()
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
