@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -36,7 +37,7 @@ const haTermHook = "nodeagent-exit"
 //  2. a spot interruption notice on the last worker: the same drain starts at
 //     once; with nowhere for the pods to go, the budget keeps one running, and
 //     the bounded drain ends within the two-minute notice;
-//  3. master c terminated by a rolling replacement: quorum kept throughout,
+//  3. the master leading etcd main terminated by a rolling replacement: quorum kept throughout,
 //     leadership handed on, etcd stopped and its volumes unmounted before the
 //     group detaches them (clean ext4, no recovery on the next attach).
 func TestGracefulExit(t *testing.T) {
@@ -166,12 +167,16 @@ func TestGracefulExit(t *testing.T) {
 		t.Errorf("web had %d ready pods at some moment; the budget asks for 1", low)
 	}
 
-	// 3. A rolling replacement terminates master c: the two others keep quorum
+	// 3. A rolling replacement terminates the etcd leader's master: the two others keep quorum
 	// throughout; its members hand leadership on and stop, and their volumes
 	// are unmounted before the group detaches them: clean filesystems, which
 	// the next holder mounts without recovery.
-	leaving := masters[2]
-	stopWatch := watchQuorum(t, h, masters[:2])
+	// The master whose member leads etcd main leaves, so that the hand-off of
+	// the leadership is what keeps the cluster writable.
+	li, leaderID := etcdMainLeader(t, h, masters)
+	leaving := masters[li]
+	others := slices.Delete(slices.Clone(masters), li, li+1)
+	stopWatch := watchQuorum(t, h, others)
 	asked = time.Now()
 	if err := h.env.Emu.TerminateInGroup(leaving.InstanceID); err != nil {
 		t.Fatal(err)
@@ -185,7 +190,7 @@ func TestGracefulExit(t *testing.T) {
 		}
 	}
 	for _, ec := range []string{"main", "events"} {
-		id := "vol-0" + ec + haZones[2].member
+		id := "vol-0" + ec + haZones[li].member
 		eventually(t, time.Minute, id+" detached", func() (bool, string) {
 			v, _ := h.env.Emu.VolumeStatus(id)
 			return v.State == "available", v.State
@@ -197,9 +202,43 @@ func TestGracefulExit(t *testing.T) {
 		}
 	}
 	if lost := stopWatch(); len(lost) > 0 {
-		t.Errorf("quorum lost on the other masters while master c left: %v", lost)
+		t.Errorf("quorum lost on the other masters while %s left: %v", leaving.InstanceID, lost)
+	}
+	if _, now := etcdMainLeader(t, h, others); now == leaderID {
+		t.Errorf("etcd main is still led by the member of %s, which left", leaving.InstanceID)
 	}
 	h.kill(ctx, leaving)
+}
+
+// etcdMainLeader returns which of the masters holds the member leading etcd
+// main, and that member's ID.
+func etcdMainLeader(t *testing.T, h *haLab, masters []*haNode) (int, uint64) {
+	t.Helper()
+	var eps []string
+	for _, m := range masters {
+		eps = append(eps, net.JoinHostPort(m.IP, "2379"))
+	}
+	cli := h.etcdClient(masters[0], "main", eps...)
+	var (
+		index  = -1
+		leader uint64
+	)
+	eventually(t, time.Minute, "etcd main has a leader among the masters", func() (bool, string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for i, ep := range eps {
+			st, err := cli.Status(ctx, ep)
+			if err != nil {
+				return false, fmt.Sprintf("%s: %v", ep, err)
+			}
+			if st.Header.MemberId == st.Leader {
+				index, leader = i, st.Leader
+				return true, ""
+			}
+		}
+		return false, "no endpoint is the leader"
+	})
+	return index, leader
 }
 
 // waitExit waits until the node's exit is recorded as finished (and, hook,
