@@ -3,9 +3,9 @@
 # user-data alone: nodeagent-bootstrap.service runs `nodeagent bootstrap` once per boot,
 # nodeagent.service keeps the node converged afterwards. See README.md.
 #
-# Written for both current Packer (with plugins.pkr.hcl's required_plugins) and Debian's
-# packer 1.6, on which the tests run this template without plugins.pkr.hcl: so no regular
-# expressions and no templatefile, which 1.6 lacks.
+# The variables, locals and build also run on Debian's packer 1.6, on which the tests run
+# them with a test-only source in place of amazon-ebs and without plugins.pkr.hcl: so no
+# regular expressions and no templatefile, which 1.6 lacks.
 
 variable "region" {
   type        = string
