@@ -246,7 +246,7 @@ func bakeImage(ctx context.Context, t *testing.T, packer string, env *testenv.En
 	// installed and cached, a blank machine-id, no state but images/.
 	for _, p := range []string{"/usr/local/bin/nodeagent", "/etc/systemd/system/multi-user.target.wants/nodeagent-bootstrap.service",
 		"/usr/local/bin/kubelet", "/usr/local/bin/containerd", "/opt/cni/bin/bridge"} {
-		if _, err := os.Stat(m.Path(p)); err != nil {
+		if _, err := os.Lstat(m.Path(p)); err != nil {
 			t.Errorf("image lacks %s: %v", p, err)
 		}
 	}
