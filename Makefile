@@ -10,15 +10,16 @@ E2E_TIMEOUT ?= 50m
 # method calls keep every exported method alive): 86 MiB → 41 MiB stripped, same behaviour.
 BUILD_TAGS ?= grpcnotrace
 
-.PHONY: all build deps test unit fuzz e2e e2e-parts bench demo lint clean
+.PHONY: all build deps test unit fuzz e2e e2e-parts bench demo lint clean size
 
 # e2e-parts builds (once; all cached in /var/cache/nodeagent-e2e) the real parts the end-to-end
-# tests run: the Debian rootfs the machines boot, kubelet and the control plane (kube-apiserver,
+# tests run: the Debian rootfs the machines boot (and its copy with sshd for the Packer build), kubelet and the control plane (kube-apiserver,
 # kube-controller-manager, kube-scheduler, kube-proxy) v1.34.4, etcd v3.5 and CoreDNS v1.15 from
 # source through the Go module proxy, Debian's Docker Engine unpacked from its docker.io package
 # (hack/docker.sh), and the image archives nodes import instead of pulling from a registry.
 e2e-parts:
 	hack/rootfs.sh >/dev/null
+	hack/rootfs-packer.sh >/dev/null
 	hack/build-k8s.sh >/dev/null
 	hack/build-etcd.sh >/dev/null
 	hack/build-coredns.sh >/dev/null
@@ -44,6 +45,11 @@ lint:
 unit:
 	$(GO) test -race -count=1 ./...
 	$(MAKE) fuzz
+	$(MAKE) size
+
+# size fails when the agent binary grows past its budget (hack/binary-size.sh).
+size: build
+	hack/binary-size.sh $(BIN)/nodeagent
 
 # fuzz runs each Go native fuzz target for a bounded time (FUZZTIME each); the
 # committed corpus (testdata/fuzz) is also replayed by every plain `go test`.

@@ -45,7 +45,8 @@ func buildPhases(ctx context.Context, o Options, n *Node) (*phaseSet, error) {
 	ps := &phaseSet{}
 	connect := func(ctx context.Context) (*systemd.Manager, error) { return systemd.Connect(ctx) }
 
-	inst := &assets.Installer{Root: o.Root, HTTP: &http.Client{Timeout: 10 * time.Minute}, Log: log}
+	inst := &assets.Installer{Root: o.Root, HTTP: &http.Client{Timeout: 10 * time.Minute}, Log: log,
+		FullCheckEvery: spec.AssetChecks.Interval()}
 	if n.AWS != nil {
 		inst.S3 = cloud.NewS3(*n.AWS)
 	}

@@ -399,7 +399,7 @@ func listFiles(idx *archiveIndex) string {
 
 // installedState compares one member file with what is installed.
 func (i *Installer) installedState(mf memberFile) (want string, err error) {
-	got, mode, exists, err := hashFile(i.Root.Path(mf.Dest))
+	got, mode, exists, err := i.installedSum(i.Root.Path(mf.Dest))
 	switch {
 	case err != nil:
 		return "", err

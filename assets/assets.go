@@ -53,6 +53,14 @@ type Installer struct {
 	CacheDir string
 	Log      *slog.Logger
 	Retry    RetryPolicy
+	// FullCheckEvery is how long an installed file's recorded hash is trusted while
+	// its device, inode, size, mtime and ctime are unchanged; 0 means
+	// DefaultFullCheckEvery, negative hashes every file on every check.
+	FullCheckEvery time.Duration
+	// Now is the clock of the full check; nil means time.Now.
+	Now func() time.Time
+
+	record hashRecord
 }
 
 // MismatchError is a download whose content does not have the expected hash. It
@@ -300,7 +308,7 @@ func (i *Installer) install(ctx context.Context, a config.Asset) (source string,
 		return source, len(files) > 0, err
 	}
 	dest := i.Root.Path(InstallPath(a))
-	got, mode, exists, err := hashFile(dest)
+	got, mode, exists, err := i.installedSum(dest)
 	if err != nil {
 		return "", false, err
 	}

@@ -13,9 +13,12 @@ import (
 // PhaseName is the name the phase is recorded under in the state file.
 const PhaseName = "assets"
 
-// Phase installs a list of assets. Check hashes each installed file; Act installs
-// every asset that differs (going on past failures, reporting them all); Verify
-// hashes them again. An archive asset's files are its selected members.
+// Phase installs a list of assets. Check compares each installed file's hash with
+// the configured one; Act installs every asset that differs (going on past
+// failures, reporting them all); Verify compares them again. An archive asset's
+// files are its selected members. A file's hash is read from the installed
+// files' record while its device, inode, size, mtime and ctime are those it had
+// when it was hashed, and re-read at least every Installer.FullCheckEvery.
 type Phase struct {
 	inst *Installer
 	list []config.Asset
@@ -39,8 +42,9 @@ func (i *Installer) Phase(list []config.Asset) *Phase {
 
 func (p *Phase) Name() string { return PhaseName }
 
-// Check hashes every installed asset (an archive's members against the
-// archive's cached index); it touches no network and writes nothing.
+// Check compares every installed asset's hash (an archive's members against the
+// archive's cached index), hashing what the record cannot vouch for; it touches
+// no network and writes nothing.
 func (p *Phase) Check(ctx context.Context) ([]bootstrap.Change, error) {
 	var out []bootstrap.Change
 	for _, a := range p.list {
@@ -60,7 +64,7 @@ func (p *Phase) Check(ctx context.Context) ([]bootstrap.Change, error) {
 			continue
 		}
 		path := InstallPath(a)
-		got, mode, exists, err := hashFile(p.inst.Root.Path(path))
+		got, mode, exists, err := p.inst.installedSum(p.inst.Root.Path(path))
 		if err != nil {
 			return nil, err
 		}
@@ -120,7 +124,7 @@ func (p *Phase) Verify(ctx context.Context) error {
 		var bad []error
 		for _, f := range files {
 			path := p.inst.Root.Path(f.Dest)
-			got, mode, exists, err := hashFile(path)
+			got, mode, exists, err := p.inst.installedSum(path)
 			switch {
 			case err != nil:
 				bad = append(bad, err)
@@ -137,6 +141,11 @@ func (p *Phase) Verify(ctx context.Context) error {
 			continue
 		}
 		p.record(a, files)
+	}
+	// The hashes just proven let the next run trust unchanged files. Losing the
+	// record only costs the next run a full hash, so it does not fail the phase.
+	if err := p.inst.saveRecord(); err != nil {
+		p.inst.logger().Warn("next run hashes every installed file again", "err", err)
 	}
 	return errors.Join(errs...)
 }

@@ -115,6 +115,7 @@ func (r *Runner) RunHeld(ctx context.Context, phases []Phase) error {
 func (r *Runner) runPhase(ctx context.Context, p Phase, facts *Facts, log *slog.Logger) PhaseStatus {
 	now := r.clock()
 	ps := PhaseStatus{Name: p.Name(), State: PhaseRunning, Started: now()}
+	cpu0 := processCPU()
 	log = log.With("phase", ps.Name)
 	if _, err := r.Store.Update(func(st *State) {
 		if cur := st.Phase(ps.Name); cur != nil {
@@ -188,7 +189,8 @@ func (r *Runner) runPhase(ctx context.Context, p Phase, facts *Facts, log *slog.
 	}
 	ps.State = PhaseDone
 	ps.Duration = Duration(now().Sub(ps.Started))
-	log.Info("phase done", "changed", ps.Changed, "duration", time.Duration(ps.Duration).Round(time.Millisecond))
+	log.Info("phase done", "changed", ps.Changed, "duration", time.Duration(ps.Duration).Round(time.Millisecond),
+		"cpu", (processCPU() - cpu0).Round(time.Millisecond))
 	return ps
 }
 

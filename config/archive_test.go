@@ -75,7 +75,7 @@ func TestArchiveAssetRejects(t *testing.T) {
 	}
 }
 
-// packer/bake.yaml, rendered as Packer's templatefile would with the upstream
+// packer/bake.yaml, rendered as the Packer template does with the upstream
 // artifacts, is a valid NodeConfig taking containerd's and the CNI plugins'
 // tarballs as they are.
 func TestPackerBakeTemplate(t *testing.T) {
@@ -94,13 +94,13 @@ func TestPackerBakeTemplate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	block := regexp.MustCompile(`(?s)templatefile\(local\.bake_template, \{(.*?)\}\)`).FindSubmatch(hcl)
-	if block == nil {
-		t.Fatal("nodeagent.pkr.hcl renders no templatefile(local.bake_template, {...})")
-	}
+	// The template replaces each "$${name}" of the bake config with its value.
 	provided := map[string]bool{}
-	for _, m := range regexp.MustCompile(`(?m)^\s+(\w+)\s+=`).FindAllSubmatch(block[1], -1) {
+	for _, m := range regexp.MustCompile(`"\$\$\{(\w+)\}", `).FindAllSubmatch(hcl, -1) {
 		provided[string(m[1])] = true
+	}
+	if len(provided) == 0 {
+		t.Fatal(`nodeagent.pkr.hcl replaces no "$${name}" placeholder of the bake config`)
 	}
 	doc := regexp.MustCompile(`\$\{(\w+)\}`).ReplaceAllStringFunc(string(tmpl), func(v string) string {
 		k := v[2 : len(v)-1]

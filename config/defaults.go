@@ -15,6 +15,8 @@ const (
 	DefaultPodCIDR        = "100.96.0.0/11"
 	DefaultClusterDNS     = "100.64.0.10"
 	DefaultTimeout        = "10m"
+	// DefaultFullCheckInterval is how often every installed asset is hashed again.
+	DefaultFullCheckInterval = "24h"
 )
 
 // DefaultSysctls are what kubelet and kube-proxy need of every node.
@@ -101,6 +103,9 @@ func (c *NodeConfig) SetDefaults() {
 	}
 	if s.Readiness.Timeout == "" {
 		s.Readiness.Timeout = DefaultTimeout
+	}
+	if s.AssetChecks.FullCheckInterval == "" {
+		s.AssetChecks.FullCheckInterval = DefaultFullCheckInterval
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseWorkerAppliesDefaults(t *testing.T) {
@@ -231,4 +232,21 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("Parse accepted a config that does not validate")
 		}
 	})
+}
+
+func TestAssetChecksFullCheckInterval(t *testing.T) {
+	cfg, err := Parse([]byte(minimal("Node")))
+	if err != nil || cfg.Spec.AssetChecks.FullCheckInterval != "24h" || cfg.Spec.AssetChecks.Interval() != 24*time.Hour {
+		t.Fatalf("default: %v %+v", err, cfg.Spec.AssetChecks)
+	}
+	cfg, err = Parse([]byte(minimal("Node") + "  assetChecks: {fullCheckInterval: 6h}\n"))
+	if err != nil || cfg.Spec.AssetChecks.Interval() != 6*time.Hour {
+		t.Fatalf("6h: %v %+v", err, cfg.Spec.AssetChecks)
+	}
+	for _, bad := range []string{"30s", "daily", "-1h"} {
+		_, err := Parse([]byte(minimal("Node") + "  assetChecks: {fullCheckInterval: " + bad + "}\n"))
+		if err == nil || !strings.Contains(err.Error(), "spec.assetChecks.fullCheckInterval") {
+			t.Errorf("%s: err = %v, want one naming spec.assetChecks.fullCheckInterval", bad, err)
+		}
+	}
 }

@@ -3,7 +3,10 @@
 // user-data unwrapping, merging over cluster-level defaults, defaulting and validation.
 package config
 
-import "strings"
+import (
+	"strings"
+	"time"
+)
 
 // APIVersion and Kind identify a NodeConfig document.
 const (
@@ -36,22 +39,23 @@ type NodeConfig struct {
 
 // Spec is what the node should become.
 type Spec struct {
-	Cluster           Cluster    `json:"cluster"`
-	Role              Role       `json:"role"`
-	KubernetesVersion string     `json:"kubernetesVersion"`
-	ContainerRuntime  Runtime    `json:"containerRuntime,omitempty"`
-	Assets            []Asset    `json:"assets,omitempty"`
-	Kubelet           Kubelet    `json:"kubelet,omitempty"`
-	Host              Host       `json:"host,omitempty"`
-	Etcd              *Etcd      `json:"etcd,omitempty"`
-	Gossip            Gossip     `json:"gossip,omitempty"`
-	Readiness         Readiness  `json:"readiness,omitempty"`
-	Images            Images     `json:"images,omitempty"`
-	Containerd        Containerd `json:"containerd,omitempty"`
-	Networking        Networking `json:"networking,omitempty"`
-	PKI               PKI        `json:"pki,omitempty"`
-	Addons            Addons     `json:"addons,omitempty"`
-	KubeProxy         KubeProxy  `json:"kubeProxy,omitempty"`
+	Cluster           Cluster     `json:"cluster"`
+	Role              Role        `json:"role"`
+	KubernetesVersion string      `json:"kubernetesVersion"`
+	ContainerRuntime  Runtime     `json:"containerRuntime,omitempty"`
+	Assets            []Asset     `json:"assets,omitempty"`
+	Kubelet           Kubelet     `json:"kubelet,omitempty"`
+	Host              Host        `json:"host,omitempty"`
+	Etcd              *Etcd       `json:"etcd,omitempty"`
+	Gossip            Gossip      `json:"gossip,omitempty"`
+	Readiness         Readiness   `json:"readiness,omitempty"`
+	AssetChecks       AssetChecks `json:"assetChecks,omitempty"`
+	Images            Images      `json:"images,omitempty"`
+	Containerd        Containerd  `json:"containerd,omitempty"`
+	Networking        Networking  `json:"networking,omitempty"`
+	PKI               PKI         `json:"pki,omitempty"`
+	Addons            Addons      `json:"addons,omitempty"`
+	KubeProxy         KubeProxy   `json:"kubeProxy,omitempty"`
 }
 
 // KubeProxy holds the kube-proxy settings of its static pod.
@@ -180,6 +184,24 @@ type Gossip struct {
 	// SecretKeyFile holds the 16, 24 or 32 byte key; when empty and a state store is
 	// set, the key is read from it.
 	SecretKeyFile string `json:"secretKeyFile,omitempty"`
+}
+
+// AssetChecks configures how installed assets are checked on every run.
+type AssetChecks struct {
+	// FullCheckInterval is how long an installed file's recorded hash is trusted
+	// while its device, inode, size, mtime and ctime are unchanged; after it the
+	// file is hashed again (default 24h, at least 1m).
+	FullCheckInterval string `json:"fullCheckInterval,omitempty"`
+}
+
+// Interval is FullCheckInterval as a duration (DefaultFullCheckInterval when
+// unset or invalid; validation refuses invalid ones).
+func (a AssetChecks) Interval() time.Duration {
+	d, err := time.ParseDuration(a.FullCheckInterval)
+	if err != nil || d < time.Minute {
+		d, _ = time.ParseDuration(DefaultFullCheckInterval)
+	}
+	return d
 }
 
 // Readiness configures how readiness is reported upward.

@@ -236,6 +236,9 @@ func (c *NodeConfig) Validate() error {
 		// crash-looping nodeagent.service after the boot.
 		add("spec.gossip.secretKeyFile", "a .k8s.local cluster runs the gossip ring, which needs its key: set spec.gossip.secretKeyFile, or spec.cluster.stateStore holding nodeagent/gossip.key")
 	}
+	if d, err := time.ParseDuration(s.AssetChecks.FullCheckInterval); err != nil || d < time.Minute {
+		add("spec.assetChecks.fullCheckInterval", "must be a duration of at least 1m such as 24h, got %q", s.AssetChecks.FullCheckInterval)
+	}
 	if d, err := time.ParseDuration(s.Readiness.Timeout); err != nil || d <= 0 {
 		add("spec.readiness.timeout", "must be a positive duration such as 10m, got %q", s.Readiness.Timeout)
 	}

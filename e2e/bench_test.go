@@ -4,10 +4,16 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"regexp"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/nodeagent/nodeagent/awsemu"
+	"github.com/nodeagent/nodeagent/internal/testenv"
 )
 
 // BenchmarkBootstrap measures a worker's boot from a warm cache, as on an image
@@ -40,6 +46,12 @@ func BenchmarkBootstrap(b *testing.B) {
 		if err != nil || noop.Code != 0 {
 			b.Fatalf("no-op bootstrap: %v exit %d", err, noop.Code)
 		}
+		printPhaseFigures("boot", r.Stderr)
+		printPhaseFigures("no-op re-run", noop.Stderr)
+		fmt.Printf("FIGURE boot (bake done, bootstrap start → ready): %.2f s wall, %.2f s CPU   target: <= 2 s wall excluding kubelet's and containerd's own start\n", r.Wall.Seconds(), r.CPU.Seconds())
+		fmt.Printf("FIGURE no-op re-run: %.0f ms wall, %.0f ms CPU   target <= 100 ms wall and CPU\n", float64(noop.Wall)/1e6, float64(noop.CPU)/1e6)
+		rss, cpu := daemonIdle(ctx, b, n, 10*time.Second)
+		fmt.Printf("FIGURE daemon idle (nodeagent run on the booted worker): %.1f MiB RSS, %.3f %% of a core over 10 s   target <= 25 MiB RSS\n", rss, cpu)
 		b.ReportMetric(r.Wall.Seconds(), "bootstrap-wall-s")
 		b.ReportMetric(r.CPU.Seconds(), "bootstrap-cpu-s")
 		b.ReportMetric(float64(r.MaxRSS)/(1<<20), "peak-rss-MiB")
@@ -51,4 +63,41 @@ func BenchmarkBootstrap(b *testing.B) {
 			b.ReportMetric(float64(fi.Size())/(1<<20), "binary-MiB")
 		}
 	}
+}
+
+// phaseDone matches the runner's "phase done" log line (slog text).
+var phaseDone = regexp.MustCompile(`msg="phase done".* phase=(\S+).* duration=(\S+) cpu=(\S+)`)
+
+// printPhaseFigures prints each phase's wall and CPU time from a bootstrap's log.
+func printPhaseFigures(what string, stderr []byte) {
+	for _, line := range strings.Split(string(stderr), "\n") {
+		if m := phaseDone.FindStringSubmatch(line); m != nil {
+			fmt.Printf("FIGURE %s phase %-18s %8s wall %8s CPU\n", what, m[1], m[2], m[3])
+		}
+	}
+}
+
+// daemonIdle returns the RSS (MiB) of nodeagent.service's process and the share
+// of one core it used over d.
+func daemonIdle(ctx context.Context, b *testing.B, n *testenv.Node, d time.Duration) (rssMiB, corePct float64) {
+	b.Helper()
+	read := func() (rssKiB, ticks float64) {
+		out, stderr, err := n.M.Exec(ctx, nil, "sh", "-c",
+			"p=$(systemctl show -p MainPID --value nodeagent.service); grep VmRSS /proc/$p/status; cut -d' ' -f14,15 /proc/$p/stat")
+		if err != nil {
+			b.Fatalf("daemon stats: %v %s", err, stderr)
+		}
+		f := strings.Fields(string(out)) // VmRSS: N kB utime stime
+		if len(f) != 5 {
+			b.Fatalf("daemon stats: %q", out)
+		}
+		rss, _ := strconv.ParseFloat(f[1], 64)
+		u, _ := strconv.ParseFloat(f[3], 64)
+		s, _ := strconv.ParseFloat(f[4], 64)
+		return rss, u + s
+	}
+	_, t0 := read()
+	time.Sleep(d) // the measurement window itself
+	rss, t1 := read()
+	return rss / 1024, (t1 - t0) / 100 / d.Seconds() * 100
 }

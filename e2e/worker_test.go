@@ -216,6 +216,31 @@ func TestWorkerBoot(t *testing.T) {
 		}
 	})
 
+	t.Run("a binary overwritten with its size and mtime kept is replaced", func(t *testing.T) {
+		// The converged runs trust recorded hashes while a file's identity is
+		// unchanged; an overwrite moves its ctime, which touch -d cannot put back.
+		ctx := context.Background()
+		const runc = "/usr/local/bin/runc" // not running: a running binary cannot be written
+		want, err := os.ReadFile(n.M.Path(runc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, stderr, err := n.M.Exec(ctx, nil, "sh", "-c", `m=$(stat -c %y `+runc+`) &&
+			s=$(stat -c %s `+runc+`) && head -c "$s" /dev/zero | dd of=`+runc+` conv=notrunc status=none && touch -d "$m" `+runc); err != nil {
+			t.Fatalf("tamper: %v %s", err, stderr)
+		}
+		if _, code := agent(t, n, "bootstrap"); code != 0 {
+			t.Fatalf("bootstrap exit %d", code)
+		}
+		if got, _ := os.ReadFile(n.M.Path(runc)); string(got) != string(want) {
+			t.Error("the tampered runc was not replaced")
+		}
+		st, _ := status(t, n)
+		if p := st.Phase("assets"); p == nil || !p.Changed {
+			t.Errorf("assets phase did not record the repair: %+v", p)
+		}
+	})
+
 	t.Run("plan on a converged node", func(t *testing.T) {
 		out, code := agent(t, n, "plan")
 		if code != 0 {

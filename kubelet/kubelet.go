@@ -289,7 +289,8 @@ Environment="KUBELET_ARGS=%s"
 // since whether the CA is present depends on the pki phase before it.
 func NewPhase(o Options) bootstrap.Phase {
 	o = o.withDefaults()
-	return &phase{o: o, RenderedPhase: systemd.NewRenderedPhase(PhaseName, systemd.UnitSet{Root: o.Root, Systemd: o.Systemd, Log: o.Log},
+	// kubelet's health is its healthz, which readiness polls: no settle wait here.
+	return &phase{o: o, RenderedPhase: systemd.NewRenderedPhase(PhaseName, systemd.UnitSet{Root: o.Root, Systemd: o.Systemd, Log: o.Log, HealthChecked: true},
 		func() (systemd.Rendered, error) {
 			files, warnings, err := render(o)
 			return systemd.Rendered{Files: files, Enable: []string{Unit}, Start: []string{Unit}, Warnings: warnings}, err

@@ -2,15 +2,10 @@
 # installed (`nodeagent bake`), so an instance booted from it becomes a node from its
 # user-data alone: nodeagent-bootstrap.service runs `nodeagent bootstrap` once per boot,
 # nodeagent.service keeps the node converged afterwards. See README.md.
-
-packer {
-  required_plugins {
-    amazon = {
-      version = ">= 1.3.0"
-      source  = "github.com/hashicorp/amazon"
-    }
-  }
-}
+#
+# The variables, locals and build also run on Debian's packer 1.6, on which the tests run
+# them with a test-only source in place of amazon-ebs and without plugins.pkr.hcl: so no
+# regular expressions and no templatefile, which 1.6 lacks.
 
 variable "region" {
   type        = string
@@ -52,7 +47,7 @@ variable "kubernetes_version" {
   default     = "v1.34.4"
 
   validation {
-    condition     = can(regex("^v1\\.[0-9]+\\.[0-9]+$", var.kubernetes_version))
+    condition     = substr(var.kubernetes_version, 0, 3) == "v1." && length(split(".", var.kubernetes_version)) == 3
     error_message = "The kubernetes_version must look like v1.34.4."
   }
 }
@@ -71,7 +66,7 @@ variable "nodeagent_binary" {
 
 variable "bake_config" {
   type        = string
-  description = "NodeConfig read by `nodeagent bake`; empty means packer/bake.yaml. Rendered as a Packer template with the asset variables below."
+  description = "NodeConfig read by `nodeagent bake`; empty means packer/bake.yaml. Its $${name} placeholders (role, kubernetes_version, kubelet_url, kubelet_sha256, ...) are replaced by the values of these variables."
   default     = ""
 }
 
@@ -86,7 +81,7 @@ variable "kubelet_sha256" {
   description = "SHA-256 of the kubelet binary (dl.k8s.io publishes <url>.sha256)."
 
   validation {
-    condition     = can(regex("^[0-9a-fA-F]{64}$", var.kubelet_sha256))
+    condition     = length(var.kubelet_sha256) == 64 && length(trim(lower(var.kubelet_sha256), "0123456789abcdef")) == 0
     error_message = "The kubelet_sha256 must be 64 hex characters."
   }
 }
@@ -108,7 +103,7 @@ variable "containerd_sha256" {
   description = "SHA-256 of the containerd tarball (the release publishes <tarball>.sha256sum)."
 
   validation {
-    condition     = can(regex("^[0-9a-fA-F]{64}$", var.containerd_sha256))
+    condition     = length(var.containerd_sha256) == 64 && length(trim(lower(var.containerd_sha256), "0123456789abcdef")) == 0
     error_message = "The containerd_sha256 must be 64 hex characters."
   }
 }
@@ -130,7 +125,7 @@ variable "cni_plugins_sha256" {
   description = "SHA-256 of the CNI plugins tarball (the release publishes <tarball>.sha256)."
 
   validation {
-    condition     = can(regex("^[0-9a-fA-F]{64}$", var.cni_plugins_sha256))
+    condition     = length(var.cni_plugins_sha256) == 64 && length(trim(lower(var.cni_plugins_sha256), "0123456789abcdef")) == 0
     error_message = "The cni_plugins_sha256 must be 64 hex characters."
   }
 }
@@ -152,7 +147,7 @@ variable "runc_sha256" {
   description = "SHA-256 of the runc binary (the release's runc.sha256sum lists it)."
 
   validation {
-    condition     = can(regex("^[0-9a-fA-F]{64}$", var.runc_sha256))
+    condition     = length(var.runc_sha256) == 64 && length(trim(lower(var.runc_sha256), "0123456789abcdef")) == 0
     error_message = "The runc_sha256 must be 64 hex characters."
   }
 }
@@ -186,18 +181,20 @@ locals {
   cni_plugins_url = var.cni_plugins_url != "" ? var.cni_plugins_url : "https://github.com/containernetworking/plugins/releases/download/v${var.cni_plugins_version}/cni-plugins-linux-${var.arch}-v${var.cni_plugins_version}.tgz"
 
   bake_template = var.bake_config != "" ? var.bake_config : "${path.root}/bake.yaml"
-  bake_yaml = templatefile(local.bake_template, {
-    role               = var.role
-    kubernetes_version = var.kubernetes_version
-    kubelet_url        = local.kubelet_url
-    kubelet_sha256     = lower(var.kubelet_sha256)
-    containerd_url     = local.containerd_url
-    containerd_sha256  = lower(var.containerd_sha256)
-    cni_plugins_url    = local.cni_plugins_url
-    cni_plugins_sha256 = lower(var.cni_plugins_sha256)
-    runc_url           = local.runc_url
-    runc_sha256        = lower(var.runc_sha256)
-  })
+  # Each ${name} of the bake config becomes its value.
+  bake_yaml = replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(
+    file(local.bake_template),
+    "$${role}", var.role),
+    "$${kubernetes_version}", var.kubernetes_version),
+    "$${kubelet_url}", local.kubelet_url),
+    "$${kubelet_sha256}", lower(var.kubelet_sha256)),
+    "$${containerd_url}", local.containerd_url),
+    "$${containerd_sha256}", lower(var.containerd_sha256)),
+    "$${cni_plugins_url}", local.cni_plugins_url),
+    "$${cni_plugins_sha256}", lower(var.cni_plugins_sha256)),
+    "$${runc_url}", local.runc_url),
+  "$${runc_sha256}", lower(var.runc_sha256))
+
 }
 
 source "amazon-ebs" "nodeagent" {
@@ -243,11 +240,6 @@ build {
   }
 
   provisioner "file" {
-    content     = local.bake_yaml
-    destination = "/tmp/bake.yaml"
-  }
-
-  provisioner "file" {
     source      = "${path.root}/nodeagent-bootstrap.service"
     destination = "/tmp/nodeagent-bootstrap.service"
   }
@@ -259,6 +251,8 @@ build {
       "export DEBIAN_FRONTEND=noninteractive",
       "apt-get update -q",
       "apt-get install -y -q --no-install-recommends iptables conntrack ca-certificates",
+      # The rendered bake config (base64: a file provisioner's content needs Packer >= 1.7).
+      "echo ${base64encode(local.bake_yaml)} | base64 -d > /tmp/bake.yaml",
       "install -m 0755 /tmp/nodeagent /usr/local/bin/nodeagent",
       "/usr/local/bin/nodeagent version",
       "/usr/local/bin/nodeagent config check /tmp/bake.yaml",

@@ -78,6 +78,10 @@ type UnitSet struct {
 	// that nothing is dialled until a phase runs.
 	Systemd func(context.Context) (*Manager, error)
 	Log     *slog.Logger
+	// HealthChecked says that a later check proves the started units healthy
+	// (kubelet's healthz in readiness): a Type=simple unit is then not watched
+	// for Manager.Settle after it turned active, so the boot does not wait for it.
+	HealthChecked bool
 }
 
 // UnitSetPhase converges a UnitSet. It is a bootstrap.Phase and a
@@ -233,6 +237,9 @@ func (p *UnitSetPhase) Act(ctx context.Context) error {
 		return err
 	}
 	defer m.Close()
+	if p.us.HealthChecked {
+		m.Settle = 0
+	}
 	if len(changed) > 0 {
 		if err := m.Reload(ctx); err != nil {
 			return err

@@ -380,3 +380,32 @@ func golden(t *testing.T, name string, got []byte) {
 		t.Errorf("%s differs from %s (run with -update if intended):\n--- got\n%s\n--- want\n%s", name, p, got, want)
 	}
 }
+
+// A unit set whose health a later check proves (kubelet's healthz in readiness)
+// does not watch a Type=simple unit for Manager.Settle after it turned active;
+// one that is not health-checked does.
+func TestHealthCheckedUnitSetDoesNotSettle(t *testing.T) {
+	for _, tt := range []struct {
+		healthChecked bool
+		wantSettle    bool
+	}{{true, false}, {false, true}} {
+		bus := newFakeBus()
+		connect := func(ctx context.Context) (*Manager, error) {
+			m, err := bus.connect(ctx)
+			if m != nil {
+				m.Settle = time.Hour
+			}
+			return m, err
+		}
+		p := NewUnitSetPhase("x", UnitSet{
+			Root: fsutil.Root(t.TempDir()), Files: []File{{Path: UnitDir + "/x.service", Content: []byte("[Service]\nExecStart=/bin/x\n")}},
+			Start: []string{"x.service"}, Systemd: connect, HealthChecked: tt.healthChecked,
+		})
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		err := p.Act(ctx)
+		cancel()
+		if settled := err != nil && strings.Contains(err.Error(), "deadline exceeded"); settled != tt.wantSettle || (err != nil && !settled) {
+			t.Errorf("HealthChecked=%v: Act = %v, want settle wait %v", tt.healthChecked, err, tt.wantSettle)
+		}
+	}
+}
