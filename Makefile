@@ -10,7 +10,7 @@ E2E_TIMEOUT ?= 50m
 # method calls keep every exported method alive): 86 MiB → 41 MiB stripped, same behaviour.
 BUILD_TAGS ?= grpcnotrace
 
-.PHONY: all build deps test unit fuzz e2e e2e-parts bench demo lint clean size
+.PHONY: all build deps test unit fuzz e2e e2e-parts bench demo lint clean size failpoints
 
 # e2e-parts builds (once; all cached in /var/cache/nodeagent-e2e) the real parts the end-to-end
 # tests run: the Debian rootfs the machines boot (and its copy with sshd for the Packer build), kubelet and the control plane (kube-apiserver,
@@ -31,6 +31,11 @@ all: build
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -tags '$(BUILD_TAGS)' -ldflags '$(LDFLAGS)' -o $(BIN)/nodeagent ./cmd/nodeagent
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/awsemu ./cmd/awsemu
+
+# failpoints builds $(BIN)/nodeagent-failpoints: the agent with its gofail failpoints
+# compiled in (from a throw-away copy of the tree; the release binary has none).
+failpoints:
+	hack/failpoints.sh $(BIN)/nodeagent-failpoints
 
 # deps installs what the real-parts tests need on a fresh Debian 12 (root): nspawn, debootstrap,
 # containerd/runc (their binaries are served as assets), loop-device and filesystem tools.
@@ -60,14 +65,14 @@ fuzz:
 
 # e2e boots real systemd machines (systemd-nspawn), real loop devices, network namespaces, a real
 # kubelet built from source, all against the wire-level AWS emulator.
-e2e: deps build e2e-parts
+e2e: deps build failpoints e2e-parts
 	# One package at a time: machines share the host's network (kubelet's ports).
 	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -p 1 ./internal/nspawn/
 	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -p 1 -run E2E ./systemd/... ./cri/ ./kubelet/ ./addons/
 	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -run TestFullVarLib ./doctor/
 	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -p 1 -run TestEtcdNeverLosesData ./etcdbackup/
 	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -run TestDrain ./drain/
-	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -v ./e2e/ -args -agent $(CURDIR)/$(BIN)/nodeagent
+	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) -v ./e2e/ -args -agent $(CURDIR)/$(BIN)/nodeagent -failpoint-agent $(CURDIR)/$(BIN)/nodeagent-failpoints
 
 test: deps lint unit e2e
 

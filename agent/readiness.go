@@ -98,6 +98,8 @@ func (p *readinessPhase) Act(ctx context.Context) error {
 		if err := p.completeLifecycle(ctx, cloud.LifecycleContinue); err != nil {
 			return err
 		}
+		// gofail: var lifecycleBeforeRecord string
+		// failpointCrash("lifecycleBeforeRecord", lifecycleBeforeRecord, p.hook)
 		rs.Lifecycle = cloud.LifecycleContinue
 	} else {
 		rs.Lifecycle = st.Readiness.Lifecycle

@@ -252,7 +252,7 @@ func (i *Installer) download(ctx context.Context, name, raw, src, cachePath, sum
 		}
 	}()
 	h := sha256.New()
-	prog := &progress{log: i.logger().With("asset", name, "url", src), every: progressEvery, last: time.Now(),
+	prog := &progress{name: name, log: i.logger().With("asset", name, "url", src), every: progressEvery, last: time.Now(),
 		report: func(msg string) { bootstrap.Progress(ctx, "downloading "+name+": "+msg) }, reportEvery: reportEvery}
 	if sz, ok := body.(interface{ Size() int64 }); ok {
 		prog.total = sz.Size()
@@ -326,6 +326,8 @@ func (i *Installer) install(ctx context.Context, a config.Asset) (source string,
 	if err != nil {
 		return "", false, err
 	}
+	// gofail: var assetsBeforeInstall string
+	// failpointCrash("assetsBeforeInstall", assetsBeforeInstall, a.Name)
 	if err := copyVerified(cachePath, dest, sum); err != nil {
 		return "", false, fmt.Errorf("asset %s: %w", a.Name, err)
 	}
@@ -406,6 +408,7 @@ const (
 // so a slow mirror is visible in the journal before the download ends, and
 // reports bytes and rate as the phase's progress for `status -w`.
 type progress struct {
+	name  string // the asset's
 	log   *slog.Logger
 	every time.Duration
 	n     int64
@@ -424,6 +427,8 @@ func (p *progress) Write(b []byte) (int, error) {
 		p.lastReport = p.last
 	}
 	p.n += int64(len(b))
+	// gofail: var assetsMidDownload string
+	// failpointCrash("assetsMidDownload", assetsMidDownload, p.name)
 	now := time.Now()
 	if now.Sub(p.last) >= p.every {
 		p.last = now

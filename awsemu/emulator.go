@@ -82,6 +82,7 @@ type Emulator struct {
 	hookDone      map[string]bool     // instance + "/" + hook
 	ends          endState            // terminate hooks, warm pools, spot notices (termination.go)
 	faults        map[string]Faults
+	faulted       map[string]int // requests faulted since SetFaults, by service
 	rng           *rand.Rand
 	calls         map[string]int // service + " " + action
 	tokens        map[string]imdsToken
@@ -139,6 +140,7 @@ func New(w *World, o Options) (_ *Emulator, err error) {
 		hookDone:      map[string]bool{},
 		ends:          newEndState(),
 		faults:        map[string]Faults{},
+		faulted:       map[string]int{},
 		uploads:       map[string]*multipartUpload{},
 		rng:           rand.New(rand.NewPCG(uint64(o.Seed), uint64(o.Seed)^0x9e3779b97f4a7c15)),
 		calls:         map[string]int{},
@@ -259,6 +261,9 @@ func validFaults(svc string, f Faults) error {
 	case ServiceEC2, ServiceS3, ServiceAutoScaling, ServiceIMDS:
 	default:
 		return fmt.Errorf("faults: unknown service %q (want ec2, s3, autoscaling or imds)", svc)
+	}
+	if f.ResetRate < 0 || f.ResetRate > 1 || f.Limit < 0 {
+		return fmt.Errorf("faults %s: resetRate must be within 0..1 and limit not negative", svc)
 	}
 	if f.ThrottleRate < 0 || f.ThrottleRate > 1 || f.ErrorRate < 0 || f.ErrorRate > 1 {
 		return fmt.Errorf("faults %s: rates must be within 0..1", svc)
@@ -394,6 +399,7 @@ func (e *Emulator) SetFaults(service string, f Faults) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.faults[service] = f
+	e.faulted[service] = 0
 }
 
 // Calls counts the requests received for one service and action, whatever their

@@ -1,9 +1,11 @@
 package awsemu
 
 import (
+	"crypto/tls"
 	"encoding/xml"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -95,7 +97,10 @@ func (e *Emulator) serveAWS(w http.ResponseWriter, r *http.Request) {
 		e.writeError(w, req, authError(req.service, af))
 		return
 	}
-	if ferr := e.injectFault(r, req.service); ferr != nil {
+	if ferr, reset := e.injectFault(w, r, req.service, req.action); reset {
+		log.Info("fault injected: connection reset")
+		return
+	} else if ferr != nil {
 		log.Info("fault injected", "code", ferr.code)
 		e.writeError(w, req, ferr)
 		return
@@ -205,13 +210,22 @@ func (e *Emulator) denied(req *request) *apiError {
 	}
 }
 
-// injectFault applies the service's configured faults: latency first, then at
-// most one of throttling or an internal error.
-func (e *Emulator) injectFault(r *http.Request, service string) *apiError {
+// injectFault applies the service's configured faults to a request of action:
+// latency first, then at most one of throttling, an internal error or a reset
+// connection (reset: the connection is gone, nothing more to write).
+func (e *Emulator) injectFault(w http.ResponseWriter, r *http.Request, service, action string) (aerr *apiError, reset bool) {
 	e.mu.Lock()
 	f := e.faults[service]
+	if !f.matches(action) || (f.Limit > 0 && e.faulted[service] >= f.Limit) {
+		e.mu.Unlock()
+		return nil, false
+	}
 	throttle := f.ThrottleRate > 0 && e.rng.Float64() < f.ThrottleRate
 	fail := !throttle && f.ErrorRate > 0 && e.rng.Float64() < f.ErrorRate
+	reset = !throttle && !fail && f.ResetRate > 0 && e.rng.Float64() < f.ResetRate
+	if throttle || fail || reset || f.Latency > 0 {
+		e.faulted[service]++
+	}
 	e.mu.Unlock()
 	if f.Latency > 0 {
 		t := time.NewTimer(f.Latency)
@@ -221,29 +235,67 @@ func (e *Emulator) injectFault(r *http.Request, service string) *apiError {
 			t.Stop()
 		}
 	}
+	if reset {
+		resetConn(w)
+		return nil, true
+	}
 	switch {
 	case throttle:
 		switch service {
 		case ServiceEC2:
-			return errorf(503, "RequestLimitExceeded", "Request limit exceeded.")
+			return errorf(503, "RequestLimitExceeded", "Request limit exceeded."), false
 		case ServiceAutoScaling:
-			return errorf(400, "Throttling", "Rate exceeded")
+			return errorf(400, "Throttling", "Rate exceeded"), false
 		case ServiceIMDS:
-			return errorf(429, "TooManyRequests", "Too Many Requests")
+			return errorf(429, "TooManyRequests", "Too Many Requests"), false
 		default:
-			return errorf(503, "SlowDown", "Please reduce your request rate.")
+			return errorf(503, "SlowDown", "Please reduce your request rate."), false
 		}
 	case fail:
 		switch service {
 		case ServiceEC2:
-			return errorf(500, "InternalError", "An internal error has occurred.")
+			return errorf(500, "InternalError", "An internal error has occurred."), false
 		case ServiceAutoScaling:
-			return errorf(500, "InternalFailure", "An internal error has occurred.")
+			return errorf(500, "InternalFailure", "An internal error has occurred."), false
 		default:
-			return errorf(500, "InternalError", "We encountered an internal error. Please try again.")
+			return errorf(500, "InternalError", "We encountered an internal error. Please try again."), false
 		}
 	}
-	return nil
+	return nil, false
+}
+
+// matches reports whether the faults apply to action.
+func (f Faults) matches(action string) bool {
+	if len(f.Actions) == 0 {
+		return true
+	}
+	for _, a := range f.Actions {
+		if strings.HasPrefix(action, a) {
+			return true
+		}
+	}
+	return false
+}
+
+// resetConn drops the request's connection with a TCP RST (SO_LINGER 0).
+func resetConn(w http.ResponseWriter) {
+	hj, ok := w.(http.Hijacker)
+	if !ok { // not HTTP/1: the nearest thing is an answer-less failure
+		http.Error(w, "connection reset", http.StatusBadGateway)
+		return
+	}
+	conn, _, err := hj.Hijack()
+	if err != nil {
+		return
+	}
+	c := conn
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	if tcp, ok := c.(*net.TCPConn); ok {
+		_ = tcp.SetLinger(0)
+	}
+	_ = conn.Close()
 }
 
 func (e *Emulator) requestID() string {

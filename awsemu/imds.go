@@ -47,7 +47,10 @@ func (e *Emulator) serveIMDS(w http.ResponseWriter, r *http.Request, instanceID 
 	action := strings.TrimPrefix(r.URL.Path, "/latest/")
 	e.countCall(ServiceIMDS, action)
 	log := e.log.With("service", ServiceIMDS, "instance", instanceID, "path", r.URL.Path)
-	if ferr := e.injectFault(r, ServiceIMDS); ferr != nil {
+	if ferr, reset := e.injectFault(w, r, ServiceIMDS, action); reset {
+		log.Info("fault injected: connection reset")
+		return
+	} else if ferr != nil {
 		log.Info("fault injected", "status", ferr.status)
 		http.Error(w, http.StatusText(ferr.status), ferr.status)
 		return

@@ -143,6 +143,16 @@ type Faults struct {
 	// lower than the hops to the caller, e.g. 1 for a process in a container:
 	// the PUT is never answered and the caller times out. GETs still answer.
 	PutHopLimitExceeded bool `json:"putHopLimitExceeded,omitempty"`
+	// ResetRate (0..1) is the fraction of requests whose connection is reset
+	// (TCP RST, no answer), as a load balancer dropping it would.
+	ResetRate float64 `json:"resetRate,omitempty"`
+	// Actions limits the faults above (not Deny) to requests whose action
+	// starts with one of these (S3 operation names, EC2/Auto Scaling actions,
+	// IMDS paths below /latest/); empty: every action.
+	Actions []string `json:"actions,omitempty"`
+	// Limit is how many requests are faulted at most (counted from SetFaults);
+	// 0: no limit.
+	Limit int `json:"limit,omitempty"`
 }
 
 // VolumeStatus is what the emulator currently knows about a volume.

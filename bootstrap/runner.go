@@ -101,6 +101,8 @@ func (r *Runner) RunHeld(ctx context.Context, phases []Phase) error {
 		if werr != nil {
 			return werr
 		}
+		// gofail: var bootstrapBetweenPhases string
+		// failpointCrash("bootstrapBetweenPhases", bootstrapBetweenPhases, ps.Name)
 	}
 	_, err := r.Store.Update(func(st *State) {
 		st.FinishedAt = now()

@@ -150,14 +150,22 @@ func TestCompleteLifecycleActionAgainstEmulator(t *testing.T) {
 	if got := r.E.LifecycleResults()[cpID]; got != cloud.LifecycleContinue {
 		t.Errorf("recorded result %q, want CONTINUE", got)
 	}
+	// A crash between the CONTINUE and its record: the re-run's CONTINUE finds
+	// the instance in service and counts it done (Auto Scaling saw one).
+	if err := cloud.CompleteLifecycleAction(ctx, c, "nodeagent-ready", cpID, cloud.LifecycleContinue); err != nil {
+		t.Errorf("CONTINUE again after a lost record: %v", err)
+	}
+	if err := cloud.CompleteLifecycleAction(ctx, c, "nodeagent-ready", cpID, cloud.LifecycleAbandon); err == nil {
+		t.Error("ABANDON after CONTINUE: no error")
+	}
 	if err := cloud.CompleteLifecycleAction(ctx, c, "nodeagent-ready", workerID, cloud.LifecycleContinue); err == nil || !strings.Contains(err.Error(), "no Auto Scaling group") {
 		t.Errorf("instance outside any group: %v", err)
 	}
 	if err := cloud.CompleteLifecycleAction(ctx, c, "wrong-hook", cpID, cloud.LifecycleContinue); err == nil || !strings.Contains(err.Error(), "ValidationError") {
 		t.Errorf("unknown hook: %v", err)
 	}
-	if n := r.E.Calls("autoscaling", "CompleteLifecycleAction"); n != 2 {
-		t.Errorf("CompleteLifecycleAction calls = %d, want 2", n)
+	if n := r.E.Calls("autoscaling", "CompleteLifecycleAction"); n != 4 {
+		t.Errorf("CompleteLifecycleAction calls = %d, want 4", n)
 	}
 }
 

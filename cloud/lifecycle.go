@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
@@ -25,6 +26,10 @@ type AutoScalingAPI interface {
 // CompleteLifecycleAction tells Auto Scaling the instance finished (CONTINUE) or
 // failed (ABANDON) its launch. The group is looked up from the instance id, so the
 // config only has to name the hook.
+//
+// A CONTINUE answered "No active Lifecycle Action found" for an instance Auto
+// Scaling has already moved on (Pending:Proceed or InService) is our own earlier
+// CONTINUE whose record a crash lost: done, not an error.
 func CompleteLifecycleAction(ctx context.Context, c AutoScalingAPI, hook, instanceID, result string) error {
 	group, err := groupOf(ctx, c, hook, instanceID)
 	if err != nil {
@@ -36,6 +41,11 @@ func CompleteLifecycleAction(ctx context.Context, c AutoScalingAPI, hook, instan
 		InstanceId:            aws.String(instanceID),
 		LifecycleActionResult: aws.String(result),
 	})
+	if err != nil && result == LifecycleContinue && strings.Contains(err.Error(), "No active Lifecycle Action") {
+		if _, state, serr := instanceOf(ctx, c, hook, instanceID); serr == nil && (state == "Pending:Proceed" || state == "InService") {
+			return nil
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("lifecycle hook %s: complete %s for %s in %s: %w", hook, result, instanceID, group, err)
 	}
@@ -64,16 +74,23 @@ func RecordLifecycleActionHeartbeat(ctx context.Context, c AutoScalingAPI, hook,
 // groupOf looks up the instance's Auto Scaling group, so the config only has to
 // name the hook.
 func groupOf(ctx context.Context, c AutoScalingAPI, hook, instanceID string) (string, error) {
+	group, _, err := instanceOf(ctx, c, hook, instanceID)
+	return group, err
+}
+
+// instanceOf returns the instance's Auto Scaling group and lifecycle state.
+func instanceOf(ctx context.Context, c AutoScalingAPI, hook, instanceID string) (group, state string, err error) {
 	out, err := c.DescribeAutoScalingInstances(ctx, &autoscaling.DescribeAutoScalingInstancesInput{InstanceIds: []string{instanceID}})
 	if err != nil {
-		return "", fmt.Errorf("lifecycle hook %s: find group of %s: %w", hook, instanceID, err)
+		return "", "", fmt.Errorf("lifecycle hook %s: find group of %s: %w", hook, instanceID, err)
 	}
 	if len(out.AutoScalingInstances) == 0 {
-		return "", fmt.Errorf("lifecycle hook %s: %s is in no Auto Scaling group", hook, instanceID)
+		return "", "", fmt.Errorf("lifecycle hook %s: %s is in no Auto Scaling group", hook, instanceID)
 	}
-	group := aws.ToString(out.AutoScalingInstances[0].AutoScalingGroupName)
+	in := out.AutoScalingInstances[0]
+	group = aws.ToString(in.AutoScalingGroupName)
 	if group == "" {
-		return "", errors.New("lifecycle hook " + hook + ": Auto Scaling returned an empty group name")
+		return "", "", errors.New("lifecycle hook " + hook + ": Auto Scaling returned an empty group name")
 	}
-	return group, nil
+	return group, aws.ToString(in.LifecycleState), nil
 }

@@ -234,6 +234,8 @@ func (p *Phase) Act(ctx context.Context) error {
 		if changed {
 			log.Info("static pod manifest written", "path", hostPath, "sha256", sum(pl.want[name]))
 		}
+		// gofail: var manifestsMidWrite string
+		// failpointCrash("manifestsMidWrite", manifestsMidWrite, name)
 	}
 	for _, m := range pl.stale {
 		if err := os.Remove(p.o.Root.Path(m.hostPath)); err != nil && !errors.Is(err, fs.ErrNotExist) {

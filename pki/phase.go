@@ -575,6 +575,8 @@ func (p *phase) apply(a *authority, o outcome, now time.Time) error {
 		if err := p.write(t.keyPath, keyPEM, keyPerm); err != nil {
 			return err
 		}
+		// gofail: var pkiAfterKeyBeforeCert string
+		// failpointCrash("pkiAfterKeyBeforeCert", pkiAfterKeyBeforeCert, t.path)
 		if err := p.write(t.path, certPEM, certPerm); err != nil {
 			return err
 		}

@@ -446,6 +446,9 @@ func (p *ClaimPhase) tryAttach(ctx context.Context, etcdCluster string, c candid
 			VolumeId: aws.String(c.ID), InstanceId: aws.String(p.o.InstanceID), Device: aws.String(dev),
 		})
 		if err == nil {
+			// gofail: var volumesAfterAttach string
+			// failpointCrash("volumesAfterAttach", volumesAfterAttach, etcdCluster)
+
 			// The name is taken now. Keeping it marked (rather than released)
 			// covers the other claim's describe that ran before this attach.
 			p.devices.markUsed(dev)

@@ -226,6 +226,8 @@ func (p *ClaimPhase) actCluster(ctx context.Context, etcdCluster string) error {
 		formatted = true
 		p.update(etcdCluster, func(pr *progress) { pr.claim.Formatted = true })
 		log.Info("formatted", "device", dev, "uuid", content.UUID)
+		// gofail: var volumesAfterMkfs string
+		// failpointCrash("volumesAfterMkfs", volumesAfterMkfs, etcdCluster)
 	case !content.Mountable():
 		return fmt.Errorf("etcd %s: %w", etcdCluster, refuseFormat(c.ID, dev, content))
 	default:

@@ -54,6 +54,8 @@ func WriteFileAtomic(path string, data []byte, perm fs.FileMode) error {
 	if err := tmp.Close(); err != nil {
 		return cleanup(err)
 	}
+	// gofail: var fsutilBeforeRename string
+	// failpointCrash("fsutilBeforeRename", fsutilBeforeRename, path)
 	if err := os.Rename(name, path); err != nil {
 		os.Remove(name)
 		return fmt.Errorf("write %s: %w", path, err)
