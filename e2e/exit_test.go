@@ -44,7 +44,9 @@ func TestGracefulExit(t *testing.T) {
 	h := newHALab(t)
 	h.extra = func(c *config.NodeConfig) {
 		c.Spec.Readiness.TerminationHook = haTermHook
-		c.Spec.Readiness.DrainTimeout = "30s"
+		// Long enough for CoreDNS (the default 30 s grace) to stop on two busy cores, short
+		// enough that the spot case's bounded drain ends well inside its notice.
+		c.Spec.Readiness.DrainTimeout = "60s"
 	}
 	ctx := context.Background()
 	masters := h.bootMastersAtOnce(ctx, "i-0ex0master")
