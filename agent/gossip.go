@@ -1,15 +1,18 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -26,6 +29,8 @@ type gossipRunner struct {
 	ready   bool
 	names   []string
 	podCIDR netip.Prefix
+	stopped chan struct{}
+	wg      sync.WaitGroup
 }
 
 // gossipEnabled: like kops, a cluster whose name ends in .k8s.local has no DNS and
@@ -50,7 +55,7 @@ func startGossip(ctx context.Context, o Options, n *Node, names []string) (*goss
 	}
 	g, err := gossip.Start(ctx, gossip.Config{
 		ClusterName: spec.Cluster.Name, NodeName: n.Name, BindIP: ip, Port: spec.Gossip.Port, SecretKey: key,
-		Seeds:     &gossip.EC2Seeds{Client: cloud.NewEC2(*n.AWS), ClusterName: spec.Cluster.Name, Self: n.Identity.PrivateIP},
+		Seeds:     gossipSeeds(n, cloud.NewEC2(*n.AWS), n.Store),
 		Role:      string(spec.Role),
 		Names:     names,
 		HostsFile: o.Root.Path("/etc/hosts"),
@@ -59,7 +64,74 @@ func startGossip(ctx context.Context, o Options, n *Node, names []string) (*goss
 	if err != nil {
 		return nil, fmt.Errorf("gossip: %w", err)
 	}
-	return &gossipRunner{agent: g}, nil
+	r := &gossipRunner{agent: g, stopped: make(chan struct{})}
+	if n.IsControlPlane() && n.Store != nil {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.publishSeeds(ctx, n.Store, o.log().With("component", "gossip"))
+		}()
+	}
+	return r, nil
+}
+
+// gossipSeeds is where a node finds the ring (least privilege): only masters
+// ask EC2 (every running instance of the cluster), and they add the masters'
+// list; a worker with a state store reads the list the masters publish there
+// and makes no EC2 call.
+func gossipSeeds(n *Node, ec2c gossip.EC2DescribeInstances, store gossip.ObjectReader) gossip.SeedSource {
+	spec := n.Config.Spec
+	ec2Seeds := &gossip.EC2Seeds{Client: ec2c, ClusterName: spec.Cluster.Name, Self: n.Identity.PrivateIP}
+	if n.Store == nil || store == nil {
+		return ec2Seeds
+	}
+	stored := &gossip.StoreSeeds{Store: store, Key: cloud.GossipSeedsKey, Self: n.Identity.PrivateIP}
+	if n.IsControlPlane() {
+		return gossip.MultiSeeds{ec2Seeds, stored}
+	}
+	return stored
+}
+
+// seedPublishEvery is how often a master compares the published seed list
+// with its view of the alive masters.
+const seedPublishEvery = 15 * time.Second
+
+// publishSeeds keeps the state store's seed list equal to this master's view
+// of the alive masters, writing only when it differs.
+func (g *gossipRunner) publishSeeds(ctx context.Context, store *cloud.StateStore, log *slog.Logger) {
+	var published []byte
+	t := time.NewTicker(seedPublishEvery)
+	defer t.Stop()
+	for first := true; ; first = false {
+		if !first {
+			select {
+			case <-ctx.Done():
+				return
+			case <-g.stopped:
+				return
+			case <-t.C:
+			}
+		}
+		l, ok := g.agent.MasterSeeds(string(config.RoleControlPlane))
+		if !ok {
+			continue
+		}
+		want := l.Encode()
+		if bytes.Equal(want, published) {
+			continue
+		}
+		cur, err := store.Get(ctx, cloud.GossipSeedsKey)
+		if err == nil && bytes.Equal(cur, want) {
+			published = want
+			continue
+		}
+		if err := store.Put(ctx, cloud.GossipSeedsKey, want); err != nil {
+			log.Warn("publish the masters' gossip seed list", "err", err)
+			continue
+		}
+		published = want
+		log.Info("published the masters' gossip seed list", "masters", l.Masters)
+	}
 }
 
 // gossipKey reads the ring's key from the configured file, else the state store.
@@ -137,7 +209,13 @@ func (g *gossipRunner) members() []ClusterMember {
 	return out
 }
 
-func (g *gossipRunner) stop() { g.agent.Shutdown() }
+func (g *gossipRunner) stop() {
+	if g.stopped != nil {
+		close(g.stopped)
+	}
+	g.wg.Wait()
+	g.agent.Shutdown()
+}
 
 // collector exports ring membership by state on /metrics.
 func (g *gossipRunner) collector() prometheus.Collector {

@@ -117,6 +117,7 @@ type Agent struct {
 	prunedAt time.Time
 
 	joined        atomic.Bool
+	formationOnce sync.Once
 	statusMu      sync.Mutex
 	lastJoinError string
 	keyRejects    atomic.Uint64
@@ -274,11 +275,11 @@ func (a *Agent) Shutdown() error {
 	eerr := a.encodeLocked()
 	a.mu.Unlock()
 	if eerr == nil {
-		if uerr := a.ml.UpdateNode(leaveTimeout / 3); uerr != nil {
+		if uerr := a.ml.UpdateNode(a.tune.dilate(leaveTimeout / 3)); uerr != nil {
 			a.log.Debug("announce leaving", "err", uerr)
 		}
 	}
-	if lerr := a.ml.Leave(leaveTimeout); lerr != nil {
+	if lerr := a.ml.Leave(a.tune.dilate(leaveTimeout)); lerr != nil {
 		err = fmt.Errorf("leave gossip ring: %w", lerr)
 	}
 	return errors.Join(err, a.halt())
