@@ -87,6 +87,7 @@ func gossipSeeds(n *Node, ec2c gossip.EC2DescribeInstances, store gossip.ObjectR
 	}
 	stored := &gossip.StoreSeeds{Store: store, Key: cloud.GossipSeedsKey, Self: n.Identity.PrivateIP}
 	if n.IsControlPlane() {
+		stored.NoListIsEmpty = true
 		return gossip.MultiSeeds{ec2Seeds, stored}
 	}
 	return stored
@@ -100,14 +101,20 @@ const seedPublishEvery = 15 * time.Second
 // of the alive masters, writing only when it differs.
 func (g *gossipRunner) publishSeeds(ctx context.Context, store *cloud.StateStore, log *slog.Logger) {
 	var published []byte
-	t := time.NewTicker(seedPublishEvery)
-	defer t.Stop()
 	for first := true; ; first = false {
 		if !first {
+			// Until the first publish (the ring not joined yet), look again soon.
+			wait := seedPublishEvery
+			if published == nil {
+				wait = time.Second
+			}
+			t := time.NewTimer(wait)
 			select {
 			case <-ctx.Done():
+				t.Stop()
 				return
 			case <-g.stopped:
+				t.Stop()
 				return
 			case <-t.C:
 			}

@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"slices"
+
+	"github.com/nodeagent/nodeagent/cloud"
 )
 
 // Least privilege: only masters may call ec2:DescribeInstances. Workers find
@@ -36,12 +39,18 @@ type StoreSeeds struct {
 	Key   string
 	// Self is this node's private IP, left out of the list.
 	Self string
+	// NoListIsEmpty makes a list not published yet an empty one rather than
+	// an error: for a master, which may be the first, and publishes itself.
+	NoListIsEmpty bool
 }
 
 // Seeds returns the listed masters' IPs. A missing or unreadable list is an
 // error (the seed loop retries with backoff): no master has published yet.
 func (s *StoreSeeds) Seeds(ctx context.Context) ([]string, error) {
 	b, err := s.Store.Get(ctx, s.Key)
+	if err != nil && s.NoListIsEmpty && errors.Is(err, cloud.ErrNotFound) {
+		return []string{}, nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("masters' gossip seed list: %w", err)
 	}
