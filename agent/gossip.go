@@ -206,7 +206,8 @@ func (g *gossipRunner) setNames(names []string) error {
 func (g *gossipRunner) members() []ClusterMember {
 	var out []ClusterMember
 	for _, m := range g.agent.Members() {
-		cm := ClusterMember{Name: m.Name, IP: m.IP.String(), Role: m.Role, State: m.State, Ready: m.Ready}
+		cm := ClusterMember{Name: m.Name, IP: m.IP.String(), Role: m.Role, State: m.State, Ready: m.Ready,
+			Since: m.Since, LastSeen: m.LastSeen, RTTMillis: float64(m.RTT.Microseconds()) / 1000}
 		cm.Names = append(cm.Names, m.Names...)
 		if m.PodCIDR.IsValid() {
 			cm.PodCIDR = m.PodCIDR.String()
@@ -224,10 +225,16 @@ func (g *gossipRunner) stop() {
 	g.agent.Shutdown()
 }
 
-// collector exports ring membership by state on /metrics.
+// collector exports ring membership by state, and the ring events this node
+// has seen (its size history: joins minus departures), on /metrics.
 func (g *gossipRunner) collector() prometheus.Collector {
 	desc := prometheus.NewDesc("nodeagent_gossip_peers", "Gossip ring members by state.", []string{"state"}, nil)
-	return collectorFunc{desc: desc, collect: func(ch chan<- prometheus.Metric) {
+	events := prometheus.NewDesc("nodeagent_gossip_member_events_total",
+		"Gossip ring events seen by this node: join, update (metadata), dead, left.", []string{"event"}, nil)
+	return collectorFunc{descs: []*prometheus.Desc{desc, events}, collect: func(ch chan<- prometheus.Metric) {
+		for i, c := range g.agent.EventCounts() {
+			ch <- prometheus.MustNewConstMetric(events, prometheus.CounterValue, float64(c), gossip.EventNames[i])
+		}
 		counts := map[string]int{}
 		for _, m := range g.agent.Members() {
 			counts[m.State]++
@@ -239,9 +246,13 @@ func (g *gossipRunner) collector() prometheus.Collector {
 }
 
 type collectorFunc struct {
-	desc    *prometheus.Desc
+	descs   []*prometheus.Desc
 	collect func(chan<- prometheus.Metric)
 }
 
-func (c collectorFunc) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c collectorFunc) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range c.descs {
+		ch <- d
+	}
+}
 func (c collectorFunc) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }

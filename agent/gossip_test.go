@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/nodeagent/nodeagent/awsemu"
 	"github.com/nodeagent/nodeagent/bootstrap"
 	"github.com/nodeagent/nodeagent/cloud"
@@ -161,7 +164,7 @@ spec:
 	})
 	denied := emu.E.Calls(awsemu.ServiceEC2, "DescribeInstances")
 
-	_, _, hosts := start("i-0worker", "Node")
+	worker, _, hosts := start("i-0worker", "Node")
 	waitFor(t, func() bool {
 		b, _ := os.ReadFile(hosts)
 		return strings.Contains(string(b), "127.0.0.2 ") && strings.Contains(string(b), "api.internal."+cluster)
@@ -169,4 +172,47 @@ spec:
 	if got := emu.E.Calls(awsemu.ServiceEC2, "DescribeInstances"); got != denied {
 		t.Errorf("the worker called DescribeInstances %d times; a worker asks no EC2", got-denied)
 	}
+
+	// Status shows, per peer, when it last changed and when this node's
+	// own probe last reached it; /metrics counts the ring's events.
+	waitFor(t, func() bool {
+		for _, m := range worker.members() {
+			if m.IP == "127.0.0.2" {
+				return m.State == "alive" && !m.Since.IsZero() && !m.LastSeen.IsZero() && m.RTTMillis > 0
+			}
+		}
+		return false
+	})
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(worker.collector())
+	got, err := testutil.GatherAndCount(reg, "nodeagent_gossip_member_events_total")
+	if err != nil || got != 4 {
+		t.Fatalf("member event series = %d, %v; want join, update, dead, left", got, err)
+	}
+	if v := eventCount(t, reg, "join"); v < 1 {
+		t.Errorf("joins seen by the worker = %v, want at least the master", v)
+	}
+}
+
+// eventCount reads one series of nodeagent_gossip_member_events_total.
+func eventCount(t *testing.T, reg *prometheus.Registry, event string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "nodeagent_gossip_member_events_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "event" && l.GetValue() == event {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no %s series", event)
+	return 0
 }

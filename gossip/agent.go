@@ -173,9 +173,11 @@ func newAgent(c Config) (*Agent, error) {
 // viewMember is one node as the events reported it.
 type viewMember struct {
 	Member
-	port    int
-	leaving bool
-	at      time.Time // of the last state change
+	port     int
+	leaving  bool
+	at       time.Time // of the last state change
+	lastSeen time.Time // of the last answered probe by this agent
+	rtt      time.Duration
 }
 
 // departedKeep bounds how long a dead member is still listed in Members.
@@ -213,6 +215,7 @@ func (a *Agent) start(ctx context.Context) error {
 	mc.Logger = mlLog
 	mc.Delegate = (*delegate)(a)
 	mc.Events = (*events)(a)
+	mc.Ping = (*pinger)(a)
 	d := a.tune.dilate
 	mc.ProbeInterval = d(a.tune.ProbeInterval)
 	mc.ProbeTimeout = d(a.tune.ProbeTimeout)
@@ -574,17 +577,25 @@ type events Agent
 
 func (e *events) NotifyJoin(n *memberlist.Node) {
 	a := (*Agent)(e)
+	a.events[EventJoin].Add(1)
 	a.observe(n, StateAlive)
 	a.log.Debug("gossip member joined", "node", n.Name, "addr", n.Addr.String())
 }
 
 func (e *events) NotifyUpdate(n *memberlist.Node) {
-	(*Agent)(e).observe(n, StateAlive)
+	a := (*Agent)(e)
+	a.events[EventUpdate].Add(1)
+	a.observe(n, StateAlive)
 }
 
 func (e *events) NotifyLeave(n *memberlist.Node) {
 	a := (*Agent)(e)
 	v := a.observe(n, StateDead)
+	if v.State == StateLeft {
+		a.events[EventLeft].Add(1)
+	} else {
+		a.events[EventDead].Add(1)
+	}
 	a.log.Info("gossip member gone", "node", n.Name, "addr", n.Addr.String(), "state", v.State)
 }
 
@@ -617,8 +628,26 @@ func (a *Agent) observe(n *memberlist.Node, state string) viewMember {
 			}
 		}
 	}
-	a.view[n.Name] = &v
+	if old, ok := a.view[n.Name]; ok {
+		v.lastSeen, v.rtt = old.lastSeen, old.rtt
+	}
+	stored := v // the view's copy changes under a.mu (pinger); v is returned
+	a.view[n.Name] = &stored
 	a.mu.Unlock()
 	a.signalHosts()
 	return v
+}
+
+// pinger notes when this agent's probes are answered, for Member.LastSeen.
+type pinger Agent
+
+func (p *pinger) AckPayload() []byte { return nil }
+
+func (p *pinger) NotifyPingComplete(other *memberlist.Node, rtt time.Duration, _ []byte) {
+	a := (*Agent)(p)
+	a.mu.Lock()
+	if v, ok := a.view[other.Name]; ok {
+		v.lastSeen, v.rtt = time.Now(), rtt
+	}
+	a.mu.Unlock()
 }

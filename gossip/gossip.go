@@ -68,6 +68,14 @@ type Member struct {
 	// PodCIDR is the member's published pod CIDR (its Node's spec.podCIDR); the
 	// zero Prefix when it published none.
 	PodCIDR netip.Prefix `json:"podCIDR,omitzero"`
+	// Since is when this agent last heard of a change of the member (join,
+	// metadata update, death).
+	Since time.Time `json:"since,omitzero"`
+	// LastSeen is when this agent's own probe of the member was last answered,
+	// and RTT that answer's round trip; zero until this agent has probed it.
+	// memberlist keeps incarnation numbers to itself, so they are not shown.
+	LastSeen time.Time     `json:"lastSeen,omitzero"`
+	RTT      time.Duration `json:"rtt,omitempty"`
 }
 
 // Status is the agent's health for `nodeagent status`.
@@ -125,6 +133,9 @@ type Agent struct {
 	lastKeyAt     time.Time
 	hostsError    string
 	hostsWrites   atomic.Uint64
+	// events counts ring events by kind (join, update, dead, left): the
+	// ring's size history for /metrics.
+	events [numEventKinds]atomic.Uint64
 
 	metaChanged  chan struct{}
 	hostsChanged chan struct{}
@@ -213,6 +224,7 @@ func (a *Agent) Members() []Member {
 	out := make([]Member, 0, len(a.view))
 	for _, v := range a.view {
 		m := v.Member
+		m.Since, m.LastSeen, m.RTT = v.at, v.lastSeen, v.rtt
 		m.IP = append(net.IP(nil), v.IP...)
 		m.Names = append([]string(nil), v.Names...)
 		out = append(out, m)
@@ -261,6 +273,29 @@ func (a *Agent) Status() Status {
 		BytesSent:      a.tr.sent.Load(),
 		BytesReceived:  a.tr.received.Load(),
 	}
+}
+
+// Event kinds counted by EventCounts.
+const (
+	EventJoin = iota
+	EventUpdate
+	EventDead
+	EventLeft
+	numEventKinds
+)
+
+// EventNames names the event kinds, by index.
+var EventNames = [numEventKinds]string{"join", "update", "dead", "left"}
+
+// EventCounts is how many ring events of each kind (indexed as EventNames)
+// this agent has seen since it started: joins minus departures is the ring's
+// growth, so a scrape of these counters over time is its size history.
+func (a *Agent) EventCounts() [numEventKinds]uint64 {
+	var out [numEventKinds]uint64
+	for i := range out {
+		out[i] = a.events[i].Load()
+	}
+	return out
 }
 
 // Shutdown leaves the ring gracefully, so peers drop this node's names at once
