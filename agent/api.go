@@ -31,6 +31,11 @@ type ClusterMember struct {
 	Names []string `json:"names,omitempty"`
 	// PodCIDR is the pod CIDR the member publishes (its Node's spec.podCIDR).
 	PodCIDR string `json:"podCIDR,omitempty"`
+	// Since is this node's last news of the member; LastSeen its own last
+	// answered probe of it, RTTMillis that probe's round trip.
+	Since     time.Time `json:"since,omitzero"`
+	LastSeen  time.Time `json:"lastSeen,omitzero"`
+	RTTMillis float64   `json:"rttMillis,omitempty"`
 }
 
 // statusAPI serves /healthz, /readyz, /status, /cluster and /metrics over a root-only

@@ -220,9 +220,17 @@ func ClusterStatus(ctx context.Context, socket string, w io.Writer, format strin
 		return code, err
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tROLE\tIP\tSTATE\tREADY\tPOD CIDR")
+	fmt.Fprintln(tw, "NODE\tROLE\tIP\tSTATE\tREADY\tPOD CIDR\tSINCE\tLAST SEEN")
+	now := time.Now()
+	ago := func(t time.Time) string {
+		if t.IsZero() {
+			return "-"
+		}
+		return now.Sub(t).Round(time.Second).String() + " ago"
+	}
 	for _, m := range members {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, m.Role, m.IP, m.State, yesNo(m.Ready), orDash(m.PodCIDR))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, m.Role, m.IP, m.State, yesNo(m.Ready), orDash(m.PodCIDR),
+			ago(m.Since), ago(m.LastSeen))
 	}
 	return code, tw.Flush()
 }

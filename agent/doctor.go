@@ -93,7 +93,9 @@ func awsChecks(o Options, n *Node) []doctor.Check {
 	ec2c := cloud.NewEC2(cfg)
 	var calls []doctor.AWSCall
 	gossipOn := gossipEnabled(spec.Cluster.Name)
-	if gossipOn || n.IsControlPlane() {
+	// Workers with a state store find gossip seeds and signers there
+	// (least privilege): only masters need ec2:DescribeInstances.
+	if n.IsControlPlane() || gossipOn && n.Store == nil {
 		calls = append(calls, doctor.AWSCall{Name: "ec2:DescribeInstances", Call: func(ctx context.Context) error {
 			_, err := ec2c.DescribeInstances(ctx, &ec2.DescribeInstancesInput{DryRun: aws.Bool(true)})
 			return err
@@ -136,8 +138,11 @@ func awsChecks(o Options, n *Node) []doctor.Check {
 		kctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		g.Key, g.KeyErr = gossipKey(kctx, o, n)
 		cancel()
-		seeds := &gossip.EC2Seeds{Client: ec2c, ClusterName: spec.Cluster.Name, Self: n.Identity.PrivateIP}
-		g.Peers = seeds.Seeds
+		var sr gossip.ObjectReader
+		if store != nil {
+			sr = store
+		}
+		g.Peers = gossipSeeds(n, ec2c, sr).Seeds
 	}
 	return append(checks, doctor.Gossip(g))
 }

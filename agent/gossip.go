@@ -1,15 +1,18 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -28,6 +31,10 @@ type gossipRunner struct {
 	podCIDR netip.Prefix
 	// left: the node left the ring on its way out; nothing is published after.
 	left bool
+	// stopped ends the runner's background work (seed list, formation);
+	// wg waits for it.
+	stopped chan struct{}
+	wg      sync.WaitGroup
 }
 
 // gossipEnabled: like kops, a cluster whose name ends in .k8s.local has no DNS and
@@ -52,7 +59,7 @@ func startGossip(ctx context.Context, o Options, n *Node, names []string) (*goss
 	}
 	g, err := gossip.Start(ctx, gossip.Config{
 		ClusterName: spec.Cluster.Name, NodeName: n.Name, BindIP: ip, Port: spec.Gossip.Port, SecretKey: key,
-		Seeds:     &gossip.EC2Seeds{Client: cloud.NewEC2(*n.AWS), ClusterName: spec.Cluster.Name, Self: n.Identity.PrivateIP},
+		Seeds:     gossipSeeds(n, cloud.NewEC2(*n.AWS), n.Store),
 		Role:      string(spec.Role),
 		Names:     names,
 		HostsFile: o.Root.Path("/etc/hosts"),
@@ -61,7 +68,81 @@ func startGossip(ctx context.Context, o Options, n *Node, names []string) (*goss
 	if err != nil {
 		return nil, fmt.Errorf("gossip: %w", err)
 	}
-	return &gossipRunner{agent: g}, nil
+	r := &gossipRunner{agent: g, stopped: make(chan struct{})}
+	if n.IsControlPlane() && n.Store != nil {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.publishSeeds(ctx, n.Store, o.log().With("component", "gossip"))
+		}()
+	}
+	return r, nil
+}
+
+// gossipSeeds is where a node finds the ring (least privilege): only masters
+// ask EC2 (every running instance of the cluster), and they add the masters'
+// list; a worker with a state store reads the list the masters publish there
+// and makes no EC2 call.
+func gossipSeeds(n *Node, ec2c gossip.EC2DescribeInstances, store gossip.ObjectReader) gossip.SeedSource {
+	spec := n.Config.Spec
+	ec2Seeds := &gossip.EC2Seeds{Client: ec2c, ClusterName: spec.Cluster.Name, Self: n.Identity.PrivateIP}
+	if n.Store == nil || store == nil {
+		return ec2Seeds
+	}
+	stored := &gossip.StoreSeeds{Store: store, Key: cloud.GossipSeedsKey, Self: n.Identity.PrivateIP}
+	if n.IsControlPlane() {
+		stored.NoListIsEmpty = true
+		return gossip.MultiSeeds{ec2Seeds, stored}
+	}
+	return stored
+}
+
+// seedPublishEvery is how often a master compares the published seed list
+// with its view of the alive masters.
+const seedPublishEvery = 15 * time.Second
+
+// publishSeeds keeps the state store's seed list equal to this master's view
+// of the alive masters, writing only when it differs.
+func (g *gossipRunner) publishSeeds(ctx context.Context, store *cloud.StateStore, log *slog.Logger) {
+	var published []byte
+	for first := true; ; first = false {
+		if !first {
+			// Until the first publish (the ring not joined yet), look again soon.
+			wait := seedPublishEvery
+			if published == nil {
+				wait = time.Second
+			}
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-g.stopped:
+				t.Stop()
+				return
+			case <-t.C:
+			}
+		}
+		l, ok := g.agent.MasterSeeds(string(config.RoleControlPlane))
+		if !ok {
+			continue
+		}
+		want := l.Encode()
+		if bytes.Equal(want, published) {
+			continue
+		}
+		cur, err := store.Get(ctx, cloud.GossipSeedsKey)
+		if err == nil && bytes.Equal(cur, want) {
+			published = want
+			continue
+		}
+		if err := store.Put(ctx, cloud.GossipSeedsKey, want); err != nil {
+			log.Warn("publish the masters' gossip seed list", "err", err)
+			continue
+		}
+		published = want
+		log.Info("published the masters' gossip seed list", "masters", l.Masters)
+	}
 }
 
 // gossipKey reads the ring's key from the configured file, else the state store.
@@ -129,7 +210,8 @@ func (g *gossipRunner) setNames(names []string) error {
 func (g *gossipRunner) members() []ClusterMember {
 	var out []ClusterMember
 	for _, m := range g.agent.Members() {
-		cm := ClusterMember{Name: m.Name, IP: m.IP.String(), Role: m.Role, State: m.State, Ready: m.Ready}
+		cm := ClusterMember{Name: m.Name, IP: m.IP.String(), Role: m.Role, State: m.State, Ready: m.Ready,
+			Since: m.Since, LastSeen: m.LastSeen, RTTMillis: float64(m.RTT.Microseconds()) / 1000}
 		cm.Names = append(cm.Names, m.Names...)
 		if m.PodCIDR.IsValid() {
 			cm.PodCIDR = m.PodCIDR.String()
@@ -143,25 +225,37 @@ func (g *gossipRunner) members() []ClusterMember {
 // peers, which their failure detection handles.
 func (g *gossipRunner) stop() { _, _ = g.leave() }
 
-// leave leaves the ring gracefully (peers drop this node's names at once, not
-// after failure detection); the first call does it, later ones say so.
+// leave ends the runner's background work and leaves the ring gracefully
+// (peers drop this node's names at once, not after failure detection); the
+// first call does it, later ones say so.
 func (g *gossipRunner) leave() (string, error) {
 	g.mu.Lock()
-	defer g.mu.Unlock()
 	if g.left {
+		g.mu.Unlock()
 		return "already left", nil
 	}
 	g.left = true
+	g.mu.Unlock()
+	if g.stopped != nil {
+		close(g.stopped)
+	}
+	g.wg.Wait()
 	if err := g.agent.Shutdown(); err != nil {
 		return "", err
 	}
 	return "left the gossip ring", nil
 }
 
-// collector exports ring membership by state on /metrics.
+// collector exports ring membership by state, and the ring events this node
+// has seen (its size history: joins minus departures), on /metrics.
 func (g *gossipRunner) collector() prometheus.Collector {
 	desc := prometheus.NewDesc("nodeagent_gossip_peers", "Gossip ring members by state.", []string{"state"}, nil)
-	return collectorFunc{desc: desc, collect: func(ch chan<- prometheus.Metric) {
+	events := prometheus.NewDesc("nodeagent_gossip_member_events_total",
+		"Gossip ring events seen by this node: join, update (metadata), dead, left.", []string{"event"}, nil)
+	return collectorFunc{descs: []*prometheus.Desc{desc, events}, collect: func(ch chan<- prometheus.Metric) {
+		for i, c := range g.agent.EventCounts() {
+			ch <- prometheus.MustNewConstMetric(events, prometheus.CounterValue, float64(c), gossip.EventNames[i])
+		}
 		counts := map[string]int{}
 		for _, m := range g.agent.Members() {
 			counts[m.State]++
@@ -173,9 +267,13 @@ func (g *gossipRunner) collector() prometheus.Collector {
 }
 
 type collectorFunc struct {
-	desc    *prometheus.Desc
+	descs   []*prometheus.Desc
 	collect func(chan<- prometheus.Metric)
 }
 
-func (c collectorFunc) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c collectorFunc) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range c.descs {
+		ch <- d
+	}
+}
 func (c collectorFunc) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }

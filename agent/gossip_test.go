@@ -8,9 +8,14 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/nodeagent/nodeagent/awsemu"
 	"github.com/nodeagent/nodeagent/bootstrap"
+	"github.com/nodeagent/nodeagent/cloud"
 	"github.com/nodeagent/nodeagent/gossip"
+	"github.com/nodeagent/nodeagent/iam"
 	"github.com/nodeagent/nodeagent/internal/fsutil"
 )
 
@@ -84,4 +89,130 @@ spec:
 	if got := emu.E.Calls(awsemu.ServiceEC2, "DescribeInstances"); got == 0 {
 		t.Error("seeds were not listed from EC2")
 	}
+}
+
+// TestWorkerJoinsRingWithoutEC2: only masters may call ec2:DescribeInstances
+// (iam/nodes.json grants a worker no EC2 read at all). A worker whose every EC2
+// call is refused finds the ring through the seed list a master publishes in
+// the state store, and gets the master's names; the master's daemon side
+// publishes that list with its own instance profile (iam/masters.json).
+func TestWorkerJoinsRingWithoutEC2(t *testing.T) {
+	const cluster = "ring.k8s.local"
+	tags := map[string]string{"KubernetesCluster": cluster}
+	pol := map[string]string{}
+	for _, role := range []string{iam.Masters, iam.Nodes} {
+		var err error
+		if pol[role], err = iam.Policy(role, "s3://kops-state/"+cluster, "s3://assets/assets"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	port := freeUDPTCPPorts(t, 1)[0]
+	key := "0123456789abcdef0123456789abcdef"
+	emu := awsemu.Start(t, &awsemu.World{
+		Instances: []awsemu.Instance{
+			{ID: "i-0master", Type: "m5.large", AvailabilityZone: "us-east-1a", PrivateIP: "127.0.0.2", State: "running", Tags: tags, InstanceProfile: iam.Masters},
+			{ID: "i-0worker", Type: "m5.large", AvailabilityZone: "us-east-1b", PrivateIP: "127.0.0.3", State: "running", Tags: tags, InstanceProfile: iam.Nodes},
+		},
+		Buckets:  map[string]map[string]string{"kops-state": {cluster + "/nodeagent/gossip.key": key + "\n"}},
+		Policies: pol,
+	}, awsemu.Options{})
+	// Whatever the policy says, every EC2 action is refused.
+	emu.E.SetFaults("ec2", awsemu.Faults{Deny: []string{"DescribeInstances", "DescribeVolumes", "AttachVolume", "DetachVolume", "CreateTags", "DeleteTags", "DescribeTags"}})
+
+	start := func(id, role string) (*gossipRunner, *Node, string) {
+		t.Helper()
+		emu.Setenv(t, id)
+		root := t.TempDir()
+		hosts := fsutil.Root(root).Path("/etc/hosts")
+		if err := os.MkdirAll(filepath.Dir(hosts), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(hosts, []byte("127.0.0.1 localhost\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cfg := filepath.Join(t.TempDir(), "node.yaml")
+		if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`apiVersion: nodeagent.io/v1alpha1
+kind: NodeConfig
+spec:
+  cluster: {name: %s, stateStore: s3://kops-state/%s}
+  role: %s
+  kubernetesVersion: v1.34.4
+  gossip: {port: %d}
+`, cluster, cluster, role, port)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		o := Options{Root: fsutil.Root(root), ConfigFile: cfg, Log: quietLog()}
+		n, err := LoadNode(context.Background(), o, needIdentity)
+		if err != nil {
+			t.Fatal(err)
+		}
+		names := []string(nil)
+		if role == "ControlPlane" {
+			names = []string{"api.internal." + cluster}
+		}
+		g, err := startGossip(context.Background(), o, n, names)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(g.stop)
+		return g, n, hosts
+	}
+	_, _, _ = start("i-0master", "ControlPlane")
+	waitFor(t, func() bool {
+		b, ok := emu.E.Object("kops-state", cluster+"/"+cloud.GossipSeedsKey)
+		return ok && strings.Contains(string(b), `"127.0.0.2"`)
+	})
+	denied := emu.E.Calls(awsemu.ServiceEC2, "DescribeInstances")
+
+	worker, _, hosts := start("i-0worker", "Node")
+	waitFor(t, func() bool {
+		b, _ := os.ReadFile(hosts)
+		return strings.Contains(string(b), "127.0.0.2 ") && strings.Contains(string(b), "api.internal."+cluster)
+	})
+	if got := emu.E.Calls(awsemu.ServiceEC2, "DescribeInstances"); got != denied {
+		t.Errorf("the worker called DescribeInstances %d times; a worker asks no EC2", got-denied)
+	}
+
+	// Status shows, per peer, when it last changed and when this node's
+	// own probe last reached it; /metrics counts the ring's events.
+	waitFor(t, func() bool {
+		for _, m := range worker.members() {
+			if m.IP == "127.0.0.2" {
+				return m.State == "alive" && !m.Since.IsZero() && !m.LastSeen.IsZero() && m.RTTMillis > 0
+			}
+		}
+		return false
+	})
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(worker.collector())
+	got, err := testutil.GatherAndCount(reg, "nodeagent_gossip_member_events_total")
+	if err != nil || got != 4 {
+		t.Fatalf("member event series = %d, %v; want join, update, dead, left", got, err)
+	}
+	if v := eventCount(t, reg, "join"); v < 1 {
+		t.Errorf("joins seen by the worker = %v, want at least the master", v)
+	}
+}
+
+// eventCount reads one series of nodeagent_gossip_member_events_total.
+func eventCount(t *testing.T, reg *prometheus.Registry, event string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "nodeagent_gossip_member_events_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "event" && l.GetValue() == event {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no %s series", event)
+	return 0
 }

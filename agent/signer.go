@@ -30,7 +30,8 @@ func signerPhase(o Options, n *Node) (bootstrap.Phase, error) {
 		return nil, errors.New("the node signer needs AWS: the worker proves its identity with its instance profile")
 	}
 	spec := n.Config.Spec
-	seeds := &gossip.EC2Seeds{Client: cloud.NewEC2(*n.AWS), ClusterName: spec.Cluster.Name, Self: n.Identity.PrivateIP}
+	// The masters' seed list is the list of signers; a worker asks no EC2.
+	seeds := &gossip.StoreSeeds{Store: n.Store, Key: cloud.GossipSeedsKey, Self: n.Identity.PrivateIP}
 	return signer.NewPhase(signer.PhaseOptions{
 		Root: o.Root, ClusterName: spec.Cluster.Name, APIServer: spec.Cluster.APIServer,
 		NodeName: n.Name, NodeIP: n.Identity.PrivateIP, CACert: n.Store.CACert,

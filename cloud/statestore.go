@@ -1,6 +1,7 @@
 package cloud
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -24,6 +25,9 @@ const (
 	// AddonsDir holds the users' own add-ons: one manifest per add-on, named <add-on>.yaml.
 	AddonsDir    = "addons"
 	GossipKeyKey = "nodeagent/gossip.key"
+	// GossipSeedsKey is the masters' gossip seed list (gossip.SeedList): masters
+	// write it, workers read it instead of asking EC2 for seeds.
+	GossipSeedsKey = "nodeagent/gossip-seeds.json"
 	// CACertKey is readable by every node; everything under pki/private/ by
 	// masters only (DESIGN.md, "Node identity and the state store").
 	CACertKey = "pki/ca.crt"
@@ -127,6 +131,26 @@ func (s *StateStore) GetIfChanged(ctx context.Context, key, etag string) (data [
 		return nil, "", false, fmt.Errorf("read s3://%s/%s: %w", s.Bucket, full, err)
 	}
 	return b, aws.ToString(out.ETag), true, nil
+}
+
+// S3PutAPI is the S3 call writing a state store object.
+type S3PutAPI interface {
+	PutObject(context.Context, *s3.PutObjectInput, ...func(*s3.Options)) (*s3.PutObjectOutput, error)
+}
+
+// Put writes one object whole (S3 replaces objects atomically). The state
+// store's S3 client must be able to write, and the caller's role allowed to:
+// masters only, and only the keys their policy names.
+func (s *StateStore) Put(ctx context.Context, key string, data []byte) error {
+	full := path.Join(s.Prefix, key)
+	w, ok := s.S3.(S3PutAPI)
+	if !ok {
+		return fmt.Errorf("write s3://%s/%s: this S3 client cannot write", s.Bucket, full)
+	}
+	if _, err := w.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String(s.Bucket), Key: aws.String(full), Body: bytes.NewReader(data)}); err != nil {
+		return fmt.Errorf("write s3://%s/%s: %w", s.Bucket, full, err)
+	}
+	return nil
 }
 
 // URL is the state store's s3:// URL of key.

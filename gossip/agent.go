@@ -25,6 +25,14 @@ type Tuning struct {
 	PushPullInterval    time.Duration
 	GossipToTheDeadTime time.Duration
 	TCPTimeout          time.Duration
+	// Dilation multiplies every timer of the agent by k (0 or 1: none): the
+	// memberlist timers above and the agent's own (seed refresh and join
+	// backoff, the formation exchanges, the metadata and leave waits, the hosts
+	// file's debounce). A ring dilated by k behaves as the undilated one slowed
+	// down k times, for 1/k of the CPU per second: the scale benchmark uses it to
+	// run more agents than this machine's cores could run at full speed, and
+	// projects its figures back to real time (÷k). Never set on a real node.
+	Dilation float64
 }
 
 // DefaultTuning is memberlist's LAN profile adjusted for a VPC ring of up to a few
@@ -91,7 +99,18 @@ func (t Tuning) withDefaults() Tuning {
 	set(&t.PushPullInterval, d.PushPullInterval)
 	set(&t.GossipToTheDeadTime, d.GossipToTheDeadTime)
 	set(&t.TCPTimeout, d.TCPTimeout)
+	if t.Dilation <= 0 {
+		t.Dilation = 1
+	}
 	return t
+}
+
+// dilate stretches one of the agent's timers by t.Dilation.
+func (t Tuning) dilate(d time.Duration) time.Duration {
+	if t.Dilation <= 0 || t.Dilation == 1 {
+		return d
+	}
+	return time.Duration(float64(d) * t.Dilation)
 }
 
 // ValidateKey checks a ring key's length: memberlist uses it as an AES key.
@@ -128,10 +147,11 @@ func newAgent(c Config) (*Agent, error) {
 	if c.Log == nil {
 		c.Log = slog.Default()
 	}
-	tune := DefaultTuning()
+	tune := DefaultTuning().withDefaults()
 	if c.Tuning != nil {
 		tune = c.Tuning.withDefaults()
 	}
+	c.SeedRefresh = tune.dilate(c.SeedRefresh)
 	a := &Agent{
 		cfg:          c,
 		log:          c.Log,
@@ -153,9 +173,11 @@ func newAgent(c Config) (*Agent, error) {
 // viewMember is one node as the events reported it.
 type viewMember struct {
 	Member
-	port    int
-	leaving bool
-	at      time.Time // of the last state change
+	port     int
+	leaving  bool
+	at       time.Time // of the last state change
+	lastSeen time.Time // of the last answered probe by this agent
+	rtt      time.Duration
 }
 
 // departedKeep bounds how long a dead member is still listed in Members.
@@ -193,15 +215,17 @@ func (a *Agent) start(ctx context.Context) error {
 	mc.Logger = mlLog
 	mc.Delegate = (*delegate)(a)
 	mc.Events = (*events)(a)
-	mc.ProbeInterval = a.tune.ProbeInterval
-	mc.ProbeTimeout = a.tune.ProbeTimeout
-	mc.GossipInterval = a.tune.GossipInterval
+	mc.Ping = (*pinger)(a)
+	d := a.tune.dilate
+	mc.ProbeInterval = d(a.tune.ProbeInterval)
+	mc.ProbeTimeout = d(a.tune.ProbeTimeout)
+	mc.GossipInterval = d(a.tune.GossipInterval)
 	mc.GossipNodes = a.tune.GossipNodes
 	mc.SuspicionMult = a.tune.SuspicionMult
 	mc.RetransmitMult = a.tune.RetransmitMult
-	mc.PushPullInterval = a.tune.PushPullInterval
-	mc.GossipToTheDeadTime = a.tune.GossipToTheDeadTime
-	mc.TCPTimeout = a.tune.TCPTimeout
+	mc.PushPullInterval = d(a.tune.PushPullInterval)
+	mc.GossipToTheDeadTime = d(a.tune.GossipToTheDeadTime)
+	mc.TCPTimeout = d(a.tune.TCPTimeout)
 	// memberlist compresses with LZW, which allocates and zeroes a 64 KB table
 	// for every message it compresses: in the scale test that was the largest
 	// CPU cost, for packets of 100–300 bytes that barely shrink. Only the
@@ -209,7 +233,7 @@ func (a *Agent) start(ctx context.Context) error {
 	mc.EnableCompression = false
 	// A restarted instance gets a new private IP but keeps no name; a replaced
 	// node with the same name may take over at once.
-	mc.DeadNodeReclaimTime = time.Second
+	mc.DeadNodeReclaimTime = d(time.Second)
 
 	ml, err := memberlist.Create(mc)
 	if err != nil {
@@ -277,7 +301,7 @@ func (a *Agent) metaLoop() {
 			return
 		case <-a.metaChanged:
 		}
-		if err := a.ml.UpdateNode(5 * time.Second); err != nil {
+		if err := a.ml.UpdateNode(a.tune.dilate(5 * time.Second)); err != nil {
 			// The update is queued all the same; push/pull delivers it if
 			// gossip does not.
 			a.log.Debug("gossip metadata update not yet acknowledged", "err", err)
@@ -308,7 +332,7 @@ func (a *Agent) seedLoop(ctx context.Context) {
 		a.joined.Store(true)
 		return
 	}
-	backoff := time.Second
+	backoff := a.tune.dilate(time.Second)
 	var seeds []string
 	var listed time.Time
 	for {
@@ -335,7 +359,7 @@ func (a *Agent) seedLoop(ctx context.Context) {
 		ok := seeds != nil && a.joinSeeds(seeds)
 		wait := a.cfg.SeedRefresh
 		if ok {
-			backoff = time.Second
+			backoff = a.tune.dilate(time.Second)
 		} else {
 			wait = backoff
 			backoff = min(backoff*2, a.cfg.SeedRefresh)
@@ -398,7 +422,7 @@ func (a *Agent) joinSeeds(seeds []string) bool {
 		err   error
 		tried []string
 	)
-	for begin := time.Now(); len(missing) > 0 && time.Since(begin) < a.tune.TCPTimeout; {
+	for begin := time.Now(); len(missing) > 0 && time.Since(begin) < a.tune.dilate(a.tune.TCPTimeout); {
 		tried = missing[:min(len(missing), maxJoinPerRefresh)]
 		missing = missing[len(tried):]
 		if n, err = a.ml.Join(tried); n > 0 || a.ml.NumMembers() > 1 {
@@ -408,6 +432,7 @@ func (a *Agent) joinSeeds(seeds []string) bool {
 	if n > 0 {
 		if !a.joined.Load() {
 			a.log.Info("joined gossip ring", "via", tried, "members", a.ml.NumMembers())
+			a.startFormationSync()
 		}
 		a.joined.Store(true)
 		a.setJoinError(nil)
@@ -428,9 +453,86 @@ func (a *Agent) joinSeeds(seeds []string) bool {
 	// were just not up yet.
 	if a.ml.NumMembers() > 1 {
 		a.joined.Store(true)
+		a.startFormationSync()
 		return true
 	}
 	return false
+}
+
+// formationRounds are the waits between the full-state exchanges a node makes
+// with random members right after it first finds itself in a ring. When many
+// nodes start at once (an Auto Scaling launch), each joins seeds whose own views
+// are still nearly empty, so the join teaches it little; from then on gossip
+// alone would have to carry every member's alive message to every node, which
+// for N=200 started at once took ~7 s even with CPU to spare, because every
+// gossip packet holds only a few of those messages. A push/pull exchange merges
+// two whole views, so a few rounds of them spread the membership like an
+// epidemic of full states (each round roughly doubles what a node knows). The
+// rounds stop after ~9 s: by then the ring has formed, and the periodic
+// push/pull and seed refresh take over. A node whose Lifeguard health score says
+// it is overloaded skips its rounds. A node joining a formed ring pays these
+// few extra exchanges once.
+var formationRounds = []time.Duration{
+	500 * time.Millisecond, 500 * time.Millisecond, time.Second, time.Second, 2 * time.Second, 4 * time.Second,
+}
+
+// startFormationSync runs the formation exchanges once per agent.
+func (a *Agent) startFormationSync() {
+	a.formationOnce.Do(func() {
+		a.wg.Add(1)
+		go a.formationSync()
+	})
+}
+
+func (a *Agent) formationSync() {
+	defer a.wg.Done()
+	for _, wait := range formationRounds {
+		t := time.NewTimer(jitter(a.tune.dilate(wait)))
+		select {
+		case <-a.stop:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		// Lifeguard's local health score rises when this node's own probes
+		// go unanswered in time, i.e. when it (or its network) is overloaded.
+		// A full-state exchange then only adds load, and merging a peer's
+		// suspicions spreads them: measured on a ring starved of CPU, that
+		// turned a slow formation into a storm of false deaths.
+		if a.ml.GetHealthScore() > 0 {
+			continue
+		}
+		peer := a.randomAlivePeer()
+		if peer == "" {
+			continue
+		}
+		// Join of a member already known is one push/pull exchange.
+		if _, err := a.ml.Join([]string{peer}); err != nil {
+			a.log.Debug("gossip formation exchange", "peer", peer, "err", err)
+		}
+	}
+}
+
+// randomAlivePeer is the address of a random alive member other than this
+// node, "" when there is none.
+func (a *Agent) randomAlivePeer() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var pick *viewMember
+	seen := 0
+	for name, v := range a.view {
+		if name == a.cfg.NodeName || v.State != StateAlive {
+			continue
+		}
+		seen++
+		if rand.IntN(seen) == 0 { // reservoir sampling: one pass, uniform
+			pick = v
+		}
+	}
+	if pick == nil {
+		return ""
+	}
+	return net.JoinHostPort(pick.IP.String(), strconv.Itoa(pick.port))
 }
 
 func (a *Agent) setJoinError(err error) {
@@ -475,17 +577,25 @@ type events Agent
 
 func (e *events) NotifyJoin(n *memberlist.Node) {
 	a := (*Agent)(e)
+	a.events[EventJoin].Add(1)
 	a.observe(n, StateAlive)
 	a.log.Debug("gossip member joined", "node", n.Name, "addr", n.Addr.String())
 }
 
 func (e *events) NotifyUpdate(n *memberlist.Node) {
-	(*Agent)(e).observe(n, StateAlive)
+	a := (*Agent)(e)
+	a.events[EventUpdate].Add(1)
+	a.observe(n, StateAlive)
 }
 
 func (e *events) NotifyLeave(n *memberlist.Node) {
 	a := (*Agent)(e)
 	v := a.observe(n, StateDead)
+	if v.State == StateLeft {
+		a.events[EventLeft].Add(1)
+	} else {
+		a.events[EventDead].Add(1)
+	}
 	a.log.Info("gossip member gone", "node", n.Name, "addr", n.Addr.String(), "state", v.State)
 }
 
@@ -518,8 +628,26 @@ func (a *Agent) observe(n *memberlist.Node, state string) viewMember {
 			}
 		}
 	}
-	a.view[n.Name] = &v
+	if old, ok := a.view[n.Name]; ok {
+		v.lastSeen, v.rtt = old.lastSeen, old.rtt
+	}
+	stored := v // the view's copy changes under a.mu (pinger); v is returned
+	a.view[n.Name] = &stored
 	a.mu.Unlock()
 	a.signalHosts()
 	return v
+}
+
+// pinger notes when this agent's probes are answered, for Member.LastSeen.
+type pinger Agent
+
+func (p *pinger) AckPayload() []byte { return nil }
+
+func (p *pinger) NotifyPingComplete(other *memberlist.Node, rtt time.Duration, _ []byte) {
+	a := (*Agent)(p)
+	a.mu.Lock()
+	if v, ok := a.view[other.Name]; ok {
+		v.lastSeen, v.rtt = time.Now(), rtt
+	}
+	a.mu.Unlock()
 }

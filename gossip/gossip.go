@@ -68,6 +68,14 @@ type Member struct {
 	// PodCIDR is the member's published pod CIDR (its Node's spec.podCIDR); the
 	// zero Prefix when it published none.
 	PodCIDR netip.Prefix `json:"podCIDR,omitzero"`
+	// Since is when this agent last heard of a change of the member (join,
+	// metadata update, death).
+	Since time.Time `json:"since,omitzero"`
+	// LastSeen is when this agent's own probe of the member was last answered,
+	// and RTT that answer's round trip; zero until this agent has probed it.
+	// memberlist keeps incarnation numbers to itself, so they are not shown.
+	LastSeen time.Time     `json:"lastSeen,omitzero"`
+	RTT      time.Duration `json:"rtt,omitempty"`
 }
 
 // Status is the agent's health for `nodeagent status`.
@@ -117,6 +125,7 @@ type Agent struct {
 	prunedAt time.Time
 
 	joined        atomic.Bool
+	formationOnce sync.Once
 	statusMu      sync.Mutex
 	lastJoinError string
 	keyRejects    atomic.Uint64
@@ -124,6 +133,9 @@ type Agent struct {
 	lastKeyAt     time.Time
 	hostsError    string
 	hostsWrites   atomic.Uint64
+	// events counts ring events by kind (join, update, dead, left): the
+	// ring's size history for /metrics.
+	events [numEventKinds]atomic.Uint64
 
 	metaChanged  chan struct{}
 	hostsChanged chan struct{}
@@ -212,6 +224,7 @@ func (a *Agent) Members() []Member {
 	out := make([]Member, 0, len(a.view))
 	for _, v := range a.view {
 		m := v.Member
+		m.Since, m.LastSeen, m.RTT = v.at, v.lastSeen, v.rtt
 		m.IP = append(net.IP(nil), v.IP...)
 		m.Names = append([]string(nil), v.Names...)
 		out = append(out, m)
@@ -262,6 +275,29 @@ func (a *Agent) Status() Status {
 	}
 }
 
+// Event kinds counted by EventCounts.
+const (
+	EventJoin = iota
+	EventUpdate
+	EventDead
+	EventLeft
+	numEventKinds
+)
+
+// EventNames names the event kinds, by index.
+var EventNames = [numEventKinds]string{"join", "update", "dead", "left"}
+
+// EventCounts is how many ring events of each kind (indexed as EventNames)
+// this agent has seen since it started: joins minus departures is the ring's
+// growth, so a scrape of these counters over time is its size history.
+func (a *Agent) EventCounts() [numEventKinds]uint64 {
+	var out [numEventKinds]uint64
+	for i := range out {
+		out[i] = a.events[i].Load()
+	}
+	return out
+}
+
 // Shutdown leaves the ring gracefully, so peers drop this node's names at once
 // instead of after the failure timeout, and closes the sockets. The hosts file keeps
 // its last content.
@@ -274,11 +310,11 @@ func (a *Agent) Shutdown() error {
 	eerr := a.encodeLocked()
 	a.mu.Unlock()
 	if eerr == nil {
-		if uerr := a.ml.UpdateNode(leaveTimeout / 3); uerr != nil {
+		if uerr := a.ml.UpdateNode(a.tune.dilate(leaveTimeout / 3)); uerr != nil {
 			a.log.Debug("announce leaving", "err", uerr)
 		}
 	}
-	if lerr := a.ml.Leave(leaveTimeout); lerr != nil {
+	if lerr := a.ml.Leave(a.tune.dilate(leaveTimeout)); lerr != nil {
 		err = fmt.Errorf("leave gossip ring: %w", lerr)
 	}
 	return errors.Join(err, a.halt())

@@ -101,7 +101,7 @@ func (a *Agent) hostsLoop() {
 			return
 		case <-a.hostsChanged:
 		}
-		timer := time.NewTimer(hostsDebounce)
+		timer := time.NewTimer(a.tune.dilate(hostsDebounce))
 	drain:
 		for {
 			select {

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -195,12 +196,26 @@ func runNetnsChild() error {
 	if s := env("GOSSIP_CHILD_NAMES"); s != "" {
 		names = strings.Split(s, ",")
 	}
+	refresh := 2 * time.Second
+	if r := env("GOSSIP_CHILD_REFRESH"); r != "" {
+		if refresh, err = time.ParseDuration(r); err != nil {
+			return err
+		}
+	}
+	var tune *Tuning
+	if d := env("GOSSIP_CHILD_DILATION"); d != "" {
+		k, err := strconv.ParseFloat(d, 64)
+		if err != nil {
+			return err
+		}
+		tune = &Tuning{Dilation: k}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	a, err := Start(ctx, Config{
 		ClusterName: testCluster, NodeName: env("GOSSIP_CHILD_NAME"), BindIP: ip, SecretKey: key,
-		Seeds: StaticSeeds(strings.Split(env("GOSSIP_CHILD_SEEDS"), ",")), SeedRefresh: 2 * time.Second,
-		Names: names, HostsFile: env("GOSSIP_CHILD_HOSTS"),
+		Seeds: StaticSeeds(strings.Split(env("GOSSIP_CHILD_SEEDS"), ",")), SeedRefresh: refresh,
+		Names: names, HostsFile: env("GOSSIP_CHILD_HOSTS"), Tuning: tune,
 		Log: slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", env("GOSSIP_CHILD_NAME")),
 	})
 	if err != nil {
