@@ -6,37 +6,25 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
-	"net/url"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
-	"time"
 
-	"go.etcd.io/etcd/server/v3/embed"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/rest"
 
 	"github.com/nodeagent/nodeagent/addons"
-	"github.com/nodeagent/nodeagent/config"
-	"github.com/nodeagent/nodeagent/internal/fsutil"
-	"github.com/nodeagent/nodeagent/kube"
-	"github.com/nodeagent/nodeagent/pki"
+	"github.com/nodeagent/nodeagent/internal/kubetest"
 )
 
 // TestApplierE2E specifies the applier against a real kube-apiserver v1.34.4
 // (hack/build-k8s.sh) on an embedded etcd, with the credentials the pki phase
 // issues a master for it.
 func TestApplierE2E(t *testing.T) {
-	cfg := startAPIServer(t)
+	cfg := kubetest.StartAPIServer(t).Config
 	ctx := context.Background()
 	ap, err := addons.NewApplier(cfg, "master-a", slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
@@ -156,126 +144,4 @@ metadata: {name: team-b, namespace: team}
 			t.Errorf("team-a changed by the second apply: %s → %s", teamA, rv)
 		}
 	})
-}
-
-// startAPIServer runs etcd (embedded) and kube-apiserver, and returns a client
-// configuration with the master's add-on credentials.
-func startAPIServer(t *testing.T) *rest.Config {
-	t.Helper()
-	bin := os.Getenv("NODEAGENT_E2E_KUBE_APISERVER")
-	if bin == "" {
-		bin = "/var/cache/nodeagent-e2e/k8s-v1.34.4/kube-apiserver"
-	}
-	if _, err := os.Stat(bin); err != nil {
-		t.Fatalf("kube-apiserver: %v (hack/build-k8s.sh builds it; make e2e-parts)", err)
-	}
-	dir := t.TempDir()
-	root := fsutil.Root(dir)
-	caCert, caKey, err := pki.GenerateCA("kubernetes-ca", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	saKey, err := pki.GenerateServiceAccountKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, b := range map[string][]byte{"ca.crt": caCert, "ca.key": caKey, "sa.key": saKey} {
-		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	ph := pki.NewPhase(pki.Options{Root: root, CA: pki.FileCA{Root: root, CertFile: "/ca.crt", KeyFile: "/ca.key"},
-		ClusterName: "addons.k8s.local", NodeName: "master-a", NodeIP: net.IPv4(127, 0, 0, 1), Role: config.RoleControlPlane,
-		OmitKubeletKubeconfig: true, ServiceAccountKey: pki.FileKey{Root: root, Path: "/sa.key"},
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err := ph.Act(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-
-	etcdPort, peerPort, apiPort := freePort(t), freePort(t), freePort(t)
-	ec := embed.NewConfig()
-	ec.Dir = filepath.Join(dir, "etcd")
-	cu := url.URL{Scheme: "http", Host: "127.0.0.1:" + strconv.Itoa(etcdPort)}
-	pu := url.URL{Scheme: "http", Host: "127.0.0.1:" + strconv.Itoa(peerPort)}
-	ec.ListenClientUrls, ec.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
-	ec.ListenPeerUrls, ec.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
-	ec.InitialCluster = ec.Name + "=" + pu.String()
-	ec.LogLevel = "fatal"
-	e, err := embed.StartEtcd(ec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	select {
-	case <-e.Server.ReadyNotify():
-	case <-time.After(time.Minute):
-		t.Fatal("etcd not ready after a minute")
-	}
-
-	p := pki.DefaultPaths()
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, bin,
-		"--etcd-servers="+cu.String(), "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-		"--secure-port="+strconv.Itoa(apiPort), "--cert-dir="+filepath.Join(dir, "certs"),
-		"--tls-cert-file="+root.Path(p.APIServerCert), "--tls-private-key-file="+root.Path(p.APIServerKey),
-		"--client-ca-file="+root.Path(p.CACert), "--authorization-mode=RBAC",
-		"--service-account-issuer=https://api.internal.addons.k8s.local",
-		"--service-account-key-file="+root.Path(p.ServiceAccountPub), "--service-account-signing-key-file="+root.Path(p.ServiceAccountKey),
-		"--service-cluster-ip-range=100.64.0.0/13")
-	logf, err := os.Create(filepath.Join(dir, "kube-apiserver.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		_ = cmd.Wait()
-		_ = logf.Close()
-	})
-
-	cfg, err := kube.RESTConfig(root, p.AddonsConf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Host = "https://127.0.0.1:" + strconv.Itoa(apiPort)
-	client, err := kube.FromRESTConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
-		ok, msg := client.Readyz(rctx, "")
-		rcancel()
-		if ok {
-			break
-		}
-		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(logf.Name())
-			t.Fatalf("kube-apiserver not ready after 2m: %s\n%s", msg, tail(string(b), 20))
-		}
-		time.Sleep(time.Second)
-	}
-	return cfg
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

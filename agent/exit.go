@@ -308,6 +308,20 @@ func exitSteps(o Options, n *Node, g *gossipRunner) []exitStep {
 	return steps
 }
 
+// localEtcdMembers is what a master's exit steps act on: its etcd members, as
+// its last run recorded them, and each etcd cluster's client port.
+func localEtcdMembers(o Options, n *Node) ([]bootstrap.EtcdMemberFact, map[string]int, error) {
+	st, err := o.store().Load()
+	if err != nil {
+		return nil, nil, err
+	}
+	ports := map[string]int{}
+	for _, c := range n.Config.Spec.Etcd.Clusters {
+		ports[c.Name] = c.ClientPort
+	}
+	return st.Facts.EtcdMembers, ports, nil
+}
+
 // etcdHandoff moves the raft leadership of every local member that leads to
 // another voting member. The member list is never changed on the way out: a
 // master's members are its volumes' (the k8s.io/etcd tags list them), and
@@ -315,19 +329,15 @@ func exitSteps(o Options, n *Node, g *gossipRunner) []exitStep {
 // again, so removing it would only lower the quorum margin meanwhile.
 func etcdHandoff(o Options, n *Node) func(ctx context.Context) (string, error) {
 	return func(ctx context.Context) (string, error) {
-		st, err := o.store().Load()
+		members, ports, err := localEtcdMembers(o, n)
 		if err != nil {
 			return "", err
-		}
-		ports := map[string]int{}
-		for _, c := range n.Config.Spec.Etcd.Clusters {
-			ports[c.Name] = c.ClientPort
 		}
 		var (
 			details []string
 			errs    []error
 		)
-		for _, m := range st.Facts.EtcdMembers {
+		for _, m := range members {
 			endpoint := fmt.Sprintf("https://127.0.0.1:%d", ports[m.Cluster])
 			tlsCfg, err := pki.ClientTLS(o.Root, m.Cluster)
 			if err != nil {
@@ -407,17 +417,13 @@ func DrainNode(ctx context.Context, socket string, w io.Writer) error {
 // next is consistent and its next holder needs no recovery.
 func etcdRelease(o Options, n *Node) func(ctx context.Context) (string, error) {
 	return func(ctx context.Context) (string, error) {
-		st, err := o.store().Load()
+		members, ports, err := localEtcdMembers(o, n)
 		if err != nil {
 			return "", err
 		}
-		ports := map[string]int{}
-		for _, c := range n.Config.Spec.Etcd.Clusters {
-			ports[c.Name] = c.ClientPort
-		}
 		ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 		defer cancel()
-		for _, m := range st.Facts.EtcdMembers {
+		for _, m := range members {
 			path := o.Root.Path(filepath.Join(manifests.DefaultDir, manifests.EtcdPodName(m.Cluster)+".yaml"))
 			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return "", fmt.Errorf("stop etcd %s: %w", m.Cluster, err)
@@ -427,7 +433,7 @@ func etcdRelease(o Options, n *Node) func(ctx context.Context) (string, error) {
 			done []string
 			errs []error
 		)
-		for _, m := range st.Facts.EtcdMembers {
+		for _, m := range members {
 			addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[m.Cluster]))
 			err := wait.PollUntilContextCancel(ctx, 500*time.Millisecond, true, func(ctx context.Context) (bool, error) {
 				c, err := (&net.Dialer{Timeout: time.Second}).DialContext(ctx, "tcp", addr)
