@@ -127,17 +127,7 @@ func TestStatusAPI(t *testing.T) {
 	m := newMetrics()
 	m.observePhase(bootstrap.PhaseStatus{Name: "assets", State: bootstrap.PhaseFailed, Duration: bootstrap.Duration(time.Second)})
 	api := &statusAPI{store: store, metrics: m, log: quietLog()}
-	socket := filepath.Join(dir, "run", "nodeagent.sock")
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- api.serve(ctx, socket) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	})
-	waitFor(t, func() bool { _, err := os.Stat(socket); return err == nil })
+	socket := serveStatusAPI(t, api)
 	fi, _ := os.Stat(socket)
 	if fi.Mode().Perm() != 0o600 {
 		t.Errorf("socket mode %o, want 0600 (root only)", fi.Mode().Perm())

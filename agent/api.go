@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -141,13 +142,20 @@ func (a *statusAPI) serve(ctx context.Context, socket string) error {
 
 // queryAPI GETs path from the daemon's status API.
 func queryAPI(ctx context.Context, socket, path string, out any) error {
+	return callAPI(ctx, socket, http.MethodGet, path, 10*time.Second, out)
+}
+
+// callAPI sends method path to the daemon's status API and decodes its JSON
+// answer into out. A zero timeout leaves the bound to ctx (an exit's drain
+// takes minutes).
+func callAPI(ctx context.Context, socket, method, path string, timeout time.Duration, out any) error {
 	client := &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", socket)
 		},
-	}, Timeout: 10 * time.Second}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://nodeagent"+path, nil)
+	}, Timeout: timeout}
+	req, err := http.NewRequestWithContext(ctx, method, "http://nodeagent"+path, nil)
 	if err != nil {
 		return err
 	}
@@ -158,7 +166,10 @@ func queryAPI(ctx context.Context, socket, path string, out any) error {
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("status API %s: %s: %s", path, resp.Status, msg)
+		return fmt.Errorf("status API %s: %s: %s", path, resp.Status, strings.TrimSpace(string(msg)))
 	}
-	return json.NewDecoder(resp.Body).Decode(out)
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("status API %s: %w", path, err)
+	}
+	return nil
 }

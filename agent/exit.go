@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -368,28 +367,9 @@ func etcdHandoff(o Options, n *Node) func(ctx context.Context) (string, error) {
 // ring; the terminate hook too when the group is terminating the instance),
 // waits for it and prints each step. A step that failed exits 1.
 func DrainNode(ctx context.Context, socket string, w io.Writer) error {
-	client := &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
-		},
-	}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://nodeagent/exit", nil)
-	if err != nil {
-		return err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return fmt.Errorf("status API at %s: %w (is nodeagent.service running?)", socket, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("status API /exit: %s: %s", resp.Status, strings.TrimSpace(string(msg)))
-	}
 	var e bootstrap.ExitStatus
-	if err := json.NewDecoder(resp.Body).Decode(&e); err != nil {
-		return fmt.Errorf("status API /exit: %w", err)
+	if err := callAPI(ctx, socket, http.MethodPost, "/exit", 0, &e); err != nil {
+		return err
 	}
 	fmt.Fprintf(w, "Exit: %s (started %s)\n", e.Reason, e.StartedAt.Format(time.RFC3339))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
