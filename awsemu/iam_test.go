@@ -67,7 +67,8 @@ func apiErrorCode(err error) string {
 // TestInstanceProfilePolicies: each instance signs with its own credentials
 // from IMDS, and the emulator holds them to their role's policy: a node reads
 // the CA certificate, the cluster config and assets, never the masters' keys; a
-// master reads them; EC2 actions outside a policy are UnauthorizedOperation.
+// master reads them; EC2 actions outside a policy (a node's DescribeInstances
+// too) are UnauthorizedOperation.
 func TestInstanceProfilePolicies(t *testing.T) {
 	r := iamWorld(t)
 	ctx := context.Background()
@@ -107,8 +108,12 @@ func TestInstanceProfilePolicies(t *testing.T) {
 	if _, err := ec2.NewFromConfig(master).DescribeVolumes(ctx, &ec2.DescribeVolumesInput{}); err != nil {
 		t.Errorf("master DescribeVolumes: %v", err)
 	}
-	if _, err := ec2.NewFromConfig(node).DescribeInstances(ctx, &ec2.DescribeInstancesInput{}); err != nil {
-		t.Errorf("node DescribeInstances (gossip seeds): %v", err)
+	// Workers find their gossip seeds in the state store, not through EC2.
+	if _, err := ec2.NewFromConfig(node).DescribeInstances(ctx, &ec2.DescribeInstancesInput{}); apiErrorCode(err) != "UnauthorizedOperation" {
+		t.Errorf("node DescribeInstances: %v, want UnauthorizedOperation", err)
+	}
+	if _, err := ec2.NewFromConfig(master).DescribeInstances(ctx, &ec2.DescribeInstancesInput{}); err != nil {
+		t.Errorf("master DescribeInstances (gossip seeds, the signer's lookups): %v", err)
 	}
 }
 
