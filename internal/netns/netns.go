@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -58,6 +59,7 @@ func New(t testing.TB, prefix, subnet string, n int) *Lab {
 		exec.Command("ip", "netns", "del", fmt.Sprintf("%s-n%d", prefix, i)).Run()
 	}
 	t.Cleanup(l.destroy)
+	l.raiseNeighbourLimits(n)
 	l.ip("netns", "add", l.Bridge)
 	l.ip("-n", l.Bridge, "link", "set", "lo", "up")
 	l.ip("-n", l.Bridge, "link", "add", "br0", "type", "bridge")
@@ -78,6 +80,45 @@ func New(t testing.TB, prefix, subnet string, n int) *Lab {
 		l.ip("-n", node.NS, "link", "set", "eth0", "up")
 	}
 	return l
+}
+
+// neighbourSysctl is where the initial namespace bounds the kernel's ARP table.
+const neighbourSysctl = "/proc/sys/net/ipv4/neigh/default/"
+
+// raiseNeighbourLimits makes room for a lab whose n nodes all talk to each
+// other. Linux keeps one ARP table for every namespace, bounded by the initial
+// namespace's gc_thresh3 (1024 by default): n nodes need about n² entries, and
+// past the bound the kernel drops new neighbours ("arp_cache: neighbor table
+// overflow") so that nodes cannot reach each other. The old limits come back
+// when the test ends, unless someone changed them meanwhile.
+func (l *Lab) raiseNeighbourLimits(n int) {
+	need := 2 * (n + 1) * (n + 1)
+	for i, name := range []string{"gc_thresh1", "gc_thresh2", "gc_thresh3"} {
+		path := neighbourSysctl + name
+		b, err := os.ReadFile(path)
+		if err != nil {
+			l.t.Logf("neighbour table limit %s: %v (left as it is)", name, err)
+			continue
+		}
+		old := strings.TrimSpace(string(b))
+		cur, err := strconv.Atoi(old)
+		want := need / 2 << i // thresh1 ≤ thresh2 ≤ thresh3
+		if err != nil || cur >= want {
+			continue
+		}
+		set := strconv.Itoa(want)
+		if err := os.WriteFile(path, []byte(set), 0o644); err != nil {
+			l.t.Logf("neighbour table limit %s: %v (left at %s)", name, err, old)
+			continue
+		}
+		l.t.Cleanup(func() {
+			if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) == set {
+				if err := os.WriteFile(path, []byte(old), 0o644); err != nil {
+					l.t.Logf("restore %s to %s: %v", path, old, err)
+				}
+			}
+		})
+	}
 }
 
 // Command runs name inside node i's namespace.
