@@ -45,7 +45,7 @@ func Gossip(o GossipOptions) Check {
 		}
 		peers, err := o.Peers(ctx)
 		if err != nil {
-			return judgeCall("ec2:DescribeInstances (gossip seeds)", err)
+			return judgeCall("finding gossip seeds (workers: the state store's seed list; masters: ec2:DescribeInstances)", err)
 		}
 		if len(peers) == 0 {
 			return ok("no other running instance of the cluster to gossip with yet")
