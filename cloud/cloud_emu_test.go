@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+
 	"github.com/nodeagent/nodeagent/awsemu"
 	"github.com/nodeagent/nodeagent/cloud"
 )
@@ -45,6 +47,22 @@ func loadConfig(t *testing.T, r *awsemu.Running, instanceID string) context.Cont
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// stateStoreAt is the control plane instance's AWS config in the emulator r,
+// and the test cluster's state store through it.
+func stateStoreAt(t *testing.T, r *awsemu.Running) (context.Context, aws.Config, *cloud.StateStore) {
+	t.Helper()
+	ctx := loadConfig(t, r, cpID)
+	cfg, err := cloud.LoadConfig(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := cloud.NewStateStore(cloud.NewS3(cfg), "s3://kops-state/proyecto.k8s.local")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ctx, cfg, store
 }
 
 func TestFetchIdentityAgainstEmulator(t *testing.T) {
@@ -107,15 +125,7 @@ func TestFetchUserDataAgainstEmulator(t *testing.T) {
 
 func TestStateStoreAgainstEmulator(t *testing.T) {
 	r := awsemu.Start(t, emuWorld(), awsemu.Options{})
-	ctx := loadConfig(t, r, cpID)
-	cfg, err := cloud.LoadConfig(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := cloud.NewStateStore(cloud.NewS3(cfg), "s3://kops-state/proyecto.k8s.local")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, cfg, store := stateStoreAt(t, r)
 	b, err := store.Get(ctx, cloud.ClusterConfigKey)
 	if err != nil || string(b) != "name: proyecto.k8s.local\n" {
 		t.Fatalf("Get cluster config = %q, %v", b, err)
@@ -177,15 +187,7 @@ func TestStateStoreListAgainstEmulator(t *testing.T) {
 	w.Buckets["kops-state"]["proyecto.k8s.local/addons/dns.yaml"] = "kind: ConfigMap\n"
 	w.Buckets["kops-state"]["other.k8s.local/addons/theirs.yaml"] = "kind: ConfigMap\n"
 	r := awsemu.Start(t, w, awsemu.Options{})
-	ctx := loadConfig(t, r, cpID)
-	cfg, err := cloud.LoadConfig(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := cloud.NewStateStore(cloud.NewS3(cfg), "s3://kops-state/proyecto.k8s.local")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, _, store := stateStoreAt(t, r)
 	keys, err := store.List(ctx, cloud.AddonsDir)
 	if err != nil {
 		t.Fatal(err)

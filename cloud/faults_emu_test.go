@@ -157,15 +157,7 @@ func TestFaultsOnEveryAWSCall(t *testing.T) {
 				}
 				t.Run(call.service+"/"+call.action+"/"+f.name+"/"+mode, func(t *testing.T) {
 					r := awsemu.Start(t, faultWorld(), awsemu.Options{})
-					ctx := loadConfig(t, r, cpID)
-					cfg, err := cloud.LoadConfig(ctx)
-					if err != nil {
-						t.Fatal(err)
-					}
-					store, err := cloud.NewStateStore(cloud.NewS3(cfg), "s3://kops-state/proyecto.k8s.local")
-					if err != nil {
-						t.Fatal(err)
-					}
+					ctx, cfg, store := stateStoreAt(t, r)
 					if !transient {
 						// The caller's deadline: a throttled SDK backs off for
 						// up to 20 s an attempt.
@@ -180,7 +172,7 @@ func TestFaultsOnEveryAWSCall(t *testing.T) {
 					}
 					r.E.SetFaults(call.service, faults)
 					start := time.Now()
-					err = call.do(ctx, clients{cfg: cfg, store: store})
+					err := call.do(ctx, clients{cfg: cfg, store: store})
 					took := time.Since(start)
 					outcome := "completed"
 					switch {
