@@ -114,14 +114,3 @@ func TestSpotNoticeStartsTheExit(t *testing.T) {
 		t.Errorf("exit %+v", e)
 	}
 }
-
-func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}

@@ -140,9 +140,6 @@ func faultKinds(service string) []faultKind {
 // longer). Faults are injected before the emulator acts, so a refused request
 // never did anything.
 func TestFaultsOnEveryAWSCall(t *testing.T) {
-	if testing.Short() {
-		t.Skip("about 5 minutes: 5 s latencies, callers' deadlines, IMDS's 8 attempts")
-	}
 	var table strings.Builder
 	fmt.Fprintf(&table, "%-12s %-30s %-26s %-9s %s\n", "service", "call", "fault", "took", "outcome")
 	for _, call := range agentCalls() {

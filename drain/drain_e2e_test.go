@@ -16,6 +16,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/nodeagent/nodeagent/drain"
@@ -186,17 +187,18 @@ func runPod(t *testing.T, cs kubernetes.Interface, name, node string, edit func(
 // kubelet ends the pods of node that are asked to stop, as kubelet confirms a
 // graceful deletion once the containers exited.
 func kubelet(ctx context.Context, cs kubernetes.Interface, node string) {
-	for ctx.Err() == nil {
+	wait.UntilWithContext(ctx, func(ctx context.Context) {
 		pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + node})
-		if err == nil {
-			for _, p := range pods.Items {
-				if p.DeletionTimestamp != nil {
-					_ = cs.CoreV1().Pods(ns).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0)), Preconditions: &metav1.Preconditions{UID: &p.UID}})
-				}
+		if err != nil {
+			return // the next tick lists again
+		}
+		for _, p := range pods.Items {
+			if p.DeletionTimestamp != nil {
+				// A pod already gone (or replaced) needs no confirmation.
+				_ = cs.CoreV1().Pods(ns).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0)), Preconditions: &metav1.Preconditions{UID: &p.UID}})
 			}
 		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	}, 200*time.Millisecond)
 }
 
 func podsOn(t *testing.T, cs kubernetes.Interface, node string) []string {
@@ -215,12 +217,9 @@ func podsOn(t *testing.T, cs kubernetes.Interface, node string) []string {
 
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(200 * time.Millisecond)
+	if err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, timeout, true,
+		func(context.Context) (bool, error) { return cond(), nil }); err != nil {
+		t.Fatalf("timed out after %s waiting for %s", timeout, what)
 	}
 }
 
