@@ -1,6 +1,7 @@
 package pki
 
 import (
+	"crypto"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -127,35 +128,45 @@ func issue(a *authority, want certSpec, now time.Time, validity time.Duration) (
 	if err != nil {
 		return nil, nil, err
 	}
-	serial, err := randomSerial()
+	certPEM, err = a.sign(&key.PublicKey, want, now, validity)
 	if err != nil {
 		return nil, nil, err
+	}
+	keyPEM, err = encodeKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return certPEM, keyPEM, nil
+}
+
+// sign makes the CA's certificate for pub (PEM). The certificate never
+// outlives the CA, and is backdated a little so that a node whose clock lags
+// the CA's still accepts it.
+func (a *authority) sign(pub crypto.PublicKey, want certSpec, now time.Time, validity time.Duration) ([]byte, error) {
+	serial, err := randomSerial()
+	if err != nil {
+		return nil, err
 	}
 	notAfter := now.Add(validity)
 	if notAfter.After(a.cert.NotAfter) {
 		notAfter = a.cert.NotAfter
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: want.CN, Organization: want.Orgs},
-		DNSNames:     want.DNS,
-		IPAddresses:  want.IPs,
-		// Backdated a little so a node whose clock lags the CA's still accepts it.
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: want.CN, Organization: want.Orgs},
+		DNSNames:              want.DNS,
+		IPAddresses:           want.IPs,
 		NotBefore:             now.Add(-5 * time.Minute),
 		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           want.Usages,
 		BasicConstraintsValid: true,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.cert, &key.PublicKey, a.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.cert, pub, a.key)
 	if err != nil {
-		return nil, nil, fmt.Errorf("sign %q: %w", want.CN, err)
+		return nil, fmt.Errorf("sign %q: %w", want.CN, err)
 	}
-	keyPEM, err = encodeKey(key)
-	if err != nil {
-		return nil, nil, err
-	}
-	return encodeCert(der), keyPEM, nil
+	return encodeCert(der), nil
 }
 
 // serviceIP is the first host address of the service CIDR: the address of the

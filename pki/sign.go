@@ -2,10 +2,8 @@ package pki
 
 import (
 	"crypto"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -38,31 +36,7 @@ func SignClientCert(caCertPEM, caKeyPEM []byte, pub crypto.PublicKey, spec Clien
 	if validity <= 0 {
 		return nil, fmt.Errorf("validity %s is not positive", validity)
 	}
-	serial, err := randomSerial()
-	if err != nil {
-		return nil, err
-	}
-	notAfter := now.Add(validity)
-	if notAfter.After(a.cert.NotAfter) {
-		notAfter = a.cert.NotAfter
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: spec.CN, Organization: spec.Orgs},
-		DNSNames:     spec.DNS,
-		IPAddresses:  spec.IPs,
-		// Backdated a little so a node whose clock lags the master's accepts it.
-		NotBefore:             now.Add(-5 * time.Minute),
-		NotAfter:              notAfter,
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           clientUsage,
-		BasicConstraintsValid: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.cert, pub, a.key)
-	if err != nil {
-		return nil, fmt.Errorf("sign %q: %w", spec.CN, err)
-	}
-	return encodeCert(der), nil
+	return a.sign(pub, certSpec{CN: spec.CN, Orgs: spec.Orgs, DNS: spec.DNS, IPs: spec.IPs, Usages: clientUsage}, now, validity)
 }
 
 // ServingCert issues a fresh key and serving certificate for names from the CA.
