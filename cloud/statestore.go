@@ -28,6 +28,9 @@ const (
 	// GossipSeedsKey is the masters' gossip seed list (gossip.SeedList): masters
 	// write it, workers read it instead of asking EC2 for seeds.
 	GossipSeedsKey = "nodeagent/gossip-seeds.json"
+	// GossipKeyringKey is the ring's keyring document (gossip.KeyringDoc): when
+	// present it replaces GossipKeyKey; masters advance key rotations in it.
+	GossipKeyringKey = "nodeagent/gossip-keyring.json"
 	// CACertKey is readable by every node; everything under pki/private/ by
 	// masters only (DESIGN.md, "Node identity and the state store").
 	CACertKey = "pki/ca.crt"

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"strconv"
 	"time"
 
@@ -132,7 +133,11 @@ func newAgent(c Config) (*Agent, error) {
 	if c.BindIP == nil || c.BindIP.IsUnspecified() {
 		return nil, errors.New("gossip: no bind IP (use NodeIP to find it)")
 	}
-	if err := ValidateKey(c.SecretKey); err != nil {
+	if c.Keyring != nil {
+		if err := c.Keyring.Validate(); err != nil {
+			return nil, fmt.Errorf("gossip: %w", err)
+		}
+	} else if err := ValidateKey(c.SecretKey); err != nil {
 		return nil, fmt.Errorf("gossip: %w", err)
 	}
 	if c.Port == 0 {
@@ -164,6 +169,13 @@ func newAgent(c Config) (*Agent, error) {
 		hostsChanged: make(chan struct{}, 1),
 		stop:         make(chan struct{}),
 	}
+	if c.Keyring != nil {
+		for _, k := range c.Keyring.Keys {
+			a.keyGens = append(a.keyGens, k.Generation)
+		}
+		slices.Sort(a.keyGens)
+		a.keyGen = c.Keyring.Generation
+	}
 	if err := a.encodeLocked(); err != nil {
 		return nil, fmt.Errorf("gossip: %w", err)
 	}
@@ -175,6 +187,7 @@ type viewMember struct {
 	Member
 	port     int
 	leaving  bool
+	keyGens  []uint64  // the key generations the member accepts
 	at       time.Time // of the last state change
 	lastSeen time.Time // of the last answered probe by this agent
 	rtt      time.Duration
@@ -195,7 +208,14 @@ func (a *Agent) start(ctx context.Context) error {
 	}
 	a.tr = tr
 
-	keyring, err := memberlist.NewKeyring(nil, c.SecretKey)
+	keys, primary := [][]byte(nil), c.SecretKey
+	if c.Keyring != nil {
+		primary = c.Keyring.Primary().Key
+		for _, k := range c.Keyring.Keys {
+			keys = append(keys, k.Key)
+		}
+	}
+	keyring, err := memberlist.NewKeyring(keys, primary)
 	if err != nil {
 		a.tr.Shutdown()
 		return fmt.Errorf("gossip: keyring: %w", err)
@@ -209,6 +229,7 @@ func (a *Agent) start(ctx context.Context) error {
 	mc.AdvertisePort = c.Port
 	mc.Transport = a.tr
 	mc.Keyring = keyring
+	a.keyring = keyring
 	// The label is authenticated with every packet: two clusters that share a VPC
 	// (and, by a copied key file, a key) still never merge.
 	mc.Label = "nodeagent/" + c.ClusterName
@@ -247,6 +268,10 @@ func (a *Agent) start(ctx context.Context) error {
 		go a.hostsLoop()
 		a.signalHosts()
 	}
+	if f := c.FollowKeyring; f != nil {
+		a.wg.Add(1)
+		go a.keyringLoop(context.WithoutCancel(ctx), *f)
+	}
 	a.wg.Add(2)
 	go a.metaLoop()
 	// The agent outlives the caller's context (often a start-up deadline); it
@@ -268,7 +293,8 @@ func (a *Agent) start(ctx context.Context) error {
 
 // encodeLocked refreshes a.meta from ready/role/names/pod CIDR; a.mu must be held.
 func (a *Agent) encodeLocked() error {
-	b, err := encodeMeta(metadata{Ready: a.ready, Leaving: a.leaving, Role: a.role, Names: a.names, PodCIDR: a.podCIDR}, a.cfg.ClusterName)
+	b, err := encodeMeta(metadata{Ready: a.ready, Leaving: a.leaving, Role: a.role, Names: a.names, PodCIDR: a.podCIDR,
+		KeyGen: a.keyGen, KeyGens: a.keyGens}, a.cfg.ClusterName)
 	if err != nil {
 		return err
 	}
@@ -613,6 +639,7 @@ func (a *Agent) observe(n *memberlist.Node, state string) viewMember {
 		a.log.Warn("ignoring gossip member's names", "node", n.Name, "err", err)
 	} else {
 		v.Role, v.Ready, v.Names, v.leaving, v.PodCIDR = md.Role, md.Ready, md.Names, md.Leaving, md.PodCIDR
+		v.KeyGeneration, v.keyGens = md.KeyGen, md.KeyGens
 	}
 	if state == StateDead && v.leaving {
 		v.State = StateLeft

@@ -37,6 +37,14 @@ type Config struct {
 	// (AES-128/192/256). Any other length is an error: an unencrypted ring would let
 	// anyone on the VPC publish api.internal names.
 	SecretKey []byte
+	// Keyring, when set, replaces SecretKey: every key of the state store's
+	// keyring document is installed at start, its primary used to send
+	// (keyring.go). A node that was down during a rotation starts this way
+	// with the new key.
+	Keyring *KeyringDoc
+	// FollowKeyring, when set, keeps the live keyring equal to the state
+	// store's document (and, on the driver, advances rotations).
+	FollowKeyring *KeyringFollow
 	// Seeds lists peers to join; nil means none (a single-node ring).
 	Seeds SeedSource
 	// SeedRefresh defaults to DefaultSeedRefresh.
@@ -76,6 +84,9 @@ type Member struct {
 	// memberlist keeps incarnation numbers to itself, so they are not shown.
 	LastSeen time.Time     `json:"lastSeen,omitzero"`
 	RTT      time.Duration `json:"rtt,omitempty"`
+	// KeyGeneration is the key generation the member sends with, as its
+	// metadata says; 0 when it follows no keyring document.
+	KeyGeneration uint64 `json:"keyGeneration,omitempty"`
 }
 
 // Status is the agent's health for `nodeagent status`.
@@ -100,12 +111,14 @@ type Status struct {
 
 // Agent is a running ring member.
 type Agent struct {
-	cfg  Config
-	log  *slog.Logger
-	ml   *memberlist.Memberlist
-	tr   *transport
-	lw   *logWriter
-	tune Tuning
+	cfg Config
+	log *slog.Logger
+	ml  *memberlist.Memberlist
+	tr  *transport
+	// keyring is memberlist's live keyring, which keyring.go follows.
+	keyring *memberlist.Keyring
+	lw      *logWriter
+	tune    Tuning
 
 	mu      sync.Mutex
 	ready   bool
@@ -114,6 +127,12 @@ type Agent struct {
 	names   []string
 	podCIDR netip.Prefix
 	meta    []byte // encoded ready/role/names/pod CIDR, handed to memberlist by NodeMeta
+	// keyGen and keyGens are the key generations this node sends with and
+	// accepts (keyring.go), published in its metadata; keyringError the last
+	// failure to follow the keyring document.
+	keyGen       uint64
+	keyGens      []uint64
+	keyringError string
 
 	// view is the ring as memberlist's events reported it. memberlist's own
 	// Members() hands out pointers to nodes it keeps mutating (a data race), and
@@ -227,6 +246,9 @@ func (a *Agent) Members() []Member {
 		m.Since, m.LastSeen, m.RTT = v.at, v.lastSeen, v.rtt
 		m.IP = append(net.IP(nil), v.IP...)
 		m.Names = append([]string(nil), v.Names...)
+		if v.Name == a.cfg.NodeName {
+			m.KeyGeneration = a.keyGen
+		}
 		out = append(out, m)
 	}
 	a.mu.Unlock()

@@ -50,6 +50,7 @@ const (
 // original layout, which every version reads.
 const (
 	fieldPodCIDR = 1 // netip.Prefix binary form: 4 or 16 address bytes, then the bit count
+	fieldKeys    = 2 // uvarint primary key generation, then uvarints of every accepted one (keyring.go)
 )
 
 // metadata is what one node publishes.
@@ -60,6 +61,10 @@ type metadata struct {
 	Names   []string
 	// PodCIDR is the node's spec.podCIDR; the zero Prefix when it has none yet.
 	PodCIDR netip.Prefix
+	// KeyGen is the key generation the node sends with and KeyGens every one
+	// it accepts; zero and nil when it follows no keyring document.
+	KeyGen  uint64
+	KeyGens []uint64
 }
 
 // ErrMetaTooLarge is returned when the names do not fit in node metadata.
@@ -101,6 +106,12 @@ func encodeMeta(m metadata, cluster string) ([]byte, error) {
 			return nil, fmt.Errorf("pod CIDR %s: %w", m.PodCIDR, err)
 		}
 		b = binary.AppendUvarint(b, fieldPodCIDR)
+		b = binary.AppendUvarint(b, uint64(len(v)))
+		b = append(b, v...)
+	}
+	if m.KeyGen != 0 {
+		v := encodeKeys(m.KeyGen, m.KeyGens)
+		b = binary.AppendUvarint(b, fieldKeys)
 		b = binary.AppendUvarint(b, uint64(len(v)))
 		b = append(b, v...)
 	}
@@ -170,6 +181,10 @@ func decodeMeta(b []byte, cluster string) (metadata, error) {
 				return m, fmt.Errorf("gossip metadata: pod CIDR %x is not a network prefix", v)
 			}
 			m.PodCIDR = p
+		case fieldKeys:
+			if m.KeyGen, m.KeyGens, err = decodeKeys(v); err != nil {
+				return m, err
+			}
 		default:
 			// A field of a newer agent: skipped, the rest still counts.
 		}
