@@ -37,6 +37,9 @@ type ClusterMember struct {
 	Since     time.Time `json:"since,omitzero"`
 	LastSeen  time.Time `json:"lastSeen,omitzero"`
 	RTTMillis float64   `json:"rttMillis,omitempty"`
+	// KeyGeneration is the gossip key generation the member sends with (0:
+	// the single key, no keyring document).
+	KeyGeneration uint64 `json:"keyGeneration,omitempty"`
 }
 
 // statusAPI serves /healthz, /readyz, /status, /cluster and /metrics over a root-only

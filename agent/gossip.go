@@ -49,9 +49,14 @@ func startGossip(ctx context.Context, o Options, n *Node, names []string) (*goss
 	if n.AWS == nil {
 		return nil, errors.New("gossip: seeds come from EC2, but AWS is not configured")
 	}
-	key, err := gossipKey(ctx, o, n)
+	keyring, key, err := gossipKeys(ctx, o, n)
 	if err != nil {
 		return nil, err
+	}
+	var follow *gossip.KeyringFollow
+	if n.Store != nil {
+		// Every node follows the keyring document; masters drive rotations.
+		follow = &gossip.KeyringFollow{Store: n.Store, Key: cloud.GossipKeyringKey, DriverRole: string(config.RoleControlPlane)}
 	}
 	ip := net.ParseIP(n.Identity.PrivateIP)
 	if ip == nil {
@@ -59,6 +64,7 @@ func startGossip(ctx context.Context, o Options, n *Node, names []string) (*goss
 	}
 	g, err := gossip.Start(ctx, gossip.Config{
 		ClusterName: spec.Cluster.Name, NodeName: n.Name, BindIP: ip, Port: spec.Gossip.Port, SecretKey: key,
+		Keyring: keyring, FollowKeyring: follow,
 		Seeds:     gossipSeeds(n, cloud.NewEC2(*n.AWS), n.Store),
 		Role:      string(spec.Role),
 		Names:     names,
@@ -69,6 +75,11 @@ func startGossip(ctx context.Context, o Options, n *Node, names []string) (*goss
 		return nil, fmt.Errorf("gossip: %w", err)
 	}
 	r := &gossipRunner{agent: g, stopped: make(chan struct{})}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		r.recordKeyring(o)
+	}()
 	if n.IsControlPlane() && n.Store != nil {
 		r.wg.Add(1)
 		go func() {
@@ -145,8 +156,64 @@ func (g *gossipRunner) publishSeeds(ctx context.Context, store *cloud.StateStore
 	}
 }
 
-// gossipKey reads the ring's key from the configured file, else the state store.
+// gossipKeys is the ring's keys at start: the state store's keyring document
+// when there is one (every key in it; after a rotation the single key object
+// is stale), else the single key. A malformed or unreadable document is
+// logged and the single key used; the keyring loop keeps reading the document.
+func gossipKeys(ctx context.Context, o Options, n *Node) (*gossip.KeyringDoc, []byte, error) {
+	if n.Store != nil {
+		d, err := gossip.LoadKeyring(ctx, n.Store, cloud.GossipKeyringKey)
+		if err == nil {
+			return &d, nil, nil
+		}
+		if !errors.Is(err, gossip.ErrNoKeyring) {
+			o.log().Warn("gossip keyring document not used; starting with the single key", "err", err)
+		}
+	}
+	key, err := gossipSingleKey(ctx, o, n)
+	return nil, key, err
+}
+
+// gossipKey is the key the ring sends with: the keyring document's primary,
+// else the single key.
 func gossipKey(ctx context.Context, o Options, n *Node) ([]byte, error) {
+	d, key, err := gossipKeys(ctx, o, n)
+	if d != nil {
+		return d.Primary().Key, nil
+	}
+	return key, err
+}
+
+// keyringRecordEvery is how often the daemon copies its keyring status into
+// state.json, where `nodeagent status` reads it.
+const keyringRecordEvery = 5 * time.Second
+
+// recordKeyring keeps state.json's gossip keyring equal to the agent's.
+func (g *gossipRunner) recordKeyring(o Options) {
+	var last *bootstrap.GossipStatus
+	for {
+		ks := g.agent.Keyring()
+		cur := &bootstrap.GossipStatus{KeyGeneration: ks.Generation, KeyGenerations: ks.Generations, KeyringError: ks.Error}
+		if last == nil || last.KeyGeneration != cur.KeyGeneration || !slices.Equal(last.KeyGenerations, cur.KeyGenerations) || last.KeyringError != cur.KeyringError {
+			if _, err := o.store().Update(func(st *bootstrap.State) { st.Gossip = cur }); err != nil {
+				o.log().Warn("record the gossip keyring in the state file", "err", err)
+			} else {
+				last = cur
+			}
+		}
+		t := time.NewTimer(keyringRecordEvery)
+		select {
+		case <-g.stopped:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// gossipSingleKey reads the ring's single key from the configured file, else
+// the state store.
+func gossipSingleKey(ctx context.Context, o Options, n *Node) ([]byte, error) {
 	if f := n.Config.Spec.Gossip.SecretKeyFile; f != "" {
 		b, err := os.ReadFile(o.Root.Path(f))
 		if err != nil {
@@ -211,7 +278,7 @@ func (g *gossipRunner) members() []ClusterMember {
 	var out []ClusterMember
 	for _, m := range g.agent.Members() {
 		cm := ClusterMember{Name: m.Name, IP: m.IP.String(), Role: m.Role, State: m.State, Ready: m.Ready,
-			Since: m.Since, LastSeen: m.LastSeen, RTTMillis: float64(m.RTT.Microseconds()) / 1000}
+			Since: m.Since, LastSeen: m.LastSeen, RTTMillis: float64(m.RTT.Microseconds()) / 1000, KeyGeneration: m.KeyGeneration}
 		cm.Names = append(cm.Names, m.Names...)
 		if m.PodCIDR.IsValid() {
 			cm.PodCIDR = m.PodCIDR.String()

@@ -105,6 +105,9 @@ func WriteStatusTable(w io.Writer, st *bootstrap.State) error {
 		}
 		fmt.Fprintf(w, "Exit:      %s (%s; nodeagent drain shows the steps)\n", e.Reason, state)
 	}
+	if gs := st.Gossip; gs != nil {
+		fmt.Fprintf(w, "Gossip:    %s\n", gossipKeyLine(gs))
+	}
 
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "\nPHASE\tSTATE\tSTARTED\tDURATION\tCHANGED\tERROR")
@@ -186,4 +189,19 @@ func short(h string) string {
 		return h[:12]
 	}
 	return h
+}
+
+// gossipKeyLine says which gossip key generation the node sends with.
+func gossipKeyLine(gs *bootstrap.GossipStatus) string {
+	line := "single key (no keyring document)"
+	if gs.KeyGeneration != 0 {
+		line = fmt.Sprintf("key generation %d", gs.KeyGeneration)
+		if len(gs.KeyGenerations) > 1 {
+			line += fmt.Sprintf(" (accepts %v: a rotation is under way)", gs.KeyGenerations)
+		}
+	}
+	if gs.KeyringError != "" {
+		line += "; keyring document not applied: " + gs.KeyringError
+	}
+	return line
 }

@@ -63,6 +63,19 @@ type State struct {
 	// Warm is the node's stay in its Auto Scaling group's warm pool, if it was
 	// launched into one.
 	Warm *WarmStatus `json:"warm,omitempty"`
+	// Gossip is the daemon's gossip keyring: the key generation it sends
+	// with, every one it accepts, and the last failure to follow the state
+	// store's keyring document.
+	Gossip *GossipStatus `json:"gossip,omitempty"`
+}
+
+// GossipStatus is the gossip keyring as the daemon last applied it
+// (gossip.KeyringStatus): generation 0 means the cluster's single key object,
+// with no keyring document.
+type GossipStatus struct {
+	KeyGeneration  uint64   `json:"keyGeneration"`
+	KeyGenerations []uint64 `json:"keyGenerations,omitempty"`
+	KeyringError   string   `json:"keyringError,omitempty"`
 }
 
 // WarmStatus records a launch into a warm pool: what was prepared (the

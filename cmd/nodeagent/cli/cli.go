@@ -104,6 +104,7 @@ flag, missing argument) exits 2 on every command.`,
 		supportCmd(g, stdout, stderr),
 		etcdCmd(g, stdout),
 		drainCmd(g, stdout, stderr),
+		gossipCmd(g, stdout),
 	)
 	root.InitDefaultCompletionCmd()
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {

@@ -130,6 +130,7 @@ func fullState(t *testing.T, dir string) {
 		st.Readiness = bootstrap.ReadinessStatus{Ready: false, Reason: "waiting", CheckedAt: at, Lifecycle: "CONTINUE"}
 		st.Boot = &bootstrap.BootRecord{StartedAt: at, FinishedAt: at, Result: "waiting",
 			Phases: []bootstrap.PhaseTiming{{Name: "etcd-health", State: bootstrap.PhaseWaiting, Started: at, Duration: bootstrap.Duration(time.Second)}}}
+		st.Gossip = &bootstrap.GossipStatus{KeyGeneration: 2, KeyGenerations: []uint64{1, 2}, KeyringError: "x"}
 		st.Facts = bootstrap.Facts{EtcdMembers: []bootstrap.EtcdMemberFact{{Cluster: "main", Member: "a", Members: []string{"a"}, VolumeID: "vol-1", MountPoint: "/mnt/master-vol-1"}}}
 	})
 	if err != nil {
