@@ -56,7 +56,8 @@ func startGossip(ctx context.Context, o Options, n *Node, names []string) (*goss
 	var follow *gossip.KeyringFollow
 	if n.Store != nil {
 		// Every node follows the keyring document; masters drive rotations.
-		follow = &gossip.KeyringFollow{Store: n.Store, Key: cloud.GossipKeyringKey, DriverRole: string(config.RoleControlPlane)}
+		follow = &gossip.KeyringFollow{Store: n.Store, Key: cloud.GossipKeyringKey, Every: keyringFollowEvery,
+			DriverRole: string(config.RoleControlPlane)}
 	}
 	ip := net.ParseIP(n.Identity.PrivateIP)
 	if ip == nil {
@@ -184,9 +185,13 @@ func gossipKey(ctx context.Context, o Options, n *Node) ([]byte, error) {
 	return key, err
 }
 
+// keyringFollowEvery is how often a node reads the keyring document (a
+// variable for the namespace test, which runs a rotation in seconds).
+var keyringFollowEvery = gossip.DefaultKeyringEvery
+
 // keyringRecordEvery is how often the daemon copies its keyring status into
 // state.json, where `nodeagent status` reads it.
-const keyringRecordEvery = 5 * time.Second
+var keyringRecordEvery = 5 * time.Second
 
 // recordKeyring keeps state.json's gossip keyring equal to the agent's.
 func (g *gossipRunner) recordKeyring(o Options) {

@@ -92,4 +92,3 @@ func GossipRotateKey(ctx context.Context, o Options, w io.Writer, keyFile string
 		}
 	}
 }
-
