@@ -42,7 +42,9 @@ var (
 )
 
 func TestKeyringDocumentRules(t *testing.T) {
-	doc := func(gen uint64, keys ...KeyringKey) string { return string(KeyringDoc{Generation: gen, Keys: keys}.Encode()) }
+	doc := func(gen uint64, keys ...KeyringKey) string {
+		return string(KeyringDoc{Generation: gen, Keys: keys}.Encode())
+	}
 	for _, tc := range []struct {
 		name, doc, err string
 	}{
