@@ -316,7 +316,8 @@ func (a *Agent) applyKeyring(d KeyringDoc) error {
 	if err := kr.UseKey(p.Key); err != nil {
 		return fmt.Errorf("use gossip key generation %d: %w", p.Generation, err)
 	}
-	for _, installed := range kr.GetKeys() {
+	// A copy: memberlist's RemoveKey shifts the slice GetKeys returned in place.
+	for _, installed := range slices.Clone(kr.GetKeys()) {
 		if !slices.ContainsFunc(d.Keys, func(k KeyringKey) bool { return bytes.Equal(k.Key, installed) }) {
 			if err := kr.RemoveKey(installed); err != nil {
 				return fmt.Errorf("remove a retired gossip key: %w", err)
