@@ -292,15 +292,20 @@ spec:
 		baseline[i] = r.Events["dead"] + r.Events["left"]
 	}
 
-	// The rotation, requested as `nodeagent gossip rotate-key` does, on master 0.
-	rot := command(0, "rotate")
-	timer := time.AfterFunc(time.Minute, func() { rot.Process.Kill() })
-	outb, err := rot.CombinedOutput()
-	timer.Stop()
-	if err != nil {
-		t.Fatalf("rotate-key: %v\n%s", err, outb)
+	// The rotation, as `nodeagent gossip rotate-key --wait 1m` on master 0:
+	// it requests, then follows the document until the rotation is done.
+	rot := command(0, "rotate", "CHILD_WAIT=1m")
+	var rotOut bytes.Buffer
+	rot.Stdout = &rotOut
+	if err := rot.Start(); err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("rotate-key on master 0: %s", bytes.TrimSpace(outb))
+	rotDone := make(chan error, 1)
+	go func() { rotDone <- rot.Wait() }()
+	t.Cleanup(func() {
+		rot.Process.Kill()
+		<-rotDone
+	})
 	doc := func() (gossip.KeyringDoc, error) {
 		b, ok := env.Emu.Object("kops-state", rotCluster+"/"+cloud.GossipKeyringKey)
 		if !ok {
@@ -308,10 +313,11 @@ spec:
 		}
 		return gossip.DecodeKeyring(b)
 	}
-	d, err := doc()
-	if err != nil {
-		t.Fatal(err)
-	}
+	var d gossip.KeyringDoc
+	pollUntil(t, 30*time.Second, "the rotation requested", func() (err error) {
+		d, err = doc()
+		return err
+	})
 	if d.Step() != "install" || d.Generation != 1 || !bytes.Equal(d.Primary().Key, oldKey) {
 		t.Fatalf("the request wrote %s; want the old key as generation 1 beside an installed generation 2", d.Encode())
 	}
@@ -359,6 +365,16 @@ spec:
 	t.Logf("rotation to generation 2 through steps %v on four nodes in %v while workers 2 and 3 changed their names %d times", steps, time.Since(rotStart).Round(time.Millisecond), svc)
 	if !slices.Equal(steps, []string{"install", "use", ""}) {
 		t.Errorf("steps %v, want install, use, done", steps)
+	}
+	select {
+	case err := <-rotDone:
+		rotDone <- err // for the clean-up
+		if err != nil || !strings.Contains(rotOut.String(), "the old key is removed: done") {
+			t.Errorf("rotate-key --wait: %v\n%s", err, rotOut.String())
+		}
+		t.Logf("rotate-key --wait on master 0:\n%s", rotOut.String())
+	case <-time.After(15 * time.Second):
+		t.Errorf("rotate-key --wait did not return after the rotation finished:\n%s", rotOut.String())
 	}
 	final := []string{fmt.Sprintf("svc-2-%d.internal.%s", svc, rotCluster), fmt.Sprintf("svc-3-%d.internal.%s", svc, rotCluster)}
 	pollUntil(t, 15*time.Second, "the workers' last names everywhere", func() error { return hasAll(ring[:4], append(stable, final...)) })
@@ -492,7 +508,11 @@ func runKeyringChild(mode string) error {
 	defer stop()
 	switch mode {
 	case "rotate":
-		return GossipRotateKey(ctx, o, os.Stdout, "", 0)
+		wait, err := time.ParseDuration(os.Getenv("CHILD_WAIT"))
+		if err != nil {
+			return err
+		}
+		return GossipRotateKey(ctx, o, os.Stdout, "", wait)
 	case "oldkey":
 		return runOldKeyChild(ctx, root, log)
 	}
