@@ -250,4 +250,3 @@ func TestCompletionScripts(t *testing.T) {
 		})
 	}
 }
-
