@@ -192,21 +192,23 @@ func (e *elector) try(ctx context.Context) bool {
 	return true
 }
 
-// hold makes l's spec say this candidate holds it from now: a new holder
-// counts a transition and a new acquire time; the holder itself only renews.
+// hold makes l's spec say this candidate holds it from now: a change of
+// holder (a lease taken over, or taken after a release) counts a transition
+// and a new acquire time; the holder itself only renews. A new lease starts at
+// zero transitions.
 func (e *elector) hold(l *coordinationv1.Lease, now time.Time) {
 	t := metav1.NewMicroTime(now)
 	secs := int32(e.c.LeaseDuration / time.Second)
-	if holderOf(l) != e.c.Identity {
-		if l.Spec.HolderIdentity != nil {
-			n := int32(1)
-			if l.Spec.LeaseTransitions != nil {
-				n = *l.Spec.LeaseTransitions + 1
-			}
-			l.Spec.LeaseTransitions = &n
-		} else if l.Spec.LeaseTransitions == nil {
-			l.Spec.LeaseTransitions = new(int32)
+	switch {
+	case l.ResourceVersion == "":
+		l.Spec.LeaseTransitions = new(int32)
+		l.Spec.AcquireTime = &t
+	case holderOf(l) != e.c.Identity:
+		n := int32(1)
+		if l.Spec.LeaseTransitions != nil {
+			n = *l.Spec.LeaseTransitions + 1
 		}
+		l.Spec.LeaseTransitions = &n
 		l.Spec.AcquireTime = &t
 	}
 	id := e.c.Identity

@@ -4,6 +4,7 @@ package election_test
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -111,7 +112,7 @@ func TestElectionE2E(t *testing.T) {
 		t.Fatal(err)
 	}
 	if *lease.Spec.HolderIdentity != "master-b" || lease.Spec.LeaseTransitions == nil || *lease.Spec.LeaseTransitions < 1 {
-		t.Errorf("lease after the handover: holder %v, transitions %v", *lease.Spec.HolderIdentity, lease.Spec.LeaseTransitions)
+		t.Errorf("lease after the handover: holder %v, transitions %v (want master-b, 1)", *lease.Spec.HolderIdentity, ptrString(lease.Spec.LeaseTransitions))
 	}
 
 	// A crashed leader: master-b's lease is frozen as a dead process leaves it
@@ -137,4 +138,11 @@ func TestElectionE2E(t *testing.T) {
 	} else {
 		t.Logf("takeover from a dead leader: %s (lease duration %s)", waited, leaseDuration)
 	}
+}
+
+func ptrString(p *int32) string {
+	if p == nil {
+		return "nil"
+	}
+	return fmt.Sprint(*p)
 }
