@@ -1,6 +1,6 @@
 //go:build e2e
 
-package election_test
+package addons_test
 
 import (
 	"context"
@@ -11,12 +11,13 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
 
 	"github.com/nodeagent/nodeagent/election"
-	"github.com/nodeagent/nodeagent/internal/kubetest"
 )
 
-// Timings of the test, scaled down from the add-on applier's 15/10/2 s.
+// The add-on applier's election (election/), against the API server of
+// TestApplierE2E: timings of the test scaled down from the add-on applier's 15/10/2 s.
 const (
 	leaseDuration = 3 * time.Second
 	renewDeadline = 2 * time.Second
@@ -83,8 +84,7 @@ func eventually(t *testing.T, within time.Duration, what string, cond func() boo
 // takes it at once (well before the lease would expire); a leader that dies
 // without releasing (its process gone: it neither renews nor releases) is
 // replaced once its lease has not been renewed for the lease duration.
-func TestElectionE2E(t *testing.T) {
-	cfg := kubetest.StartAPIServer(t).Config
+func testElection(t *testing.T, cfg *rest.Config) {
 	leases := election.LeasesOf(dynamic.NewForConfigOrDie(cfg), "default")
 
 	a := campaign(t, leases, "master-a")
