@@ -52,7 +52,7 @@ type RecordEntry struct {
 // Applier applies add-ons through the API server.
 type Applier struct {
 	Client dynamic.Interface
-	Mapper meta.RESTMapper
+	Mapper Mapper
 	// Node names the applying node in the record.
 	Node string
 	Log  *slog.Logger
@@ -143,7 +143,7 @@ func (a *Applier) applyObject(ctx context.Context, obj *unstructured.Unstructure
 	what := fmt.Sprintf("%s %s", gvk.Kind, objName(obj))
 	mapping, err := a.Mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
 	if err != nil {
-		if r, ok := a.Mapper.(meta.ResettableRESTMapper); ok && meta.IsNoMatchError(err) {
+		if r, ok := a.Mapper.(resetter); ok && meta.IsNoMatchError(err) {
 			// A definition applied a moment ago (a CRD) is not in the cached discovery yet.
 			r.Reset()
 			mapping, err = a.Mapper.RESTMapping(gvk.GroupKind(), gvk.Version)

@@ -46,6 +46,8 @@ func TestApplierE2E(t *testing.T) {
 		return u
 	}
 
+	t.Run("one candidate at a time holds a lease", func(t *testing.T) { testElection(t, cfg) })
+
 	t.Run("first apply creates every add-on and records it", func(t *testing.T) {
 		res := ap.Apply(ctx, set)
 		if err := res.Err(); err != nil || len(res.Applied) != len(set) {

@@ -6,16 +6,10 @@ import (
 	"log/slog"
 	"time"
 
-	"k8s.io/apimachinery/pkg/api/meta"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/discovery"
-	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
-	coordinationv1 "k8s.io/client-go/kubernetes/typed/coordination/v1"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/restmapper"
-	"k8s.io/client-go/tools/leaderelection"
-	"k8s.io/client-go/tools/leaderelection/resourcelock"
+
+	"github.com/nodeagent/nodeagent/election"
 )
 
 // LeaseName is the coordination.k8s.io Lease in kube-system that elects the one
@@ -45,18 +39,22 @@ type RunOptions struct {
 }
 
 // NewApplier is an Applier talking to the API server of cfg, its REST mapping
-// learnt from the server's discovery (cached, reset each round).
+// learnt from the server's discovery of the group-versions the add-ons name
+// (cached, reset each round).
 func NewApplier(cfg *rest.Config, node string, log *slog.Logger) (*Applier, error) {
-	dyn, err := dynamic.NewForConfig(cfg)
+	hc, err := rest.HTTPClientFor(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("add-ons: %w", err)
 	}
-	disc, err := discovery.NewDiscoveryClientForConfig(cfg)
+	dyn, err := dynamic.NewForConfigAndClient(cfg, hc)
 	if err != nil {
 		return nil, fmt.Errorf("add-ons: %w", err)
 	}
-	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(disc))
-	return &Applier{Client: dyn, Mapper: mapper, Node: node, Log: log}, nil
+	rc, err := rest.UnversionedRESTClientForConfigAndClient(dynamic.ConfigFor(cfg), hc)
+	if err != nil {
+		return nil, fmt.Errorf("add-ons: %w", err)
+	}
+	return &Applier{Client: dyn, Mapper: newAPIMapper(rc), Node: node, Log: log}, nil
 }
 
 // Run campaigns for the add-on lease until ctx ends; while this node leads, it
@@ -73,22 +71,13 @@ func Run(ctx context.Context, o RunOptions) error {
 	if err != nil {
 		return err
 	}
-	coord, err := coordinationv1.NewForConfig(o.Config)
-	if err != nil {
-		return fmt.Errorf("add-ons: %w", err)
-	}
-	lock := &resourcelock.LeaseLock{
-		LeaseMeta:  metaFor(LeaseName),
-		Client:     coord,
-		LockConfig: resourcelock.ResourceLockConfig{Identity: o.Node},
-	}
 	round := func(ctx context.Context) {
 		set, err := o.Set(ctx)
 		if err != nil {
 			log.Error("add-ons: the set to apply", "err", err)
 			// The built-in ones may still be there: apply what could be read.
 		}
-		if r, ok := ap.Mapper.(meta.ResettableRESTMapper); ok {
+		if r, ok := ap.Mapper.(resetter); ok {
 			r.Reset() // a new API group (a CRD of a user's add-on) since the last round
 		}
 		res := ap.Apply(ctx, set)
@@ -100,39 +89,32 @@ func Run(ctx context.Context, o RunOptions) error {
 		}
 	}
 	for ctx.Err() == nil {
-		le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
-			Lock: lock, LeaseDuration: LeaseDuration, RenewDeadline: RenewDeadline, RetryPeriod: RetryPeriod,
-			ReleaseOnCancel: true, Name: LeaseName,
-			Callbacks: leaderelection.LeaderCallbacks{
-				OnStartedLeading: func(ctx context.Context) {
-					log.Info("add-ons: leading; applying", "lease", LeaseName)
-					t := time.NewTicker(o.Interval)
-					defer t.Stop()
-					for {
-						round(ctx)
-						select {
-						case <-ctx.Done():
-							return
-						case <-t.C:
-						}
+		err := election.Run(ctx, election.Config{
+			Leases: election.LeasesOf(ap.Client, RecordNamespace), Name: LeaseName, Identity: o.Node,
+			LeaseDuration: LeaseDuration, RenewDeadline: RenewDeadline, RetryPeriod: RetryPeriod, Log: log,
+			OnStartedLeading: func(ctx context.Context) {
+				log.Info("add-ons: leading; applying", "lease", LeaseName)
+				t := time.NewTicker(o.Interval)
+				defer t.Stop()
+				for {
+					round(ctx)
+					select {
+					case <-ctx.Done():
+						return
+					case <-t.C:
 					}
-				},
-				OnStoppedLeading: func() { log.Info("add-ons: not leading", "lease", LeaseName) },
-				OnNewLeader: func(id string) {
-					if id != o.Node {
-						log.Info("add-ons: applied by another master", "leader", id)
-					}
-				},
+				}
+			},
+			OnStoppedLeading: func() { log.Info("add-ons: not leading", "lease", LeaseName) },
+			OnNewLeader: func(id string) {
+				if id != o.Node {
+					log.Info("add-ons: applied by another master", "leader", id)
+				}
 			},
 		})
 		if err != nil {
 			return fmt.Errorf("add-ons: %w", err)
 		}
-		le.Run(ctx) // returns when leadership is lost or ctx ends
 	}
 	return nil
-}
-
-func metaFor(name string) metav1.ObjectMeta {
-	return metav1.ObjectMeta{Namespace: RecordNamespace, Name: name}
 }

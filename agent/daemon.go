@@ -36,6 +36,7 @@ const DefaultConfigInterval = 15 * time.Second
 // readiness current in the state file, the ring and (control plane) etcd.
 func Run(ctx context.Context, o Options, ro RunOptions) error {
 	log := o.log()
+	leanDaemonHeap()
 	if ro.ReconcileInterval <= 0 {
 		ro.ReconcileInterval = time.Minute
 	}
@@ -161,6 +162,7 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 		}
 		m.reconciles.WithLabelValues(result).Inc()
 		m.lastReconcile.SetToCurrentTime()
+		releaseMemory()
 	}
 	report := func() {
 		// Readiness is judged between runs: while a run (the boot's own bootstrap,

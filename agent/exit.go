@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/nodeagent/nodeagent/bootstrap"
 	"github.com/nodeagent/nodeagent/cloud"
@@ -52,7 +51,7 @@ type exitRunner struct {
 	hook         string // terminate hook; "" when none
 	instanceID   string
 	drainTimeout time.Duration
-	kube         func() (kubernetes.Interface, error)
+	kube         func() (drain.API, error)
 	// steps after the drain: etcd handoff (masters), gossip leave.
 	steps []exitStep
 	// heartbeatEvery spaces the terminate hook's heartbeats (default 20 s).
@@ -95,12 +94,12 @@ func newExitRunner(o Options, n *Node, steps []exitStep) *exitRunner {
 	if n.IsControlPlane() {
 		kc = pki.DefaultPaths().AddonsConf
 	}
-	x.kube = func() (kubernetes.Interface, error) {
-		rc, err := kube.RESTConfig(o.Root, kc)
+	x.kube = func() (drain.API, error) {
+		c, err := kube.Load(o.Root, kc)
 		if err != nil {
 			return nil, err
 		}
-		return kubernetes.NewForConfig(rc)
+		return c, nil
 	}
 	return x
 }

@@ -8,11 +8,10 @@ import (
 	"testing"
 	"time"
 
-	"k8s.io/client-go/kubernetes"
-
 	"github.com/nodeagent/nodeagent/awsemu"
 	"github.com/nodeagent/nodeagent/bootstrap"
 	"github.com/nodeagent/nodeagent/cloud"
+	"github.com/nodeagent/nodeagent/drain"
 )
 
 // The daemon learns of its termination from IMDS: nothing happens while the
@@ -37,7 +36,7 @@ func TestExitFollowsTheGroupsTermination(t *testing.T) {
 	release := make(chan struct{})
 	x := &exitRunner{store: store, log: quietLog(), node: "ip-10-0-1-5", imds: cloud.NewIMDS(awsCfg), hook: hook, instanceID: id,
 		asg:            func() (cloud.AutoScalingAPI, error) { return cloud.NewAutoScaling(awsCfg), nil },
-		kube:           func() (kubernetes.Interface, error) { return nil, errors.New("no API server here") },
+		kube:           func() (drain.API, error) { return nil, errors.New("no API server here") },
 		heartbeatEvery: 20 * time.Millisecond, done: make(chan struct{}),
 		steps: []exitStep{{name: "gossip-leave", fn: func(context.Context) (string, error) {
 			<-release // a slow step: the hook is heartbeated meanwhile
@@ -96,7 +95,7 @@ func TestSpotNoticeStartsTheExit(t *testing.T) {
 	}
 	store := bootstrap.StateStore{Dir: t.TempDir()}
 	x := &exitRunner{store: store, log: quietLog(), node: "ip-10-0-1-6", imds: cloud.NewIMDS(awsCfg), instanceID: id,
-		kube: func() (kubernetes.Interface, error) { return nil, errors.New("no API server here") }, done: make(chan struct{})}
+		kube: func() (drain.API, error) { return nil, errors.New("no API server here") }, done: make(chan struct{})}
 	ctx := context.Background()
 	x.poll(ctx)
 	if x.exiting() {

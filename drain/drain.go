@@ -20,10 +20,22 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/kubernetes"
 )
+
+// API is what a drain asks of the API server (kube.Client answers it with
+// client-go's REST client: no typed clientset, whose scheme registers every
+// API group). Errors are the API server's (apierrors), so that a budget's
+// refusal (429) and a pod already gone (404) read as such.
+type API interface {
+	Node(ctx context.Context, name string) (*corev1.Node, error)
+	// Cordon sets the Node's spec.unschedulable.
+	Cordon(ctx context.Context, name string) error
+	// ListPods lists the pods of namespace ("" for all) matching fieldSelector.
+	ListPods(ctx context.Context, namespace, fieldSelector string) ([]corev1.Pod, error)
+	// Evict posts a policy/v1 Eviction for its pod.
+	Evict(ctx context.Context, ev *policyv1.Eviction) error
+}
 
 // Options of one drain.
 type Options struct {
@@ -61,7 +73,7 @@ type Result struct {
 // Drain cordons the node and evicts its pods. It returns an error (with the
 // Result so far) when the node cannot be cordoned or some pods were not
 // evicted by the deadline; a drain never deletes a pod a budget protects.
-func Drain(ctx context.Context, cs kubernetes.Interface, o Options) (Result, error) {
+func Drain(ctx context.Context, cs API, o Options) (Result, error) {
 	if o.Node == "" {
 		return Result{}, errors.New("drain: no node name")
 	}
@@ -85,14 +97,12 @@ func Drain(ctx context.Context, cs kubernetes.Interface, o Options) (Result, err
 	if cordoned {
 		o.Log.Info("node cordoned", "node", o.Node)
 	}
-	list, err := cs.CoreV1().Pods(metav1.NamespaceAll).List(ctx, metav1.ListOptions{
-		FieldSelector: fields.OneTermEqualSelector("spec.nodeName", o.Node).String(),
-	})
+	pods, err := cs.ListPods(ctx, metav1.NamespaceAll, fields.OneTermEqualSelector("spec.nodeName", o.Node).String())
 	if err != nil {
 		return res, fmt.Errorf("drain %s: list its pods: %w", o.Node, err)
 	}
 	var evict []corev1.Pod
-	for _, p := range list.Items {
+	for _, p := range pods {
 		if why := skipReason(&p); why != "" {
 			res.Skipped = append(res.Skipped, key(&p)+" ("+why+")")
 			continue
@@ -128,16 +138,15 @@ func Drain(ctx context.Context, cs kubernetes.Interface, o Options) (Result, err
 }
 
 // Cordon marks the node unschedulable; it says whether it changed anything.
-func Cordon(ctx context.Context, cs kubernetes.Interface, node string) (bool, error) {
-	n, err := cs.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+func Cordon(ctx context.Context, cs API, node string) (bool, error) {
+	n, err := cs.Node(ctx, node)
 	if err != nil {
 		return false, fmt.Errorf("cordon %s: %w", node, err)
 	}
 	if n.Spec.Unschedulable {
 		return false, nil
 	}
-	patch := []byte(`{"spec":{"unschedulable":true}}`)
-	if _, err := cs.CoreV1().Nodes().Patch(ctx, node, types.StrategicMergePatchType, patch, metav1.PatchOptions{}); err != nil {
+	if err := cs.Cordon(ctx, node); err != nil {
 		return false, fmt.Errorf("cordon %s: %w", node, err)
 	}
 	return true, nil
@@ -157,7 +166,7 @@ func skipReason(p *corev1.Pod) string {
 
 // evictAndWait evicts one pod, retrying while a disruption budget refuses
 // (429), and waits until that pod (by UID) is gone.
-func evictAndWait(ctx context.Context, cs kubernetes.Interface, p *corev1.Pod, o Options) error {
+func evictAndWait(ctx context.Context, cs API, p *corev1.Pod, o Options) error {
 	ev := &policyv1.Eviction{
 		ObjectMeta:    metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace},
 		DeleteOptions: &metav1.DeleteOptions{GracePeriodSeconds: o.GracePeriod, Preconditions: &metav1.Preconditions{UID: &p.UID}},
@@ -165,7 +174,7 @@ func evictAndWait(ctx context.Context, cs kubernetes.Interface, p *corev1.Pod, o
 	var last error
 	refusals := 0
 	err := wait.PollUntilContextCancel(ctx, o.RetryEvery, true, func(ctx context.Context) (bool, error) {
-		err := cs.PolicyV1().Evictions(p.Namespace).Evict(ctx, ev)
+		err := cs.Evict(ctx, ev)
 		switch {
 		case err == nil, apierrors.IsNotFound(err), apierrors.IsConflict(err):
 			// Evicted, or already gone (a conflict: the UID precondition
@@ -197,12 +206,12 @@ func evictAndWait(ctx context.Context, cs kubernetes.Interface, p *corev1.Pod, o
 	// list the pods bound to it, but not get a pod that no longer is.
 	sel := fields.AndSelectors(fields.OneTermEqualSelector("spec.nodeName", o.Node), fields.OneTermEqualSelector("metadata.name", p.Name)).String()
 	err = wait.PollUntilContextCancel(ctx, o.RetryEvery/2, true, func(ctx context.Context) (bool, error) {
-		l, err := cs.CoreV1().Pods(p.Namespace).List(ctx, metav1.ListOptions{FieldSelector: sel})
+		l, err := cs.ListPods(ctx, p.Namespace, sel)
 		if err != nil {
 			last = err
 			return false, nil
 		}
-		for _, cur := range l.Items {
+		for _, cur := range l {
 			if cur.UID == p.UID {
 				last = errors.New("evicted but still terminating")
 				return false, nil

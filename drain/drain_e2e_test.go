@@ -21,6 +21,7 @@ import (
 
 	"github.com/nodeagent/nodeagent/drain"
 	"github.com/nodeagent/nodeagent/internal/kubetest"
+	"github.com/nodeagent/nodeagent/kube"
 )
 
 const ns = "shop"
@@ -33,7 +34,11 @@ const ns = "shop"
 func TestDrainHonoursDisruptionBudgets(t *testing.T) {
 	s := kubetest.StartAPIServer(t)
 	s.StartControllerManager(t, "disruption")
-	cs := kubernetes.NewForConfigOrDie(s.Config)
+	cs := kubernetes.NewForConfigOrDie(s.Config) // the test's own hands: set-up and the stand-in kubelet
+	api, err := kube.FromRESTConfig(s.Config)    // the drain's: what the agent drains with
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	must := func(_ any, err error) {
@@ -75,7 +80,7 @@ func TestDrainHonoursDisruptionBudgets(t *testing.T) {
 	done := make(chan outcome, 1)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	go func() {
-		r, err := drain.Drain(ctx, cs, drain.Options{Node: "node-a", Timeout: 2 * time.Minute, RetryEvery: 500 * time.Millisecond, Log: log})
+		r, err := drain.Drain(ctx, api, drain.Options{Node: "node-a", Timeout: 2 * time.Minute, RetryEvery: 500 * time.Millisecond, Log: log})
 		done <- outcome{r, err}
 	}()
 
@@ -129,7 +134,7 @@ func TestDrainHonoursDisruptionBudgets(t *testing.T) {
 	}
 
 	// A drained node drains again at once and changes nothing.
-	r, err := drain.Drain(ctx, cs, drain.Options{Node: "node-a", Timeout: 10 * time.Second, Log: log})
+	r, err := drain.Drain(ctx, api, drain.Options{Node: "node-a", Timeout: 10 * time.Second, Log: log})
 	if err != nil || r.Cordoned || len(r.Evicted) != 0 {
 		t.Errorf("second drain: %+v, %v", r, err)
 	}
@@ -151,7 +156,7 @@ func TestDrainHonoursDisruptionBudgets(t *testing.T) {
 		pdb, err := cs.PolicyV1().PodDisruptionBudgets(ns).Get(ctx, "web", metav1.GetOptions{})
 		return err == nil && pdb.Status.ObservedGeneration == pdb.Generation && pdb.Status.DisruptionsAllowed == 0
 	})
-	r, err = drain.Drain(ctx, cs, drain.Options{Node: "node-b", Timeout: 3 * time.Second, RetryEvery: 500 * time.Millisecond, Log: log})
+	r, err = drain.Drain(ctx, api, drain.Options{Node: "node-b", Timeout: 3 * time.Second, RetryEvery: 500 * time.Millisecond, Log: log})
 	if err == nil || len(r.Remaining) != 2 || !strings.Contains(err.Error(), "disruption budget") {
 		t.Errorf("drain against a budget allowing nothing: %+v, %v; want both web pods remaining, named", r, err)
 	}

@@ -280,22 +280,24 @@ func (p *UnitSetPhase) Verify(ctx context.Context) error {
 		return err
 	}
 	defer m.Close()
-	p.refresh(ctx, m)
-	for _, u := range p.us.Start {
+	// Each unit's state is read once (one D-Bus call, every property): what
+	// status reports is what was judged.
+	states := map[string]UnitState{}
+	for _, u := range p.Units() {
 		st, err := m.UnitState(ctx, u)
 		if err != nil {
 			return err
 		}
-		if !st.Active() {
+		p.remember(st)
+		states[u] = st
+	}
+	for _, u := range p.us.Start {
+		if !states[u].Active() {
 			return fmt.Errorf("unit %s is not active (%s)", u, m.why(ctx, u))
 		}
 	}
 	for _, u := range p.us.Enable {
-		st, err := m.UnitState(ctx, u)
-		if err != nil {
-			return err
-		}
-		if !st.Enabled() {
+		if st := states[u]; !st.Enabled() {
 			return fmt.Errorf("unit %s is not enabled (unit file state %s)", u, orUnknown(st.UnitFileState))
 		}
 	}

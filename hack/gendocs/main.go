@@ -9,13 +9,13 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/nodeagent/nodeagent/cmd/nodeagent/cli"
+	"github.com/nodeagent/nodeagent/cmd/nodeagent/cli/clidoc"
 )
 
 func main() {
 	out := flag.String("out", "docs/cli", "directory to write the reference into")
 	flag.Parse()
-	if err := cli.WriteDocs(*out); err != nil {
+	if err := clidoc.WriteDocs(*out); err != nil {
 		fmt.Fprintln(os.Stderr, "gendocs:", err)
 		os.Exit(1)
 	}

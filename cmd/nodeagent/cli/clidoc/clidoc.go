@@ -1,4 +1,7 @@
-package cli
+// Package clidoc renders nodeagent's command line reference (docs/cli). It is
+// apart from package cli so that the agent's binary does not carry cobra's
+// document generators (go-md2man, blackfriday) it never runs.
+package clidoc
 
 import (
 	"bytes"
@@ -10,12 +13,14 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/cobra/doc"
+
+	"github.com/nodeagent/nodeagent/cmd/nodeagent/cli"
 )
 
 // Docs renders the command line reference: one markdown file per command, by
 // file name (nodeagent_status.md, ...). It is deterministic: no generation date.
 func Docs() (map[string][]byte, error) {
-	root := New(strings.NewReader(""), io.Discard, io.Discard)
+	root := cli.New(strings.NewReader(""), io.Discard, io.Discard)
 	files := map[string][]byte{}
 	var err error
 	walk(root, func(c *cobra.Command) {
@@ -53,4 +58,11 @@ func WriteDocs(dir string) error {
 		}
 	}
 	return nil
+}
+
+func walk(c *cobra.Command, fn func(*cobra.Command)) {
+	fn(c)
+	for _, sub := range c.Commands() {
+		walk(sub, fn)
+	}
 }
