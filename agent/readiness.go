@@ -109,9 +109,11 @@ func (p *readinessPhase) Act(ctx context.Context) error {
 }
 
 // waitReady re-evaluates with backoff until ready or the context (bootstrap's
-// readiness timeout) ends: pods and units take a moment after their phases.
+// readiness timeout) ends: pods and units take a moment after their phases. The
+// first retry comes soon: on a warm image kubelet answers its healthz a few
+// hundred milliseconds after its start, and every wait past that is boot time.
 func (p *readinessPhase) waitReady(ctx context.Context) (bootstrap.ReadinessStatus, error) {
-	delay := 500 * time.Millisecond
+	delay := 100 * time.Millisecond
 	for {
 		rs := p.evaluate(ctx)
 		if rs.Ready {
