@@ -51,6 +51,8 @@ type UnitState struct {
 	// NeedDaemonReload says that the unit's files on disk changed since systemd
 	// loaded them: only a daemon-reload makes it read them.
 	NeedDaemonReload bool `json:"needDaemonReload,omitempty"`
+	// FragmentPath is the unit file systemd loaded the unit from.
+	FragmentPath string `json:"fragmentPath,omitempty"`
 }
 
 // Enabled reports whether the unit will be started at boot, or cannot be
@@ -284,6 +286,7 @@ func (m *Manager) UnitState(ctx context.Context, unit string) (UnitState, error)
 		UnitFileState: get("UnitFileState"),
 	}
 	st.NeedDaemonReload, _ = props["NeedDaemonReload"].(bool)
+	st.FragmentPath = get("FragmentPath")
 	if st.ActiveState == "" {
 		return st, errors.New("read state of " + unit + ": systemd returned no ActiveState")
 	}

@@ -313,13 +313,23 @@ func (p *UnitSetPhase) Verify(ctx context.Context) error {
 // NeedDaemonReload). A unit new to systemd is loaded from disk when it is first
 // asked for (systemd ≥ 245 retries a not-found unit once its directories
 // changed), which the state query below does; a unit still not found after that
-// (an older systemd) gets the reload. Configuration files a unit reads (not unit
-// files or drop-ins) never need one: the restart reads them.
+// (an older systemd) gets the reload, and so does a unit loaded from another
+// file than the one written (a distribution's unit in /lib/systemd/system that
+// ours in /etc overrides). Configuration files a unit reads (not unit files or
+// drop-ins) never need one: the restart reads them.
 func reloadNeeded(ctx context.Context, m *Manager, changed []File) (string, error) {
 	var units []string
+	fragment := map[string]string{} // unit -> the unit file written
 	for _, f := range changed {
-		if u := (File{Path: f.Path}).OwnerUnit(); u != "" && !slices.Contains(units, u) {
+		u := (File{Path: f.Path}).OwnerUnit()
+		if u == "" {
+			continue
+		}
+		if !slices.Contains(units, u) {
 			units = append(units, u)
+		}
+		if path.Clean(f.Path) == UnitDir+"/"+u {
+			fragment[u] = UnitDir + "/" + u
 		}
 	}
 	for _, u := range units {
@@ -332,6 +342,8 @@ func reloadNeeded(ctx context.Context, m *Manager, changed []File) (string, erro
 			return u + "'s files changed since systemd loaded them", nil
 		case st.LoadState != "loaded":
 			return fmt.Sprintf("%s is %s after its files were written", u, orUnknown(st.LoadState)), nil
+		case fragment[u] != "" && st.FragmentPath != fragment[u]:
+			return fmt.Sprintf("%s is loaded from %s, not %s", u, orUnknown(st.FragmentPath), fragment[u]), nil
 		}
 	}
 	return "", nil

@@ -46,7 +46,8 @@ func newFakeBus() *fakeBus {
 func (f *fakeBus) unit(name string) *UnitState {
 	u, ok := f.units[name]
 	if !ok {
-		u = &UnitState{Name: name, LoadState: "loaded", ActiveState: "inactive", SubState: "dead", UnitFileState: "disabled"}
+		u = &UnitState{Name: name, LoadState: "loaded", ActiveState: "inactive", SubState: "dead", UnitFileState: "disabled",
+			FragmentPath: UnitDir + "/" + name}
 		f.units[name] = u
 		if f.disk != "" {
 			f.load(u)
@@ -56,7 +57,9 @@ func (f *fakeBus) unit(name string) *UnitState {
 		if u.LoadState == "not-found" && !f.noRetry {
 			f.load(u)
 		}
-		u.NeedDaemonReload = u.LoadState == "loaded" && f.onDisk(name) != f.loaded[name]
+		// systemd compares the files it loaded with themselves: a unit from
+		// another directory does not see ours.
+		u.NeedDaemonReload = u.LoadState == "loaded" && u.FragmentPath == UnitDir+"/"+name && f.onDisk(name) != f.loaded[name]
 	}
 	return u
 }
@@ -80,9 +83,9 @@ func (f *fakeBus) load(u *UnitState) {
 		f.loaded = map[string]string{}
 	}
 	f.loaded[u.Name] = f.onDisk(u.Name)
-	u.LoadState = "loaded"
+	u.LoadState, u.FragmentPath = "loaded", UnitDir+"/"+u.Name
 	if f.loaded[u.Name] == "" {
-		u.LoadState = "not-found"
+		u.LoadState, u.FragmentPath = "not-found", ""
 	}
 }
 
@@ -149,7 +152,7 @@ func (f *fakeBus) GetUnitPropertiesContext(_ context.Context, unit string) (map[
 	defer f.mu.Unlock()
 	u := f.unit(unit)
 	return map[string]any{"Id": unit, "LoadState": u.LoadState, "ActiveState": u.ActiveState, "SubState": u.SubState,
-		"UnitFileState": u.UnitFileState, "NeedDaemonReload": u.NeedDaemonReload}, nil
+		"UnitFileState": u.UnitFileState, "NeedDaemonReload": u.NeedDaemonReload, "FragmentPath": u.FragmentPath}, nil
 }
 
 func (f *fakeBus) GetUnitTypePropertyContext(_ context.Context, unit, typ, prop string) (*sdbus.Property, error) {
@@ -346,6 +349,22 @@ func TestUnitSetPhaseReloadsOnlyWhenSystemdNeedsIt(t *testing.T) {
 			t.Errorf("%s: systemd left with %+v", s.name, *st)
 		}
 	}
+
+	t.Run("a distribution's unit that ours overrides is reloaded", func(t *testing.T) {
+		root := fsutil.Root(t.TempDir())
+		bus := newFakeBus()
+		bus.disk = root
+		// Loaded from the package's /lib/systemd/system/demo.service, running.
+		bus.units["demo.service"] = &UnitState{Name: "demo.service", LoadState: "loaded", ActiveState: "active", SubState: "running",
+			UnitFileState: "enabled", FragmentPath: "/lib/systemd/system/demo.service"}
+		p := NewUnitSetPhase("demo", UnitSet{Root: root, Files: []File{unit("/bin/demo")}, Start: []string{"demo.service"}, Systemd: bus.connect})
+		if err := p.Act(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := bus.takeCalls(); !slices.Equal(got, []string{"reload", "restart demo.service"}) {
+			t.Errorf("calls %q, want a reload before the restart", got)
+		}
+	})
 
 	t.Run("systemd before 245 keeps a unit not-found until a reload", func(t *testing.T) {
 		root := fsutil.Root(t.TempDir())
