@@ -60,6 +60,7 @@ func BenchmarkBootstrap(b *testing.B) {
 			ctdStart.Seconds(), kubeletWait.Seconds(), overhead.Seconds())
 		b.ReportMetric(overhead.Seconds(), "boot-overhead-s")
 		fmt.Printf("FIGURE boot: systemd daemon-reloads %d\n", bytes.Count(r.Stderr, []byte(`msg="reloading systemd"`)))
+		// The boot's own log (per-phase lines with timestamps) for profiling.
 		if f := os.Getenv("NODEAGENT_BENCH_BOOT_LOG"); f != "" {
 			if err := os.WriteFile(f, r.Stderr, 0o644); err != nil {
 				b.Fatal(err)
