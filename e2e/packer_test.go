@@ -256,16 +256,20 @@ func bootImage(ctx context.Context, t *testing.T, baked string, o nspawn.Options
 	return n
 }
 
-// waitBakedReady waits until status says ready. Nobody runs the agent: the
-// image's unit does, at boot, from user-data.
+// waitBakedReady waits until status says ready with every phase done. Nobody
+// runs the agent: the image's unit does, at boot, from user-data; the daemon it
+// starts re-runs the phases at once, so a ready node may show its run in
+// progress for a moment.
 func waitBakedReady(ctx context.Context, t *testing.T, n *testenv.Node, timeout time.Duration) *bootstrap.State {
 	t.Helper()
 	start := time.Now()
 	var st *bootstrap.State
 	var code int
-	err := wait.PollUntilContextTimeout(ctx, 2*time.Second, timeout, true, func(context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(ctx, time.Second, timeout, true, func(context.Context) (bool, error) {
 		st, code = status(t, n)
-		return code == 0, nil
+		return code == 0 && !slices.ContainsFunc(st.Phases, func(p bootstrap.PhaseStatus) bool {
+			return p.State == bootstrap.PhasePending || p.State == bootstrap.PhaseRunning
+		}), nil
 	})
 	if err != nil {
 		t.Fatalf("baked node not ready after %s (status exit %d, %s)\n%s\n%s", time.Since(start), code, st.Error,
