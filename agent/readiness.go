@@ -108,16 +108,30 @@ func (p *readinessPhase) Act(ctx context.Context) error {
 	return err
 }
 
-// waitReady re-evaluates with backoff until ready or the context (bootstrap's
-// readiness timeout) ends: pods and units take a moment after their phases.
+// Readiness is re-evaluated every readyPollFast while a warm node's kubelet and
+// pods come up (on a baked image kubelet answers its healthz well within a
+// second of its start, and every wait past that is boot time), then with a
+// backoff up to readyPollMax.
+const (
+	readyPollFast    = 100 * time.Millisecond
+	readyPollFastFor = 3 * time.Second
+	readyPollMax     = 10 * time.Second
+)
+
+// waitReady re-evaluates until ready or the context (bootstrap's readiness
+// timeout) ends: pods and units take a moment after their phases.
 func (p *readinessPhase) waitReady(ctx context.Context) (bootstrap.ReadinessStatus, error) {
-	delay := 500 * time.Millisecond
+	began := time.Now()
+	delay, lastReason := readyPollFast, ""
 	for {
 		rs := p.evaluate(ctx)
 		if rs.Ready {
 			return rs, nil
 		}
-		p.log.Info("node not ready yet", "reason", rs.Reason, "retry_in", delay)
+		if rs.Reason != lastReason || time.Since(began) > readyPollFastFor {
+			p.log.Info("node not ready yet", "reason", rs.Reason, "retry_in", delay)
+			lastReason = rs.Reason
+		}
 		select {
 		case <-ctx.Done():
 			if _, err := p.store.Update(func(st *bootstrap.State) { st.Readiness = rs }); err != nil {
@@ -126,7 +140,9 @@ func (p *readinessPhase) waitReady(ctx context.Context) (bootstrap.ReadinessStat
 			return rs, fmt.Errorf("not ready: %s", rs.Reason)
 		case <-time.After(delay):
 		}
-		delay = min(delay*2, 10*time.Second)
+		if time.Since(began) > readyPollFastFor {
+			delay = min(delay*2, readyPollMax)
+		}
 	}
 }
 

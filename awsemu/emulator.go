@@ -85,6 +85,7 @@ type Emulator struct {
 	faulted       map[string]int // requests faulted since SetFaults, by service
 	rng           *rand.Rand
 	calls         map[string]int // service + " " + action
+	objectReads   map[string]int // bucket -> GetObject requests
 	tokens        map[string]imdsToken
 	creds         map[string]*credential // access key ID -> instance-profile credentials
 	policies      map[string]*policyDoc  // role -> policy
@@ -144,6 +145,7 @@ func New(w *World, o Options) (_ *Emulator, err error) {
 		uploads:       map[string]*multipartUpload{},
 		rng:           rand.New(rand.NewPCG(uint64(o.Seed), uint64(o.Seed)^0x9e3779b97f4a7c15)),
 		calls:         map[string]int{},
+		objectReads:   map[string]int{},
 		tokens:        map[string]imdsToken{},
 		attachLatency: w.AttachLatency,
 		stuck:         map[string]bool{},
@@ -410,6 +412,15 @@ func (e *Emulator) Calls(service, action string) int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.calls[service+" "+action]
+}
+
+// ObjectReads counts the GetObject requests received for one bucket, whatever
+// their outcome: what was read from it, e.g. downloads from an assets bucket as
+// opposed to the state store's reads.
+func (e *Emulator) ObjectReads(bucket string) int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.objectReads[bucket]
 }
 
 // SetInstanceState changes an instance's state. Terminating an instance detaches

@@ -74,6 +74,12 @@ func (e *Emulator) serveAWS(w http.ResponseWriter, r *http.Request) {
 		}
 	case ServiceS3:
 		req.action = s3Action(r)
+		if req.action == "GetObject" {
+			bucket, _ := splitS3Path(r.URL.Path)
+			e.mu.Lock()
+			e.objectReads[bucket]++
+			e.mu.Unlock()
+		}
 	default:
 		e.countCall(req.service, "")
 		w.Header().Set("Content-Type", "text/plain")

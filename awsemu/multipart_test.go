@@ -77,3 +77,23 @@ func TestS3Multipart(t *testing.T) {
 		t.Fatalf("part after abort: %v, want NoSuchUpload", err)
 	}
 }
+
+// ObjectReads counts GetObject per bucket, whether the object exists or not: the
+// reads of an assets bucket (downloads) apart from a state store's.
+func TestObjectReadsPerBucket(t *testing.T) {
+	r := Start(t, &World{Buckets: map[string]map[string]string{"state": {"ca.crt": "x"}, "assets": {"kubelet": "y"}}}, Options{})
+	c := cloud.NewS3(sdkConfig(t, r, ""))
+	for _, o := range []struct{ bucket, key string }{{"state", "ca.crt"}, {"state", "missing"}, {"assets", "kubelet"}} {
+		if out, err := c.GetObject(ctx(t), &s3.GetObjectInput{Bucket: aws.String(o.bucket), Key: aws.String(o.key)}); err == nil {
+			out.Body.Close()
+		}
+	}
+	if _, err := c.ListObjectsV2(ctx(t), &s3.ListObjectsV2Input{Bucket: aws.String("assets")}); err != nil {
+		t.Fatal(err)
+	}
+	for bucket, want := range map[string]int{"state": 2, "assets": 1, "other": 0} {
+		if got := r.E.ObjectReads(bucket); got != want {
+			t.Errorf("ObjectReads(%s) = %d, want %d", bucket, got, want)
+		}
+	}
+}

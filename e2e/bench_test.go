@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -48,7 +49,23 @@ func BenchmarkBootstrap(b *testing.B) {
 		}
 		printPhaseFigures("boot", r.Stderr)
 		printPhaseFigures("no-op re-run", noop.Stderr)
-		fmt.Printf("FIGURE boot (bake done, bootstrap start → ready): %.2f s wall, %.2f s CPU   target: <= 2 s wall excluding kubelet's and containerd's own start\n", r.Wall.Seconds(), r.CPU.Seconds())
+		fmt.Printf("FIGURE boot (bake done, bootstrap start → ready): %.2f s wall, %.2f s CPU\n", r.Wall.Seconds(), r.CPU.Seconds())
+		// Ours is the boot without containerd's own start (its start job until it
+		// notified readiness, from systemd's timestamps) and kubelet's (the
+		// readiness phase: the wait for its healthz after every other phase).
+		ctdStart := unitStartDuration(ctx, b, n, "containerd.service")
+		kubeletWait := phaseWall(b, r.Stderr, "readiness")
+		overhead := r.Wall - ctdStart - kubeletWait
+		fmt.Printf("FIGURE boot overhead (bootstrap wall − containerd's own start %.2f s − the readiness wait for kubelet's healthz %.2f s): %.2f s   target <= 2 s\n",
+			ctdStart.Seconds(), kubeletWait.Seconds(), overhead.Seconds())
+		b.ReportMetric(overhead.Seconds(), "boot-overhead-s")
+		fmt.Printf("FIGURE boot: systemd daemon-reloads %d\n", bytes.Count(r.Stderr, []byte(`msg="reloading systemd"`)))
+		// The boot's own log (per-phase lines with timestamps) for profiling.
+		if f := os.Getenv("NODEAGENT_BENCH_BOOT_LOG"); f != "" {
+			if err := os.WriteFile(f, r.Stderr, 0o644); err != nil {
+				b.Fatal(err)
+			}
+		}
 		fmt.Printf("FIGURE no-op re-run: %.0f ms wall, %.0f ms CPU   target <= 100 ms wall and CPU\n", float64(noop.Wall)/1e6, float64(noop.CPU)/1e6)
 		rss, anon, file, cpu := daemonIdle(ctx, b, n, 10*time.Second)
 		fmt.Printf("FIGURE daemon idle (nodeagent run on the booted worker): %.1f MiB RSS (%.1f anonymous, %.1f of the binary's pages), %.3f %% of a core over 10 s   target <= 25 MiB RSS\n", rss, anon, file, cpu)
@@ -75,6 +92,45 @@ func printPhaseFigures(what string, stderr []byte) {
 			fmt.Printf("FIGURE %s phase %-18s %8s wall %8s CPU\n", what, m[1], m[2], m[3])
 		}
 	}
+}
+
+// phaseWall is one phase's wall time from a bootstrap's log.
+func phaseWall(b *testing.B, stderr []byte, phase string) time.Duration {
+	b.Helper()
+	for _, line := range strings.Split(string(stderr), "\n") {
+		if m := phaseDone.FindStringSubmatch(line); m != nil && m[1] == phase {
+			d, err := time.ParseDuration(m[2])
+			if err != nil {
+				b.Fatalf("phase %s: duration %q: %v", phase, m[2], err)
+			}
+			return d
+		}
+	}
+	b.Fatalf("no phase %s in the log:\n%s", phase, stderr)
+	return 0
+}
+
+// unitStartDuration is how long systemd's start of a unit took, from leaving
+// inactive to entering active (for a Type=notify service: until it said READY).
+func unitStartDuration(ctx context.Context, b *testing.B, n *testenv.Node, unit string) time.Duration {
+	b.Helper()
+	out, stderr, err := n.M.Exec(ctx, nil, "systemctl", "show", "--value",
+		"-p", "InactiveExitTimestampMonotonic", "-p", "ActiveEnterTimestampMonotonic", unit)
+	if err != nil {
+		b.Fatalf("systemctl show %s: %v %s", unit, err, stderr)
+	}
+	f := strings.Fields(string(out))
+	if len(f) != 2 {
+		b.Fatalf("systemctl show %s: %q", unit, out)
+	}
+	var us [2]int64
+	for i, v := range f {
+		if us[i], err = strconv.ParseInt(v, 10, 64); err != nil || us[i] == 0 {
+			b.Fatalf("systemctl show %s: %q", unit, out)
+		}
+	}
+	// systemctl prints the properties in its own order: the larger is the entry.
+	return time.Duration(max(us[0], us[1])-min(us[0], us[1])) * time.Microsecond
 }
 
 // daemonIdle returns the RSS (MiB) of nodeagent.service's process, its

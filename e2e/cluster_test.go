@@ -24,6 +24,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/yaml"
 
 	"github.com/nodeagent/nodeagent/awsemu"
@@ -523,10 +524,17 @@ func (l *machineLinker) machine(id string) *nspawn.Machine {
 	return l.machines[id]
 }
 
+// machineRegistration bounds how long an attach waits for the instance's
+// machine to be registered: an image's own boot unit may claim its volumes
+// before the test that booted the machine has added it.
+const machineRegistration = time.Minute
+
 func (l *machineLinker) Link(instanceID, loop, link string) error {
-	m := l.machine(instanceID)
-	if m == nil {
-		return fmt.Errorf("instance %s has no machine to attach to", instanceID)
+	var m *nspawn.Machine
+	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, machineRegistration, true,
+		func(context.Context) (bool, error) { m = l.machine(instanceID); return m != nil, nil })
+	if err != nil {
+		return fmt.Errorf("instance %s has no machine to attach to: %w", instanceID, err)
 	}
 	var st unix.Stat_t
 	if err := unix.Stat(loop, &st); err != nil {

@@ -152,6 +152,12 @@ variable "runc_sha256" {
   }
 }
 
+variable "image_archives" {
+  type        = list(object({ name = string, url = string, sha256 = string }))
+  description = "Image archives (docker save or OCI layout) baked into the asset cache, e.g. the control-plane images (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy, pause) so that a control plane from this image needs no registry; name is the reference the manifests use, url where to fetch it, sha256 the archive's. Imported into containerd at boot, or during the build when containerd runs."
+  default     = []
+}
+
 variable "ami_users" {
   type        = list(string)
   description = "AWS account IDs allowed to launch the AMI."
@@ -182,7 +188,9 @@ locals {
 
   bake_template = var.bake_config != "" ? var.bake_config : "${path.root}/bake.yaml"
   # Each ${name} of the bake config becomes its value.
-  bake_yaml = replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(
+  # JSON is YAML: the archives go in as one flow sequence.
+  image_archives = jsonencode([for a in var.image_archives : { name = a.name, urls = [a.url], sha256 = lower(a.sha256) }])
+  bake_yaml = replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(
     file(local.bake_template),
     "$${role}", var.role),
     "$${kubernetes_version}", var.kubernetes_version),
@@ -193,7 +201,8 @@ locals {
     "$${cni_plugins_url}", local.cni_plugins_url),
     "$${cni_plugins_sha256}", lower(var.cni_plugins_sha256)),
     "$${runc_url}", local.runc_url),
-  "$${runc_sha256}", lower(var.runc_sha256))
+    "$${runc_sha256}", lower(var.runc_sha256)),
+  "$${image_archives}", local.image_archives)
 
 }
 

@@ -148,7 +148,9 @@ func TestDebianPackerValidatesTheTemplate(t *testing.T) {
 
 func TestDebianPackerRendersTheBakeConfig(t *testing.T) {
 	dir := testTemplate(t)
-	vars := map[string]string{"kubelet_url": "s3://assets/kubelet", "role": "ControlPlane"}
+	vars := map[string]string{"kubelet_url": "s3://assets/kubelet", "role": "ControlPlane",
+		"image_archives": `[{name = "registry.k8s.io/etcd:3.5.35-0", url = "s3://assets/etcd.tar", sha256 = "` + strings.Repeat("D", 64) + `"},
+ {name = "registry.k8s.io/pause:3.10", url = "https://mirror.example/pause.tar", sha256 = "` + strings.Repeat("e", 64) + `"}]`}
 	for k, v := range hashes {
 		vars[k] = v
 	}
@@ -178,6 +180,31 @@ func TestDebianPackerRendersTheBakeConfig(t *testing.T) {
 		if got := strings.Join(a.URLs, ",") + " " + a.SHA256; got != want[a.Name] {
 			t.Errorf("asset %s: %s, want %s", a.Name, got, want[a.Name])
 		}
+	}
+	// The image_archives variable: the control-plane images a control plane from
+	// the image imports without a registry.
+	wantImages := []config.ImageArchive{
+		{Name: "registry.k8s.io/etcd:3.5.35-0", URLs: []string{"s3://assets/etcd.tar"}, SHA256: strings.Repeat("d", 64)},
+		{Name: "registry.k8s.io/pause:3.10", URLs: []string{"https://mirror.example/pause.tar"}, SHA256: strings.Repeat("e", 64)},
+	}
+	if got := cfg.Spec.Images.Archives; len(got) != len(wantImages) {
+		t.Errorf("image archives %+v, want %+v", got, wantImages)
+	} else {
+		for i, w := range wantImages {
+			if g := got[i]; g.Name != w.Name || strings.Join(g.URLs, ",") != strings.Join(w.URLs, ",") || g.SHA256 != w.SHA256 {
+				t.Errorf("image archive %d: %+v, want %+v", i, g, w)
+			}
+		}
+	}
+	// None by default.
+	delete(vars, "image_archives")
+	cmd = packerCmd(t, dir, vars, "console")
+	cmd.Stdin = strings.NewReader("local.bake_yaml\n")
+	if out, err = cmd.CombinedOutput(); err != nil {
+		t.Fatalf("packer console: %v\n%s", err, out)
+	}
+	if cfg, err = config.Parse(out); err != nil || len(cfg.Spec.Images.Archives) != 0 {
+		t.Errorf("bake config without image_archives: %v, archives %+v\n%s", err, cfg, out)
 	}
 	if _, err := os.Stat(filepath.Join(dir, packertest.PluginsFile)); !os.IsNotExist(err) {
 		t.Errorf("the test template must leave %s out (%v)", packertest.PluginsFile, err)

@@ -48,6 +48,11 @@ type UnitState struct {
 	ActiveState   string `json:"activeState"`   // active, activating, inactive, failed, ...
 	SubState      string `json:"subState"`      // running, exited, dead, auto-restart, ...
 	UnitFileState string `json:"unitFileState"` // enabled, disabled, static, ...
+	// NeedDaemonReload says that the unit's files on disk changed since systemd
+	// loaded them: only a daemon-reload makes it read them.
+	NeedDaemonReload bool `json:"needDaemonReload,omitempty"`
+	// FragmentPath is the unit file systemd loaded the unit from.
+	FragmentPath string `json:"fragmentPath,omitempty"`
 }
 
 // Enabled reports whether the unit will be started at boot, or cannot be
@@ -280,6 +285,8 @@ func (m *Manager) UnitState(ctx context.Context, unit string) (UnitState, error)
 		SubState:      get("SubState"),
 		UnitFileState: get("UnitFileState"),
 	}
+	st.NeedDaemonReload, _ = props["NeedDaemonReload"].(bool)
+	st.FragmentPath = get("FragmentPath")
 	if st.ActiveState == "" {
 		return st, errors.New("read state of " + unit + ": systemd returned no ActiveState")
 	}

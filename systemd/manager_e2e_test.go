@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -193,10 +194,11 @@ func TestE2EUnitSetPhase(t *testing.T) {
 	defer m.Close()
 
 	conf := File{Path: "/etc/na-demo/demo.conf", Content: []byte("v1\n"), Mode: 0o644, Unit: "na-demo.service"}
+	unitVersion := "unit-v1"
 	files := func(c File) []File {
 		return []File{
 			{Path: UnitDir + "/na-demo.service", Mode: 0o644, Content: []byte(`[Service]
-ExecStart=/bin/sh -c 'cat /etc/na-demo/demo.conf; exec sleep infinity'
+ExecStart=/bin/sh -c 'echo ` + unitVersion + ` > /var/lib/na-demo.version; cat /etc/na-demo/demo.conf; exec sleep infinity'
 [Install]
 WantedBy=multi-user.target
 `)},
@@ -208,12 +210,14 @@ WantedBy=multi-user.target
 			c,
 		}
 	}
+	var log bytes.Buffer
 	us := UnitSet{
 		Root:    fsutil.Root(mc.Dir),
 		Files:   files(conf),
 		Enable:  []string{"na-demo.service", "na-other.service"},
 		Start:   []string{"na-demo.service", "na-other.service"},
 		Systemd: Connect,
+		Log:     slog.New(slog.NewTextHandler(&log, nil)),
 	}
 	p := NewUnitSetPhase("demo", us)
 	changes, err := p.Check(ctx)
@@ -231,6 +235,10 @@ WantedBy=multi-user.target
 	}
 	if changes, err := p.Check(ctx); err != nil || len(changes) != 0 {
 		t.Fatalf("Check after Act: %v %v, want converged", changes, err)
+	}
+	// New units need no daemon-reload: systemd loads them when first asked for.
+	if strings.Contains(log.String(), "reloading systemd") {
+		t.Errorf("the first run reloaded systemd for units new to it:\n%s", log.String())
 	}
 	demoPID, otherPID := mainPID(t, ctx, m, "na-demo.service"), mainPID(t, ctx, m, "na-other.service")
 
@@ -256,6 +264,30 @@ WantedBy=multi-user.target
 	b, err := os.ReadFile(filepath.Join(mc.Dir, "etc/na-demo/demo.conf"))
 	if err != nil || !bytes.Equal(b, []byte("v2\n")) {
 		t.Fatalf("config on disk: %q %v", b, err)
+	}
+	if strings.Contains(log.String(), "reloading systemd") {
+		t.Errorf("a configuration file's change reloaded systemd:\n%s", log.String())
+	}
+
+	// The unit file of a running unit changes: systemd holds the old one, so the
+	// phase reloads before the restart, which runs the new command.
+	unitVersion = "unit-v2"
+	p.SetFiles(files(conf))
+	if err := p.Act(ctx); err != nil {
+		t.Fatalf("Act: %v", err)
+	}
+	if !strings.Contains(log.String(), "reloading systemd") {
+		t.Errorf("a loaded unit's changed file did not reload systemd:\n%s", log.String())
+	}
+	if st, err := m.UnitState(ctx, "na-demo.service"); err != nil || st.NeedDaemonReload || !st.Active() {
+		t.Errorf("na-demo.service after the change: %+v %v", st, err)
+	}
+	b, err = os.ReadFile(filepath.Join(mc.Dir, "var/lib/na-demo.version"))
+	if err != nil || strings.TrimSpace(string(b)) != "unit-v2" {
+		t.Errorf("the restarted unit ran %q (%v), want the new file's command (unit-v2)", b, err)
+	}
+	if err := p.Verify(ctx); err != nil {
+		t.Fatalf("Verify: %v", err)
 	}
 }
 

@@ -256,6 +256,9 @@ func (m *Machine) boot(ctx context.Context, o Options) error {
 		return err
 	}
 	m.Leader = leader
+	if o.Started != nil {
+		o.Started(m)
+	}
 	if err := m.waitRunning(bootCtx); err != nil {
 		return err
 	}

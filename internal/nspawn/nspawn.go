@@ -60,6 +60,11 @@ type Options struct {
 	// BootTimeout bounds the wait for systemd inside to finish booting.
 	// Zero means 2 minutes.
 	BootTimeout time.Duration
+	// Started, when set, is called with the machine as soon as its init runs,
+	// before Boot waits for systemd to finish booting: an image whose boot units
+	// need the test's part meanwhile (an attached volume shown in its /dev) gets
+	// it while they run, and its boot may end only with them.
+	Started func(*Machine)
 	// NoContainerdState leaves /var/lib/containerd on the machine's own overlay
 	// root instead of binding a host directory there. Containerd's overlayfs
 	// snapshotter cannot use a directory that is itself on overlayfs, so only set
