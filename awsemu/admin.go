@@ -73,7 +73,7 @@ func (e *Emulator) AdminHandler() http.Handler {
 			return
 		}
 		e.SetFaults(svc, f)
-		e.log.Info("admin: faults set", "service", svc, "throttle_rate", f.ThrottleRate, "error_rate", f.ErrorRate, "latency", f.Latency)
+		e.log.Info("admin: faults set", "service", svc, "throttle_rate", f.ThrottleRate, "error_rate", f.ErrorRate, "reset_rate", f.ResetRate, "lose_answer_rate", f.LoseAnswerRate, "latency", f.Latency)
 		w.WriteHeader(http.StatusNoContent)
 	})
 	mux.HandleFunc("PUT /instances/{id}/state", func(w http.ResponseWriter, r *http.Request) {

@@ -270,6 +270,12 @@ func validFaults(svc string, f Faults) error {
 	if f.ThrottleRate < 0 || f.ThrottleRate > 1 || f.ErrorRate < 0 || f.ErrorRate > 1 {
 		return fmt.Errorf("faults %s: rates must be within 0..1", svc)
 	}
+	if f.LoseAnswerRate < 0 || f.LoseAnswerRate > 1 {
+		return fmt.Errorf("faults %s: loseAnswerRate must be within 0..1", svc)
+	}
+	if f.LoseAnswerRate > 0 && svc == ServiceIMDS {
+		return errors.New("faults imds: loseAnswerRate is for ec2, s3 and autoscaling actions")
+	}
 	if f.Latency < 0 {
 		return fmt.Errorf("faults %s: negative latency", svc)
 	}

@@ -192,3 +192,39 @@ func TestIMDSPutHopLimit(t *testing.T) {
 		t.Error("putHopLimitExceeded accepted for ec2")
 	}
 }
+
+// TestLoseAnswer: with loseAnswerRate the emulator does what was asked and
+// then resets the connection. The attach is made although the caller hears
+// nothing; the SDK's retry of it is answered VolumeInUse, not attached again.
+func TestLoseAnswer(t *testing.T) {
+	r := Start(t, testWorld(t), Options{})
+	cfg := fastRetries(sdkConfig(t, r, nitroID))
+	r.E.SetFaults("ec2", Faults{LoseAnswerRate: 1, Actions: []string{"AttachVolume"}, Limit: 1})
+	_, err := cloud.NewEC2(cfg).AttachVolume(ctx(t), &ec2.AttachVolumeInput{VolumeId: aws.String(volA), InstanceId: aws.String(nitroID), Device: aws.String("/dev/xvdu")})
+	if apiCode(err) != "VolumeInUse" {
+		t.Fatalf("attach whose first answer was lost = %v, want the retry answered VolumeInUse", err)
+	}
+	if vs, _ := r.E.VolumeStatus(volA); vs.InstanceID != nitroID || vs.Device != "/dev/xvdu" {
+		t.Errorf("volume after the lost answer: %+v, want attached to %s as /dev/xvdu", vs, nitroID)
+	}
+	if n := r.E.Calls("ec2", "AttachVolume"); n != 2 {
+		t.Errorf("%d AttachVolume requests, want 2 (the lost one and the SDK's retry)", n)
+	}
+
+	// Every answer lost: the put is stored, the caller is told the connection broke.
+	r.E.SetFaults("s3", Faults{LoseAnswerRate: 1, Actions: []string{"PutObject"}})
+	_, err = cloud.NewS3(cfg).PutObject(ctx(t), &s3.PutObjectInput{Bucket: aws.String("state"), Key: aws.String("lost/answer"), Body: strings.NewReader("kept")})
+	if err == nil || !(strings.Contains(err.Error(), "connection reset") || strings.Contains(err.Error(), "EOF")) {
+		t.Fatalf("put with every answer lost = %v, want a reset connection", err)
+	}
+	r.E.SetFaults("s3", Faults{})
+	out, err := cloud.NewS3(cfg).GetObject(ctx(t), &s3.GetObjectInput{Bucket: aws.String("state"), Key: aws.String("lost/answer")})
+	if err != nil {
+		t.Fatalf("the put whose answers were lost was not stored: %v", err)
+	}
+	out.Body.Close()
+
+	if err := validFaults("imds", Faults{LoseAnswerRate: 1}); err == nil {
+		t.Error("loseAnswerRate accepted for imds, whose calls change nothing")
+	}
+}

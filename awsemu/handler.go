@@ -120,6 +120,11 @@ func (e *Emulator) serveAWS(w http.ResponseWriter, r *http.Request) {
 		e.writeError(w, req, derr)
 		return
 	}
+	lose := e.loseAnswer(req.service, req.action)
+	if lose {
+		// Served for real, answered into the void, then the connection reset.
+		w = &lostAnswer{real: w, header: http.Header{}}
+	}
 	var aerr *apiError
 	switch req.service {
 	case ServiceEC2:
@@ -134,9 +139,49 @@ func (e *Emulator) serveAWS(w http.ResponseWriter, r *http.Request) {
 	if aerr != nil {
 		log.Info("request failed", "code", aerr.code, "message", aerr.message)
 		e.writeError(w, req, aerr)
+	}
+	if lose {
+		log.Info("fault injected: answer lost after the action, connection reset", "status", w.(*lostAnswer).status)
+		resetConn(w.(*lostAnswer).real)
 		return
 	}
-	log.Debug("request served")
+	if aerr == nil {
+		log.Debug("request served")
+	}
+}
+
+// loseAnswer decides whether the service's LoseAnswerRate applies to this
+// request (counted against the faults' Limit like the others).
+func (e *Emulator) loseAnswer(service, action string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	f := e.faults[service]
+	if f.LoseAnswerRate <= 0 || !f.matches(action) || (f.Limit > 0 && e.faulted[service] >= f.Limit) {
+		return false
+	}
+	if e.rng.Float64() >= f.LoseAnswerRate {
+		return false
+	}
+	e.faulted[service]++
+	return true
+}
+
+// lostAnswer is the answer nobody receives: written, then dropped.
+type lostAnswer struct {
+	real   http.ResponseWriter
+	header http.Header
+	status int
+}
+
+func (l *lostAnswer) Header() http.Header { return l.header }
+func (l *lostAnswer) WriteHeader(code int) {
+	if l.status == 0 {
+		l.status = code
+	}
+}
+func (l *lostAnswer) Write(b []byte) (int, error) {
+	l.WriteHeader(http.StatusOK)
+	return len(b), nil
 }
 
 // guessService routes a request that carries no usable credential scope, so it

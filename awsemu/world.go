@@ -146,6 +146,10 @@ type Faults struct {
 	// ResetRate (0..1) is the fraction of requests whose connection is reset
 	// (TCP RST, no answer), as a load balancer dropping it would.
 	ResetRate float64 `json:"resetRate,omitempty"`
+	// LoseAnswerRate (0..1; ec2, s3 and autoscaling) is the fraction of requests
+	// the emulator serves, acting on them, and then answers with a reset
+	// connection: the change is made but the caller never hears of it.
+	LoseAnswerRate float64 `json:"loseAnswerRate,omitempty"`
 	// Actions limits the faults above (not Deny) to requests whose action
 	// starts with one of these (S3 operation names, EC2/Auto Scaling actions,
 	// IMDS paths below /latest/); empty: every action.

@@ -23,6 +23,9 @@ type awsCall struct {
 	do              func(ctx context.Context, c clients) error
 	// done checks that the call's effect happened exactly once.
 	done func(t *testing.T, e *awsemu.Emulator)
+	// retryAnswer is the error code EC2 gives the SDK's retry of a call whose
+	// first answer was lost after it acted ("" when the retry just succeeds).
+	retryAnswer string
 }
 
 type clients struct {
@@ -56,42 +59,51 @@ func agentCalls() []awsCall {
 		return err
 	}
 	return []awsCall{
-		{awsemu.ServiceIMDS, "api/token", identity, nil},
-		{awsemu.ServiceIMDS, "dynamic/instance-identity", identity, nil},
+		{awsemu.ServiceIMDS, "api/token", identity, nil, ""},
+		{awsemu.ServiceIMDS, "dynamic/instance-identity", identity, nil, ""},
 		{awsemu.ServiceIMDS, "meta-data", func(ctx context.Context, c clients) error {
 			id, err := cloud.FetchIdentity(ctx, cloud.NewIMDS(c.cfg))
 			if err == nil && id.Hostname == "" {
 				err = fmt.Errorf("identity without a hostname: %+v", id)
 			}
 			return err
-		}, nil},
+		}, nil, ""},
 		{awsemu.ServiceIMDS, "user-data", func(ctx context.Context, c clients) error {
 			b, err := cloud.FetchUserData(ctx, cloud.NewIMDS(c.cfg))
 			if err == nil && string(b) != userData {
 				err = fmt.Errorf("user-data %q", b)
 			}
 			return err
-		}, nil},
+		}, nil, ""},
 		{awsemu.ServiceS3, "GetObject", func(ctx context.Context, c clients) error {
 			_, err := c.store.Get(ctx, cloud.ClusterConfigKey)
 			return err
-		}, nil},
+		}, nil, ""},
 		{awsemu.ServiceS3, "HeadObject", func(ctx context.Context, c clients) error {
 			_, err := cloud.NewS3(c.cfg).HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String("kops-state"), Key: aws.String("proyecto.k8s.local/" + cloud.ClusterConfigKey)})
 			return err
-		}, nil},
+		}, nil, ""},
 		{awsemu.ServiceS3, "ListObjectsV2", func(ctx context.Context, c clients) error {
 			_, err := c.store.List(ctx, "pki")
 			return err
-		}, nil},
+		}, nil, ""},
+		{awsemu.ServiceS3, "PutObject", func(ctx context.Context, c clients) error {
+			return c.store.Put(ctx, "faults/put", []byte("kept"))
+		}, func(t *testing.T, e *awsemu.Emulator) {
+			if b, ok := e.Object("kops-state", "proyecto.k8s.local/faults/put"); string(b) != "kept" {
+				t.Errorf("object after the put: %q (found %v), want \"kept\"", b, ok)
+			}
+		}, ""},
 		{awsemu.ServiceEC2, "DescribeInstances", func(ctx context.Context, c clients) error {
 			_, err := cloud.NewEC2(c.cfg).DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{cpID}})
 			return err
-		}, nil},
+		}, nil, ""},
 		{awsemu.ServiceEC2, "DescribeVolumes", func(ctx context.Context, c clients) error {
 			_, err := cloud.NewEC2(c.cfg).DescribeVolumes(ctx, &ec2.DescribeVolumesInput{Filters: []ec2types.Filter{{Name: aws.String("tag-key"), Values: []string{"k8s.io/etcd/main"}}}})
 			return err
-		}, nil},
+		}, nil, ""},
+		// A retried attach whose first answer was lost is answered VolumeInUse;
+		// the claim (volumes.TestClaimLostAttachAnswer) reads that as its own.
 		{awsemu.ServiceEC2, "AttachVolume", func(ctx context.Context, c clients) error {
 			_, err := cloud.NewEC2(c.cfg).AttachVolume(ctx, &ec2.AttachVolumeInput{VolumeId: aws.String(faultVolume), InstanceId: aws.String(cpID), Device: aws.String("/dev/xvdu")})
 			return err
@@ -99,17 +111,22 @@ func agentCalls() []awsCall {
 			if vs, _ := e.VolumeStatus(faultVolume); vs.InstanceID != cpID || vs.Device != "/dev/xvdu" {
 				t.Errorf("volume after the attach: %+v", vs)
 			}
-		}},
+		}, "VolumeInUse"},
 		{awsemu.ServiceEC2, "CreateTags", func(ctx context.Context, c clients) error {
 			return cloud.SetInstanceTag(ctx, cloud.NewEC2(c.cfg), cpID, "nodeagent.io/needs-replacement", "role")
-		}, nil},
+		}, nil, ""},
 		{awsemu.ServiceEC2, "DeleteTags", func(ctx context.Context, c clients) error {
 			return cloud.SetInstanceTag(ctx, cloud.NewEC2(c.cfg), cpID, "nodeagent.io/needs-replacement", "")
-		}, nil},
-		{awsemu.ServiceAutoScaling, "DescribeAutoScalingInstances", completeLaunch, lifecycleOnce},
-		{awsemu.ServiceAutoScaling, "CompleteLifecycleAction", completeLaunch, lifecycleOnce},
+		}, nil, ""},
+		{awsemu.ServiceAutoScaling, "DescribeAutoScalingInstances", completeLaunch, lifecycleOnce, ""},
+		// A retried CONTINUE whose first answer was lost is refused ("No active
+		// Lifecycle Action found"); CompleteLifecycleAction counts it as its own.
+		{awsemu.ServiceAutoScaling, "CompleteLifecycleAction", completeLaunch, lifecycleOnce, ""},
 	}
 }
+
+// changes are the calls that change something (their first request does it).
+var changes = map[string]bool{"AttachVolume": true, "CompleteLifecycleAction": true, "PutObject": true, "CreateTags": true, "DeleteTags": true}
 
 func completeLaunch(ctx context.Context, c clients) error {
 	return cloud.CompleteLifecycleAction(ctx, cloud.NewAutoScaling(c.cfg), "nodeagent-ready", cpID, cloud.LifecycleContinue)
@@ -124,12 +141,16 @@ func lifecycleOnce(t *testing.T, e *awsemu.Emulator) {
 func faultKinds(service string) []faultKind {
 	throttle := map[string]string{awsemu.ServiceEC2: "RequestLimitExceeded", awsemu.ServiceS3: "SlowDown",
 		awsemu.ServiceAutoScaling: "Throttling", awsemu.ServiceIMDS: "429"}[service]
-	return []faultKind{
+	kinds := []faultKind{
 		{"500", awsemu.Faults{ErrorRate: 1}, []string{"500", "InternalError", "InternalFailure"}},
 		{"503 " + throttle, awsemu.Faults{ThrottleRate: 1}, []string{throttle, "503"}},
 		{"connection reset", awsemu.Faults{ResetRate: 1}, []string{"connection reset", "EOF"}},
 		{"5s latency", awsemu.Faults{Latency: 5 * time.Second}, nil},
 	}
+	if service != awsemu.ServiceIMDS { // IMDS calls change nothing
+		kinds = append(kinds, faultKind{"answer lost after acting", awsemu.Faults{LoseAnswerRate: 1}, []string{"connection reset", "EOF"}})
+	}
+	return kinds
 }
 
 // TestFaultsOnEveryAWSCall injects each fault, alone and at rate 1, into each
@@ -137,8 +158,12 @@ func faultKinds(service string) []faultKind {
 // on the first two requests of the call (the SDK tries three times): the call
 // completes and its effect happens once. A fault on every request: the call
 // fails with an error naming the call and the fault (latency: it only takes
-// longer). Faults are injected before the emulator acts, so a refused request
-// never did anything.
+// longer). These faults are injected before the emulator acts, so a refused
+// request never did anything. The last kind, "answer lost after acting", is
+// the other way round: the emulator acts and then resets the connection; the
+// call still completes once (a retried CONTINUE is recognised as ours, a
+// retried attach is answered VolumeInUse with the volume attached once), or
+// fails named with its effect made once.
 func TestFaultsOnEveryAWSCall(t *testing.T) {
 	var table strings.Builder
 	fmt.Fprintf(&table, "%-12s %-30s %-26s %-9s %s\n", "service", "call", "fault", "took", "outcome")
@@ -173,6 +198,9 @@ func TestFaultsOnEveryAWSCall(t *testing.T) {
 					took := time.Since(start)
 					outcome := "completed"
 					switch {
+					case transient && err != nil && f.faults.LoseAnswerRate > 0 && call.retryAnswer != "" && strings.Contains(err.Error(), call.retryAnswer):
+						outcome = "retry answered " + call.retryAnswer + ", acted once"
+						call.done(t, r.E)
 					case transient && err != nil:
 						outcome = "FAIL: " + err.Error()
 						t.Errorf("%s with %s on its first 2 requests: %v", call.action, f.name, err)
@@ -183,6 +211,10 @@ func TestFaultsOnEveryAWSCall(t *testing.T) {
 						t.Errorf("%s with %s on every request: no error", call.action, f.name)
 					case !transient:
 						outcome = "failed, named"
+						if f.faults.LoseAnswerRate > 0 && call.done != nil && changes[call.action] {
+							call.done(t, r.E) // acted on the first request, once
+							outcome = "failed, named; acted once"
+						}
 						if strings.Contains(err.Error(), "context deadline exceeded") {
 							outcome = "caller's 8 s deadline, SDK backing off"
 						}

@@ -346,19 +346,25 @@ var agentWrittenDirs = []string{"/var/lib/nodeagent", "/etc/kubernetes", "/etc/s
 // emptyAgentFiles lists zero-length regular files under the agent's
 // directories (a write torn by a crash shows as one).
 func emptyAgentFiles(n *testenv.Node) []string {
+	return emptyFiles(n.M.Path)
+}
+
+// emptyFiles is emptyAgentFiles with hostPath telling where the host sees a
+// path of the machine.
+func emptyFiles(hostPath func(string) string) []string {
 	var out []string
 	for _, d := range agentWrittenDirs {
-		root := n.M.Path(d)
+		root := hostPath(d)
 		_ = filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
 			if err != nil || !e.Type().IsRegular() || strings.HasSuffix(p, ".lock") {
 				return nil // lock files (flock) are empty by design
 			}
 			// kubelet's own state (pods, plugins) is not ours.
-			if strings.HasPrefix(p, n.M.Path("/var/lib/kubelet/pods")) || strings.HasPrefix(p, n.M.Path("/var/lib/kubelet/plugins")) {
+			if strings.HasPrefix(p, hostPath("/var/lib/kubelet/pods")) || strings.HasPrefix(p, hostPath("/var/lib/kubelet/plugins")) {
 				return nil
 			}
 			if fi, err := e.Info(); err == nil && fi.Size() == 0 {
-				out = append(out, strings.TrimPrefix(p, n.M.Path("/")))
+				out = append(out, d+":"+strings.TrimPrefix(p, root))
 			}
 			return nil
 		})

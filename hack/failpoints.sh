@@ -7,7 +7,8 @@
 # Every failpoint is armed the gofail way, GOFAIL_FAILPOINTS='NAME=return("MATCH")'
 # (';' between several): when the code passes NAME with a detail containing MATCH
 # ("*" matches any), the agent SIGKILLs itself there, as a crash would: no deferred
-# cleanup, no flush. Failpoints: see FAILPOINT_PKGS below and README's crash section.
+# cleanup, no flush. 'NAME=return("hold:MATCH")' stops the agent there instead (the
+# power-loss sweep cuts the machine's power while it holds). Failpoints: see FAILPOINT_PKGS below and README's crash section.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-bin/nodeagent-failpoints}
@@ -30,13 +31,22 @@ import (
 	"os"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // failpointCrash kills the agent with SIGKILL when the armed failpoint's value
-// ("*" or a part of detail) matches: a crash exactly here.
+// ("*" or a part of detail) matches: a crash exactly here. A value "hold:MATCH"
+// stops the agent there instead, for a test to cut the machine's power.
 func failpointCrash(name, want, detail string) {
-	if want != "*" && !strings.Contains(detail, want) {
+	match, hold := strings.CutPrefix(want, "hold:")
+	if match != "*" && !strings.Contains(detail, match) {
 		return
+	}
+	if hold {
+		fmt.Fprintf(os.Stderr, "failpoint %s (%s): holding for a power cut\n", name, detail)
+		for {
+			time.Sleep(time.Hour) // a pending timer: never "all goroutines are asleep"
+		}
 	}
 	fmt.Fprintf(os.Stderr, "failpoint %s (%s): SIGKILL\n", name, detail)
 	_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)

@@ -441,33 +441,18 @@ func TestClaimStuckAttaching(t *testing.T) {
 	}
 }
 
-// lostAnswerEC2 attaches, then loses the answer and retries the way an SDK retry
-// would: EC2 now says VolumeInUse although the volume is ours.
-type lostAnswerEC2 struct {
-	EC2
-	once sync.Once
-}
-
-func (l *lostAnswerEC2) AttachVolume(ctx context.Context, in *ec2.AttachVolumeInput, o ...func(*ec2.Options)) (*ec2.AttachVolumeOutput, error) {
-	var lost bool
-	l.once.Do(func() { lost = true })
-	if lost {
-		if _, err := l.EC2.AttachVolume(ctx, in, o...); err != nil {
-			return nil, err
-		}
-	}
-	return l.EC2.AttachVolume(ctx, in, o...)
-}
-
-// TestClaimLostAttachAnswer: an attach that succeeded but answered VolumeInUse is
-// recognised as ours; the node does not go on to attach a second volume.
+// TestClaimLostAttachAnswer: EC2 attaches the volume but its answer is lost (the
+// emulator acts, then resets the connection); the SDK's retry is answered
+// VolumeInUse. The claim recognises the volume as its own and does not go on to
+// attach a second one.
 func TestClaimLostAttachAnswer(t *testing.T) {
 	n := &node{id: "i-0aaa", az: "us-east-1a", typ: "m5.large"}
 	r, c := emu(t, []*node{n}, []awsemu.Volume{
 		etcdVolume("vol-01", n.az, "main", "a", "a"),
 		etcdVolume("vol-02", n.az, "main", "a", "a"),
 	}, nil)
-	p := newPhase(t, &lostAnswerEC2{EC2: c}, n, bothEtcd[:1])
+	r.E.SetFaults(awsemu.ServiceEC2, awsemu.Faults{LoseAnswerRate: 1, Actions: []string{"AttachVolume"}, Limit: 1})
+	p := newPhase(t, c, n, bothEtcd[:1])
 	if _, err := converge(context.Background(), p); err != nil {
 		t.Fatal(err)
 	}
@@ -476,6 +461,9 @@ func TestClaimLostAttachAnswer(t *testing.T) {
 	}
 	if st, _ := r.E.VolumeStatus("vol-02"); st.InstanceID != "" {
 		t.Fatalf("vol-02 was attached too: %+v", st)
+	}
+	if got := r.E.Calls(awsemu.ServiceEC2, "AttachVolume"); got != 2 {
+		t.Errorf("%d AttachVolume requests, want 2 (the one whose answer was lost, the SDK's retry)", got)
 	}
 }
 

@@ -277,7 +277,19 @@ func (m *Machine) supervise(cmd *exec.Cmd, start func() (*exec.Cmd, error)) {
 		var exit *exec.ExitError
 		m.mu.Lock()
 		again := errors.As(err, &exit) && exit.ExitCode() == exitReboot && !m.stopping
+		cycle, whileOff := m.cycling && !m.stopping, m.whileOff
+		m.cycling, m.whileOff = false, nil
 		m.mu.Unlock()
+		if cycle {
+			again = true
+			if whileOff != nil {
+				if herr := whileOff(); herr != nil {
+					m.waitErr = fmt.Errorf("while powered off: %w", herr)
+					close(m.done)
+					return
+				}
+			}
+		}
 		if again {
 			next, serr := start()
 			if serr == nil {
@@ -544,6 +556,31 @@ func (m *Machine) Kill(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("machine %s: kill: %w", m.Name, ctx.Err())
 	}
+}
+
+// PowerCycle cuts the machine's power and turns it on again on the same files:
+// PID 1 and everything in its PID namespace get SIGKILL (no shutdown, no unit
+// stops, the machine's mounts go with its mount namespace), whileOff (if not
+// nil) runs once systemd-nspawn has exited, then the machine boots again and
+// PowerCycle waits until systemd is running; Leader is then the new PID 1.
+// Files written inside are in the host's page cache, which a killed container
+// does not lose: what whileOff does to them is the only data lost. It must not
+// run concurrently with other methods.
+func (m *Machine) PowerCycle(ctx context.Context, whileOff func() error) error {
+	old := m.Leader
+	if old <= 0 {
+		return fmt.Errorf("machine %s: power cycle: not booted", m.Name)
+	}
+	m.mu.Lock()
+	m.cycling, m.whileOff = true, whileOff
+	m.mu.Unlock()
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		return fmt.Errorf("machine %s: power cycle: %w", m.Name, err)
+	}
+	if err := m.followReboot(ctx, old); err != nil {
+		return fmt.Errorf("machine %s: power cycle: %w", m.Name, err)
+	}
+	return m.WaitRunning(ctx)
 }
 
 // Reboot reboots the machine and waits until systemd is running again; Leader

@@ -95,6 +95,10 @@ type Machine struct {
 	started  bool // systemd-nspawn was started at least once
 	nspawn   *os.Process
 	stopping bool // Close runs: a reboot request now ends the machine
+	// whileOff, set by PowerCycle, runs once systemd-nspawn has exited and
+	// before it is started again on the same files.
+	whileOff func() error
+	cycling  bool
 
 	closeOnce sync.Once
 	closeErr  error

@@ -166,6 +166,48 @@ func TestRebootKeepsFilesAndReturnsRunning(t *testing.T) {
 	}
 }
 
+// TestPowerCycleKillsEverythingAndBootsAgain: a power cycle stops every
+// process at once (a unit asked to write on stop never does), runs the
+// while-off step with the machine gone, and boots systemd again on the same
+// files.
+func TestPowerCycleKillsEverythingAndBootsAgain(t *testing.T) {
+	m := bootForTest(t, Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := m.WriteFile(ctx, "/var/lib/marker", strings.NewReader("before the cut"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// An orderly shutdown would run this unit's ExecStop; a power cut does not.
+	if _, errOut, err := m.Exec(ctx, nil, "systemd-run", "--unit=stopwitness", "--remain-after-exit",
+		"-p", "ExecStop=/bin/sh -c 'echo stopped > /var/lib/stopped'", "/bin/true"); err != nil {
+		t.Fatalf("systemd-run: %v: %s", err, errOut)
+	}
+	oldLeader := m.Leader
+	offRan := false
+	err := m.PowerCycle(ctx, func() error {
+		offRan = true
+		if alive(oldLeader) {
+			t.Errorf("init %d still alive while the power is off", oldLeader)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("PowerCycle: %v", err)
+	}
+	if !offRan {
+		t.Error("the while-off step did not run")
+	}
+	if m.Leader == oldLeader {
+		t.Errorf("leader still %d after the power cycle", m.Leader)
+	}
+	if out, _, err := m.Exec(ctx, nil, "cat", "/var/lib/marker"); err != nil || string(out) != "before the cut" {
+		t.Errorf("marker after the power cycle = %q (%v), want it kept", out, err)
+	}
+	if _, err := os.Stat(m.Path("/var/lib/stopped")); !os.IsNotExist(err) {
+		t.Errorf("a unit was stopped in order during the power cut (%v)", err)
+	}
+}
+
 func TestBootFallsBackToCopyWithoutOverlayfs(t *testing.T) {
 	orig := mountOverlay
 	mountOverlay = func(string, string) error { return syscall.EINVAL }

@@ -67,6 +67,12 @@ type Node struct {
 // the agent binary in. The caller closes the node. netns is the network
 // namespace the machine runs in (a lab's node), or "" for the host's network.
 func BootNode(ctx context.Context, e *Env, inst awsemu.Instance, agentBin string, console io.Writer, netns string) (*Node, error) {
+	return BootNodeWithBinds(ctx, e, inst, agentBin, console, netns, nil)
+}
+
+// BootNodeWithBinds is BootNode with host directories bound into the machine
+// ("host:container", as nspawn.Options.Binds), e.g. a disk of its own.
+func BootNodeWithBinds(ctx context.Context, e *Env, inst awsemu.Instance, agentBin string, console io.Writer, netns string, binds []string) (*Node, error) {
 	env, err := e.AWSEnv(inst.ID)
 	if err != nil {
 		return nil, err
@@ -80,7 +86,7 @@ func BootNode(ctx context.Context, e *Env, inst awsemu.Instance, agentBin string
 	}
 	// The same settings reach every unit inside (nodeagent.service among them), as
 	// an instance's environment would.
-	m, err := nspawn.Boot(ctx, nspawn.Options{Name: inst.ID, Log: console, Env: env, NetworkNamespace: netns})
+	m, err := nspawn.Boot(ctx, nspawn.Options{Name: inst.ID, Log: console, Env: env, NetworkNamespace: netns, Binds: binds})
 	if err != nil {
 		return nil, err
 	}
