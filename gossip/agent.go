@@ -497,13 +497,25 @@ func (a *Agent) startFormationSync() {
 	})
 }
 
+// next says whether a node that has made round exchanges, the last quiet of
+// which taught it nothing, makes another, and after what wait.
+func (p formationPolicy) next(round, quiet int) (time.Duration, bool) {
+	switch {
+	case round < len(p.Waits):
+		return p.Waits[round], true
+	case quiet >= p.Quiet || round >= len(p.Waits)+p.Extra:
+		return 0, false
+	}
+	return p.Every, true
+}
+
 func (a *Agent) formationSync(p formationPolicy) {
 	defer a.wg.Done()
 	known, quiet := a.aliveCount(), 0
-	for round := range len(p.Waits) + p.Extra {
-		wait := p.Every
-		if round < len(p.Waits) {
-			wait = p.Waits[round]
+	for round := 0; ; round++ {
+		wait, ok := p.next(round, quiet)
+		if !ok {
+			return
 		}
 		t := time.NewTimer(jitter(a.tune.dilate(wait)))
 		select {
@@ -527,9 +539,6 @@ func (a *Agent) formationSync(p formationPolicy) {
 			known, quiet = now, 0
 		} else {
 			quiet++
-		}
-		if round+1 >= len(p.Waits) && quiet >= p.Quiet {
-			return
 		}
 	}
 }

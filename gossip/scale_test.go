@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -88,6 +89,11 @@ func BenchmarkRing(b *testing.B) {
 	inNetns := os.Getenv(scaleNetnsMarker) != ""
 	if inNetns {
 		raiseNoFile(b)
+		// N agents share one heap here, so the collector walks all N agents'
+		// state on every cycle: a quarter of the ring's CPU at N=300 with the
+		// default GOGC, and its pauses stall every agent at once. A real node
+		// collects only its own agent's few MiB (see BenchmarkRingProcesses).
+		debug.SetGCPercent(400)
 	}
 	for _, f := range strings.Split(*scaleSizes, ",") {
 		n, k, err := parseScaleSize(f)
@@ -366,6 +372,7 @@ func runScale(t testing.TB, n int, k float64) {
 	}
 	t.Cleanup(stopAll)
 
+	stalls := watchStalls(t)
 	startCPU, firstStart := cpuTime(), time.Now()
 	traceDone := make(chan struct{})
 	if *scaleTrace {
@@ -422,9 +429,10 @@ func runScale(t testing.TB, n int, k float64) {
 	convergeCPU := cpuTime() - startCPU
 	t.Logf("N=%d converged %v after the last start (CPU %v since the first)", n, converge, convergeCPU)
 	if *scaleFormOnly {
-		fmt.Printf("FORMED N=%d k=%g converge=%v (projected %v, %.1f probe periods) cpu=%v (%.2f cores while forming)\n",
+		fmt.Printf("FORMED N=%d k=%g converge=%v (projected %v, %.1f probe periods) cpu=%v (%.2f cores while forming) stall=%v%s\n",
 			n, k, converge.Round(10*time.Millisecond), time.Duration(float64(converge)/k).Round(10*time.Millisecond),
-			float64(converge)/float64(period), convergeCPU.Round(time.Second), float64(convergeCPU)/float64(time.Since(firstStart)))
+			float64(converge)/float64(period), convergeCPU.Round(time.Second), float64(convergeCPU)/float64(time.Since(firstStart)),
+			stalls.max().Round(time.Millisecond), stalls.verdict(dil(tune.withDefaults().ProbeTimeout)))
 		return
 	}
 
@@ -510,12 +518,60 @@ func runScale(t testing.TB, n int, k float64) {
 	stopAll()
 	real := func(d time.Duration) time.Duration { return time.Duration(float64(d) / k).Round(10 * time.Millisecond) }
 	periods := func(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d)/float64(period)) }
-	fmt.Printf("DILATED N=%d k=%g measured converge=%v join=%v ready=%v fail=%v steady=%.0fB/s/agent cpu=%.3f%%/agent; in probe periods converge=%s join=%s ready=%s fail=%s\n",
+	fmt.Printf("DILATED N=%d k=%g measured converge=%v join=%v ready=%v fail=%v steady=%.0fB/s/agent cpu=%.3f%%/agent; in probe periods converge=%s join=%s ready=%s fail=%s; stall=%v%s\n",
 		n, k, converge.Round(10*time.Millisecond), join.Round(10*time.Millisecond), ready.Round(10*time.Millisecond),
-		fail.Round(10*time.Millisecond), bps, cpuPct, periods(converge), periods(join), periods(ready), periods(fail))
+		fail.Round(10*time.Millisecond), bps, cpuPct, periods(converge), periods(join), periods(ready), periods(fail),
+		stalls.max().Round(time.Millisecond), stalls.verdict(dil(tune.withDefaults().ProbeTimeout)))
 	fmt.Printf("SCALE N=%d k=%g converge=%v join=%v ready=%v fail=%v steady=%.0fB/s/agent cpu=%.3f%%/agent window=%v\n",
 		n, k, real(converge), real(join), real(ready), real(fail), bps*k, cpuPct*k, el.Round(time.Second))
 	// The parent process reports these figures from this line (runScaleInNetns).
+}
+
+// stallWatch measures how late a goroutine that sleeps 20 ms at a time wakes
+// up: how long the process was kept off the CPU (by its own N agents, the
+// collector or other work on the machine). A dilated run is valid only while
+// its stalls stay well below the dilated probe timeout: longer, and probes time
+// out for want of CPU, not of the protocol, so false deaths and slow formation
+// measure this machine rather than the ring.
+type stallWatch struct {
+	mu      sync.Mutex
+	longest time.Duration
+}
+
+func watchStalls(t testing.TB) *stallWatch {
+	w := &stallWatch{}
+	done := make(chan struct{})
+	t.Cleanup(func() { close(done) })
+	go func() {
+		const tick = 20 * time.Millisecond
+		for {
+			before := time.Now()
+			select {
+			case <-done:
+				return
+			case <-time.After(tick):
+			}
+			late := time.Since(before) - tick
+			w.mu.Lock()
+			w.longest = max(w.longest, late)
+			w.mu.Unlock()
+		}
+	}()
+	return w
+}
+
+func (w *stallWatch) max() time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.longest
+}
+
+// verdict flags a run whose longest stall reached half the probe timeout.
+func (w *stallWatch) verdict(probeTimeout time.Duration) string {
+	if w.max() >= probeTimeout/2 {
+		return fmt.Sprintf(" CPU-BOUND (a stall ≥ half the dilated probe timeout %v: raise k or free the machine)", probeTimeout)
+	}
+	return ""
 }
 
 // waitForScale polls less often than waitFor: one check walks N agents.
