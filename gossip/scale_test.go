@@ -93,7 +93,10 @@ func BenchmarkRing(b *testing.B) {
 		// state on every cycle: a quarter of the ring's CPU at N=300 with the
 		// default GOGC, and its pauses stall every agent at once. A real node
 		// collects only its own agent's few MiB (see BenchmarkRingProcesses).
+		// The limit keeps N=1000 (~1.2 GB live while forming) within a few GB
+		// of this shared machine.
 		debug.SetGCPercent(400)
+		debug.SetMemoryLimit(4 << 30)
 	}
 	for _, f := range strings.Split(*scaleSizes, ",") {
 		n, k, err := parseScaleSize(f)
