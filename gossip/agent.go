@@ -466,12 +466,14 @@ func (a *Agent) joinSeeds(seeds []string) bool {
 // have to carry every member's alive message to every node, a few per packet:
 // ~7 s for N=200 even with CPU to spare. A push/pull exchange merges two whole
 // views, so rounds of them spread the membership like an epidemic of full
-// states. A node makes one exchange after each of Waits (0.5 to 9 s after its
+// states. A node makes one exchange after each of Waits (0.5 to 3 s after its
 // join: while a launch is still starting, views stand still for a moment
 // without being whole), then, for a ring still forming around it, one every
 // Every for as long as its view keeps growing: it stops once Quiet rounds in a
-// row taught it nothing, or after Extra more. A node joining a formed ring
-// pays len(Waits) exchanges once. A node whose Lifeguard health score says it
+// row taught it nothing, or after Extra more. (With the former fixed rounds
+// at 0.5, 1, 2, 3, 5 and 9 s, N=1000 had its median node's view whole by
+// ~3.5 s but its last members waited for the 5 s and 9 s rounds.) A node
+// joining a formed ring pays len(Waits)+Quiet exchanges once. A node whose Lifeguard health score says it
 // is overloaded skips its rounds: a full-state exchange then only adds load,
 // and merging a peer's suspicions spreads them (measured on a ring starved of
 // CPU, that turned a slow formation into a storm of false deaths).
@@ -482,8 +484,8 @@ type formationPolicy struct {
 }
 
 var formation = formationPolicy{
-	Waits: []time.Duration{500 * time.Millisecond, 500 * time.Millisecond, time.Second, time.Second, 2 * time.Second, 4 * time.Second},
-	Every: time.Second, Quiet: 2, Extra: 20,
+	Waits: []time.Duration{500 * time.Millisecond, 500 * time.Millisecond, time.Second, time.Second},
+	Every: 500 * time.Millisecond, Quiet: 2, Extra: 20,
 }
 
 // startFormationSync runs the formation exchanges once per agent.
