@@ -473,10 +473,11 @@ func (a *Agent) joinSeeds(seeds []string) bool {
 // row taught it nothing, or after Extra more. (With the former fixed rounds
 // at 0.5, 1, 2, 3, 5 and 9 s, N=1000 had its median node's view whole by
 // ~3.5 s but its last members waited for the 5 s and 9 s rounds.) A node
-// joining a formed ring pays len(Waits)+Quiet exchanges once. A node whose Lifeguard health score says it
-// is overloaded skips its rounds: a full-state exchange then only adds load,
-// and merging a peer's suspicions spreads them (measured on a ring starved of
-// CPU, that turned a slow formation into a storm of false deaths).
+// joining a formed ring pays len(Waits)+Quiet exchanges once. A node whose
+// Lifeguard health score says it is overloaded (its own probes go unanswered
+// in time) skips its rounds: a full-state exchange then only adds load, and
+// merging a peer's suspicions spreads them (measured on a ring starved of CPU,
+// that turned a slow formation into a storm of false deaths).
 type formationPolicy struct {
 	Waits        []time.Duration
 	Every        time.Duration
