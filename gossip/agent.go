@@ -485,34 +485,67 @@ func (a *Agent) joinSeeds(seeds []string) bool {
 	return false
 }
 
-// formationRounds are the waits between the full-state exchanges a node makes
-// with random members right after it first finds itself in a ring. When many
-// nodes start at once (an Auto Scaling launch), each joins seeds whose own views
-// are still nearly empty, so the join teaches it little; from then on gossip
-// alone would have to carry every member's alive message to every node, which
-// for N=200 started at once took ~7 s even with CPU to spare, because every
-// gossip packet holds only a few of those messages. A push/pull exchange merges
-// two whole views, so a few rounds of them spread the membership like an
-// epidemic of full states (each round roughly doubles what a node knows). The
-// rounds stop after ~9 s: by then the ring has formed, and the periodic
-// push/pull and seed refresh take over. A node whose Lifeguard health score says
-// it is overloaded skips its rounds. A node joining a formed ring pays these
-// few extra exchanges once.
-var formationRounds = []time.Duration{
-	500 * time.Millisecond, 500 * time.Millisecond, time.Second, time.Second, 2 * time.Second, 4 * time.Second,
+// formation is how a node spreads the membership right after it first finds
+// itself in a ring: full-state exchanges with random members. When many nodes
+// start at once (an Auto Scaling launch), each joins seeds whose own views are
+// still nearly empty, so the join teaches it little; gossip alone would then
+// have to carry every member's alive message to every node, a few per packet:
+// ~7 s for N=200 even with CPU to spare. A push/pull exchange merges two whole
+// views, so rounds of them spread the membership like an epidemic of full
+// states. A node makes one exchange after each of Waits (0.5 to 3 s after its
+// join: while a launch is still starting, views stand still for a moment
+// without being whole), then, for a ring still forming around it, one every
+// Every for as long as its view keeps growing: it stops once Quiet rounds in a
+// row taught it nothing, or after Extra more. (With the former fixed rounds
+// at 0.5, 1, 2, 3, 5 and 9 s, N=1000 had its median node's view whole by
+// ~3.5 s but its last members waited for the 5 s and 9 s rounds.) A node
+// joining a formed ring pays len(Waits)+Quiet exchanges once. A node whose
+// Lifeguard health score says it is overloaded (its own probes go unanswered
+// in time) skips its rounds: a full-state exchange then only adds load, and
+// merging a peer's suspicions spreads them (measured on a ring starved of CPU,
+// that turned a slow formation into a storm of false deaths).
+type formationPolicy struct {
+	Waits        []time.Duration
+	Every        time.Duration
+	Quiet, Extra int
+}
+
+var formation = formationPolicy{
+	Waits: []time.Duration{500 * time.Millisecond, 500 * time.Millisecond, time.Second, time.Second},
+	Every: 500 * time.Millisecond, Quiet: 2, Extra: 20,
 }
 
 // startFormationSync runs the formation exchanges once per agent.
 func (a *Agent) startFormationSync() {
 	a.formationOnce.Do(func() {
+		if len(formation.Waits) == 0 {
+			return
+		}
 		a.wg.Add(1)
-		go a.formationSync()
+		go a.formationSync(formation)
 	})
 }
 
-func (a *Agent) formationSync() {
+// next says whether a node that has made round exchanges, the last quiet of
+// which taught it nothing, makes another, and after what wait.
+func (p formationPolicy) next(round, quiet int) (time.Duration, bool) {
+	switch {
+	case round < len(p.Waits):
+		return p.Waits[round], true
+	case quiet >= p.Quiet || round >= len(p.Waits)+p.Extra:
+		return 0, false
+	}
+	return p.Every, true
+}
+
+func (a *Agent) formationSync(p formationPolicy) {
 	defer a.wg.Done()
-	for _, wait := range formationRounds {
+	known, quiet := a.aliveCount(), 0
+	for round := 0; ; round++ {
+		wait, ok := p.next(round, quiet)
+		if !ok {
+			return
+		}
 		t := time.NewTimer(jitter(a.tune.dilate(wait)))
 		select {
 		case <-a.stop:
@@ -520,23 +553,36 @@ func (a *Agent) formationSync() {
 			return
 		case <-t.C:
 		}
-		// Lifeguard's local health score rises when this node's own probes
-		// go unanswered in time, i.e. when it (or its network) is overloaded.
-		// A full-state exchange then only adds load, and merging a peer's
-		// suspicions spreads them: measured on a ring starved of CPU, that
-		// turned a slow formation into a storm of false deaths.
-		if a.ml.GetHealthScore() > 0 {
-			continue
+		if a.ml.GetHealthScore() == 0 {
+			if peer := a.randomAlivePeer(); peer != "" {
+				// Join of a member already known is one push/pull exchange.
+				if _, err := a.ml.Join([]string{peer}); err != nil {
+					a.log.Debug("gossip formation exchange", "peer", peer, "err", err)
+				}
+			}
 		}
-		peer := a.randomAlivePeer()
-		if peer == "" {
-			continue
-		}
-		// Join of a member already known is one push/pull exchange.
-		if _, err := a.ml.Join([]string{peer}); err != nil {
-			a.log.Debug("gossip formation exchange", "peer", peer, "err", err)
+		// Growth from any source counts (the exchange, peers' exchanges
+		// with us, gossip): the ring is still forming around this node.
+		now := a.aliveCount()
+		if now > known {
+			known, quiet = now, 0
+		} else {
+			quiet++
 		}
 	}
+}
+
+// aliveCount is the number of alive members this agent knows, itself included.
+func (a *Agent) aliveCount() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n := 0
+	for _, v := range a.view {
+		if v.State == StateAlive {
+			n++
+		}
+	}
+	return n
 }
 
 // randomAlivePeer is the address of a random alive member other than this

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,13 +20,14 @@ import (
 )
 
 var (
-	scaleSizes  = flag.String("scale.n", "100,500,1000", "ring sizes for BenchmarkRing; N/k runs N agents with every timer dilated k times (Tuning.Dilation)")
-	scaleNoForm = flag.Bool("scale.noformation", false, "skip the formation exchanges (formationRounds), to compare")
-	scaleRepeat = flag.Int("scale.repeat", 1, "runs of each size; the worst of each figure is reported")
-	scaleWindow = flag.Duration("scale.window", 30*time.Second, "steady-state measuring window")
-	scaleBatch  = flag.Int("scale.batch", 0, "start agents in batches of this many, 1s apart (0: all at once)")
-	scaleTrace  = flag.Bool("scale.trace", false, "print the ring's convergence every 500ms while it forms")
-	scaleTuning = flag.String("scale.tuning", "", "memberlist overrides for BenchmarkRing, e.g. probe=1s,timeout=800ms,susp=4; empty = DefaultTuning")
+	scaleSizes    = flag.String("scale.n", "100,500,1000", "ring sizes for BenchmarkRing; N/k runs N agents with every timer dilated k times (Tuning.Dilation)")
+	scaleNoForm   = flag.Bool("scale.noformation", false, "skip the formation exchanges (formation), to compare")
+	scaleRepeat   = flag.Int("scale.repeat", 1, "runs of each size; the worst of each figure is reported")
+	scaleWindow   = flag.Duration("scale.window", 30*time.Second, "steady-state measuring window")
+	scaleBatch    = flag.Int("scale.batch", 0, "start agents in batches of this many, 1s apart (0: all at once)")
+	scaleTrace    = flag.Bool("scale.trace", false, "print the ring's convergence every 500ms while it forms")
+	scaleFormOnly = flag.Bool("scale.formonly", false, "stop each run once the ring has formed: print a FORMED line with the convergence time and CPU (for studying the formation; no SCALE line)")
+	scaleTuning   = flag.String("scale.tuning", "", "memberlist overrides for BenchmarkRing, e.g. probe=1s,timeout=800ms,susp=4; empty = DefaultTuning")
 )
 
 // parseTuning reads -scale.tuning.
@@ -87,6 +89,14 @@ func BenchmarkRing(b *testing.B) {
 	inNetns := os.Getenv(scaleNetnsMarker) != ""
 	if inNetns {
 		raiseNoFile(b)
+		// N agents share one heap here, so the collector walks all N agents'
+		// state on every cycle: a quarter of the ring's CPU at N=300 with the
+		// default GOGC, and its pauses stall every agent at once. A real node
+		// collects only its own agent's few MiB (see BenchmarkRingProcesses).
+		// The limit keeps N=1000 (~1.2 GB live while forming) within a few GB
+		// of this shared machine.
+		debug.SetGCPercent(400)
+		debug.SetMemoryLimit(4 << 30)
 	}
 	for _, f := range strings.Split(*scaleSizes, ",") {
 		n, k, err := parseScaleSize(f)
@@ -211,7 +221,7 @@ func runScaleChild(b *testing.B, n int, k float64) map[string]float64 {
 	if err := cmd.Wait(); err != nil {
 		b.Fatalf("ring of %d in its own network namespace: %v", n, err)
 	}
-	if figures == nil {
+	if figures == nil && !*scaleFormOnly {
 		b.Fatalf("ring of %d: the child printed no SCALE line", n)
 	}
 	return figures
@@ -317,9 +327,9 @@ func runScale(t testing.TB, n int, k float64) {
 	}
 	tune.Dilation = k
 	if *scaleNoForm {
-		saved := formationRounds
-		formationRounds = nil
-		t.Cleanup(func() { formationRounds = saved })
+		saved := formation
+		formation.Waits = nil
+		t.Cleanup(func() { formation = saved })
 	}
 	dil := func(d time.Duration) time.Duration { return time.Duration(float64(d) * k) }
 	period := dil(tune.withDefaults().ProbeInterval)
@@ -365,6 +375,7 @@ func runScale(t testing.TB, n int, k float64) {
 	}
 	t.Cleanup(stopAll)
 
+	stalls := watchStalls(t)
 	startCPU, firstStart := cpuTime(), time.Now()
 	traceDone := make(chan struct{})
 	if *scaleTrace {
@@ -420,6 +431,13 @@ func runScale(t testing.TB, n int, k float64) {
 	close(traceDone)
 	convergeCPU := cpuTime() - startCPU
 	t.Logf("N=%d converged %v after the last start (CPU %v since the first)", n, converge, convergeCPU)
+	if *scaleFormOnly {
+		fmt.Printf("FORMED N=%d k=%g converge=%v (projected %v, %.1f probe periods) cpu=%v (%.2f cores while forming) stall=%v%s\n",
+			n, k, converge.Round(10*time.Millisecond), time.Duration(float64(converge)/k).Round(10*time.Millisecond),
+			float64(converge)/float64(period), convergeCPU.Round(time.Second), float64(convergeCPU)/float64(time.Since(firstStart)),
+			stalls.max().Round(time.Millisecond), stalls.verdict(dil(tune.withDefaults().ProbeTimeout)))
+		return
+	}
 
 	// Every member a node learns at join is queued for re-gossip, so a ring that
 	// just formed spends tens of seconds draining those queues: wait until the
@@ -503,12 +521,60 @@ func runScale(t testing.TB, n int, k float64) {
 	stopAll()
 	real := func(d time.Duration) time.Duration { return time.Duration(float64(d) / k).Round(10 * time.Millisecond) }
 	periods := func(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d)/float64(period)) }
-	fmt.Printf("DILATED N=%d k=%g measured converge=%v join=%v ready=%v fail=%v steady=%.0fB/s/agent cpu=%.3f%%/agent; in probe periods converge=%s join=%s ready=%s fail=%s\n",
+	fmt.Printf("DILATED N=%d k=%g measured converge=%v join=%v ready=%v fail=%v steady=%.0fB/s/agent cpu=%.3f%%/agent; in probe periods converge=%s join=%s ready=%s fail=%s; stall=%v%s\n",
 		n, k, converge.Round(10*time.Millisecond), join.Round(10*time.Millisecond), ready.Round(10*time.Millisecond),
-		fail.Round(10*time.Millisecond), bps, cpuPct, periods(converge), periods(join), periods(ready), periods(fail))
+		fail.Round(10*time.Millisecond), bps, cpuPct, periods(converge), periods(join), periods(ready), periods(fail),
+		stalls.max().Round(time.Millisecond), stalls.verdict(dil(tune.withDefaults().ProbeTimeout)))
 	fmt.Printf("SCALE N=%d k=%g converge=%v join=%v ready=%v fail=%v steady=%.0fB/s/agent cpu=%.3f%%/agent window=%v\n",
 		n, k, real(converge), real(join), real(ready), real(fail), bps*k, cpuPct*k, el.Round(time.Second))
 	// The parent process reports these figures from this line (runScaleInNetns).
+}
+
+// stallWatch measures how late a goroutine that sleeps 20 ms at a time wakes
+// up: how long the process was kept off the CPU (by its own N agents, the
+// collector or other work on the machine). A dilated run is valid only while
+// its stalls stay well below the dilated probe timeout: longer, and probes time
+// out for want of CPU, not of the protocol, so false deaths and slow formation
+// measure this machine rather than the ring.
+type stallWatch struct {
+	mu      sync.Mutex
+	longest time.Duration
+}
+
+func watchStalls(t testing.TB) *stallWatch {
+	w := &stallWatch{}
+	done := make(chan struct{})
+	t.Cleanup(func() { close(done) })
+	go func() {
+		const tick = 20 * time.Millisecond
+		for {
+			before := time.Now()
+			select {
+			case <-done:
+				return
+			case <-time.After(tick):
+			}
+			late := time.Since(before) - tick
+			w.mu.Lock()
+			w.longest = max(w.longest, late)
+			w.mu.Unlock()
+		}
+	}()
+	return w
+}
+
+func (w *stallWatch) max() time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.longest
+}
+
+// verdict flags a run whose longest stall reached half the probe timeout.
+func (w *stallWatch) verdict(probeTimeout time.Duration) string {
+	if w.max() >= probeTimeout/2 {
+		return fmt.Sprintf(" CPU-BOUND (a stall ≥ half the dilated probe timeout %v: raise k or free the machine)", probeTimeout)
+	}
+	return ""
 }
 
 // waitForScale polls less often than waitFor: one check walks N agents.

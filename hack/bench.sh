@@ -4,7 +4,7 @@
 #    systemd machine: wall and CPU time of the agent, its peak RSS, the no-op re-run;
 #  - the agent binary's size;
 #  - asset cache verification throughput, etcd volume claim→mounted time over the
-#    emulator's own attach latency, and the gossip ring at N = 100, 500, 1000.
+#    emulator's own attach latency, and the gossip ring at N = 100, 300, 1000 (2000 opt-in).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 hack/rootfs.sh >/dev/null
@@ -45,17 +45,27 @@ echo "== gossip ring at scale (in-process agents; N/k = every timer dilated k ti
 # Time dilation separates the protocol from this machine's two cores: N/k runs N agents
 # with every timer (memberlist's and the agent's own) ×k, and reports durations ÷k and
 # bytes and CPU per second ×k. N=100 and 300 run both ways to validate the projection
-# (within 20 %); 1000 and 2000 run dilated only. Run under the e2e lock so that other
-# tests' CPU does not distort the figures. Targets at N=1000: converge, join, ready and
-# dead-known ≤ 5 s; ≤ 2 KB/s and ≤ 1 % of a core per agent.
-flock /tmp/nodeagent-e2e.lock go test -count=1 -run '^$' -bench BenchmarkRing -benchtime 1x -timeout 60m ./gossip/ \
-  -scale.n "${GOSSIP_N:-100,100/4,300,300/4,1000/8,2000/16}" -scale.batch "${GOSSIP_BATCH:-0}" \
+# (within 20 %); 1000 runs dilated only. k must be large enough that the agents' CPU fits
+# the machine: each DILATED line ends in CPU-BOUND when the process was kept off the CPU
+# for half a dilated probe timeout (then the figures measure the machine, not the ring).
+# N=1000 needs k=32 here (k=8 and 16 stalled for 40–50 s while forming). Run under the
+# e2e lock so that other tests' CPU does not distort the figures. Targets at N=1000:
+# converge, join, ready and dead-known <= 5 s; <= 2 KB/s and <= 1 % of a core per agent.
+flock /tmp/nodeagent-e2e.lock go test -count=1 -run '^$' -bench '^BenchmarkRing$' -benchtime 1x -timeout 60m ./gossip/ \
+  -scale.n "${GOSSIP_N:-100,100/4,300,300/4,1000/32}" -scale.batch "${GOSSIP_BATCH:-0}" \
   -scale.window "${GOSSIP_WINDOW:-20s}" -scale.repeat "${GOSSIP_REPEAT:-1}" |
-  grep -E '^SCALE|^DILATED|^Benchmark|not within|^(ok|FAIL)' || true
+  grep -E '^SCALE|^DILATED|^Benchmark|not within|^(ok|FAIL)' |
+  awk '{print} /^SCALE/ {printf "FIGURE gossip %s %s: %s %s %s %s %s %s   targets (N=1000) <= 5s each, <= 2000B/s, <= 1%%\n", $2, $3, $4, $5, $6, $7, $8, $9}' || true
+# N=2000: the formation only (~5 GB while forming at k=64; the full figures would take
+# an hour dilated): GOSSIP_FORM=2000/64 hack/bench.sh, or the command below.
+if [ -n "${GOSSIP_FORM:-}" ]; then
+  flock /tmp/nodeagent-e2e.lock go test -count=1 -run '^$' -bench '^BenchmarkRing$' -benchtime 1x -timeout 60m ./gossip/ \
+    -scale.n "$GOSSIP_FORM" -scale.formonly | grep -E '^FORMED|not within|^(ok|FAIL)' | sed 's/^FORMED/FIGURE gossip formation/' || true
+fi
 
 echo "== gossip ring of real processes (one agent per process and network namespace; RSS and CPU from /proc)"
 # N=200 (the target is at least 200), timers ×4 so that 200 processes forming a ring fit two
 # cores; CPU and convergence are projected back. Targets: RSS ≤ 30 MiB, ≤ 1 % of a core per process.
 flock /tmp/nodeagent-e2e.lock go test -count=1 -run '^$' -bench BenchmarkRingProcesses -benchtime 1x -timeout 20m ./gossip/ \
   -procs.n "${GOSSIP_PROCS:-200}" -procs.k "${GOSSIP_PROCS_K:-4}" -procs.window 30s |
-  grep -E '^PROCS|^Benchmark|not within|^(ok|FAIL)' || true
+  grep -E '^PROCS|^Benchmark|not within|^(ok|FAIL)' | sed 's/^PROCS/FIGURE gossip processes (targets: RSS <= 30 MiB, cpu <= 1 %)/' || true
