@@ -110,18 +110,7 @@ func newHALab(t *testing.T, extraVolumes ...awsemu.Volume) *haLab {
 		t.Fatalf("network namespaces: %s", why)
 	}
 	images := loadImages(t)
-	bins, err := testenv.WorkerBinaries("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// containerd's tarball brings ctr, the CNI plugins' tarball every plugin.
-	archives, err := testenv.WorkerArchives()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, im := range images {
-		bins = append(bins, testenv.Binary{Name: imageAssetName(im), Path: filepath.Join(imagesDir(), im.File)})
-	}
+	bins, archives := workerAssets(t, images...)
 
 	lab := netns.New(t, "ha", haSubnet, haMachineSlots)
 	for _, n := range lab.Nodes {

@@ -64,8 +64,10 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// startEnv starts the emulator with the worker binaries and closes it with the test.
-func startEnv(t testing.TB, w *awsemu.World) *testenv.Env {
+// workerAssets are what the emulator serves a worker: its binaries, the release
+// archives (containerd's tarball brings ctr, the CNI plugins' tarball every
+// plugin) and, as plain assets, the given image archives.
+func workerAssets(t testing.TB, images ...imageEntry) ([]testenv.Binary, []testenv.Archive) {
 	t.Helper()
 	bins, err := testenv.WorkerBinaries("")
 	if err != nil {
@@ -75,6 +77,16 @@ func startEnv(t testing.TB, w *awsemu.World) *testenv.Env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	for _, im := range images {
+		bins = append(bins, testenv.Binary{Name: imageAssetName(im), Path: filepath.Join(imagesDir(), im.File)})
+	}
+	return bins, archives
+}
+
+// startEnv starts the emulator with the worker binaries and closes it with the test.
+func startEnv(t testing.TB, w *awsemu.World) *testenv.Env {
+	t.Helper()
+	bins, archives := workerAssets(t)
 	env, err := testenv.Start(testenv.Options{Binaries: bins, Archives: archives, Log: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))}, w)
 	if err != nil {
 		t.Fatal(err)

@@ -75,17 +75,7 @@ func TestPackerImage(t *testing.T) {
 // startBuildEnv serves the worker's assets and every image archive to the build.
 func startBuildEnv(t *testing.T, images []imageEntry) *testenv.Env {
 	t.Helper()
-	bins, err := testenv.WorkerBinaries("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	archives, err := testenv.WorkerArchives()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, im := range images {
-		bins = append(bins, testenv.Binary{Name: imageAssetName(im), Path: filepath.Join(imagesDir(), im.File)})
-	}
+	bins, archives := workerAssets(t, images...)
 	env, err := testenv.Start(testenv.Options{Binaries: bins, Archives: archives,
 		Log: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))}, &awsemu.World{})
 	if err != nil {
@@ -125,14 +115,7 @@ func buildMirrorURL(t *testing.T, buildEnv *testenv.Env, sha256, what string) st
 // the emulator.
 func bootBakedWorker(ctx context.Context, t *testing.T, baked string, buildEnv *testenv.Env) {
 	lab := netns.New(t, "pk", "10.121.0", 1)
-	bins, err := testenv.WorkerBinaries("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	archives, err := testenv.WorkerArchives()
-	if err != nil {
-		t.Fatal(err)
-	}
+	bins, archives := workerAssets(t)
 	bootEnv, err := testenv.Start(testenv.Options{Binaries: bins, Archives: archives,
 		Listen: func() (net.Listener, error) { return netns.ListenIn(lab.Bridge, "tcp", lab.Router.String()+":0") }}, &awsemu.World{})
 	if err != nil {
