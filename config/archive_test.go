@@ -89,6 +89,7 @@ func TestPackerBakeTemplate(t *testing.T) {
 		"containerd_url": "https://github.com/containerd/containerd/releases/download/v2.1.4/containerd-2.1.4-linux-amd64.tar.gz", "containerd_sha256": sum64,
 		"cni_plugins_url": "https://github.com/containernetworking/plugins/releases/download/v1.8.0/cni-plugins-linux-amd64-v1.8.0.tgz", "cni_plugins_sha256": sum64,
 		"runc_url": "https://github.com/opencontainers/runc/releases/download/v1.3.3/runc.amd64", "runc_sha256": sum64,
+		"image_archives": "[]", // the variable's default: no image baked
 	}
 	hcl, err := os.ReadFile("../packer/nodeagent.pkr.hcl")
 	if err != nil {
