@@ -48,8 +48,9 @@ var _ memberlist.NodeAwareTransport = (*transport)(nil)
 // at net.core.rmem_max): a burst of gossip after a restart should queue, not drop.
 const udpRecvBuffer = 2 << 20
 
-// maxPacket is the largest UDP payload; memberlist's packets stay under ~1.4 KB.
-const maxPacket = 65536
+// maxPacket is the largest UDP payload read (packets are at most a VPC jumbo
+// frame, see packetBudget, or an older peer's 1.4 KB).
+const maxPacket = 65536 // above vpcJumboPacket, so any peer's packet fits
 
 // listen binds the TCP listener and the UDP socket on ip:port.
 func listen(ip net.IP, port int, log *slog.Logger) (*transport, error) {
