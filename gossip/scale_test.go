@@ -482,20 +482,18 @@ func runScale(t testing.TB, n int, k float64) {
 		return sum
 	}
 	drainStart, sentAtConverge := time.Now(), totalSent()
-	peakQueued, queued := 0, totalQueued(agents)
-	for (queued > n/100 || anyForming(agents)) && time.Since(drainStart) < *scaleDrainMax {
-		peakQueued = max(peakQueued, queued)
+	queuedAtConverge := totalQueued(agents)
+	for queued := queuedAtConverge; (queued > n/100 || anyForming(agents)) && time.Since(drainStart) < *scaleDrainMax; queued = totalQueued(agents) {
 		time.Sleep(min(dil(time.Second), 10*time.Second))
-		queued = totalQueued(agents)
 	}
 	drain := time.Since(drainStart)
 	regossipBytes := float64(totalSent()-sentAtConverge) / float64(n)
 	undrained := ""
-	if queued > n/100 || anyForming(agents) {
+	if queued := totalQueued(agents); queued > n/100 || anyForming(agents) {
 		undrained = fmt.Sprintf(" UNDRAINED (%d messages still queued after %v: join, ready and fail were measured behind the re-gossip)", queued, drain.Round(time.Second))
 	}
-	t.Logf("N=%d re-gossip queues: %d messages queued at convergence (peak), %d left after %v; %.0f B per agent sent meanwhile",
-		n, peakQueued, queued, drain.Round(time.Second), regossipBytes)
+	t.Logf("N=%d re-gossip queues: %d messages queued at convergence, waited %v; %.0f B per agent sent meanwhile%s",
+		n, queuedAtConverge, drain.Round(time.Second), regossipBytes, undrained)
 	sent0 := totalSent()
 	cpu0, t0 := cpuTime(), time.Now()
 	// At least four probe periods, so every agent's probes are in the window.
@@ -563,9 +561,9 @@ func runScale(t testing.TB, n int, k float64) {
 		n, k, converge.Round(10*time.Millisecond), join.Round(10*time.Millisecond), ready.Round(10*time.Millisecond),
 		fail.Round(10*time.Millisecond), bps, cpuPct, periods(converge), periods(join), periods(ready), periods(fail),
 		stalls.max().Round(time.Millisecond), stalls.verdict(dil(tune.withDefaults().ProbeTimeout)))
-	fmt.Printf("SCALE N=%d k=%g converge=%v join=%v ready=%v fail=%v steady=%.0fB/s/agent cpu=%.3f%%/agent window=%v regossip=%v regossip-bytes=%.0fKB/agent peak-queued=%d%s\n",
+	fmt.Printf("SCALE N=%d k=%g converge=%v join=%v ready=%v fail=%v steady=%.0fB/s/agent cpu=%.3f%%/agent window=%v regossip=%v regossip-bytes=%.0fKB/agent queued-at-converge=%d%s\n",
 		n, k, real(converge), real(join), real(ready), real(fail), bps*k, cpuPct*k, el.Round(time.Second),
-		real(drain), regossipBytes/1000, peakQueued, undrained)
+		real(drain), regossipBytes/1000, queuedAtConverge, undrained)
 	// The parent process reports these figures from this line (runScaleInNetns).
 }
 
