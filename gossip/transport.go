@@ -17,8 +17,8 @@ import (
 // of memberlist's NetTransport for two reasons:
 //
 //   - NetTransport reads every UDP packet into a fresh, zeroed 64 KB buffer. A
-//     gossip packet is 100–1400 bytes, so that is ~99% garbage: in the scale test
-//     the 64 KB buffers were two thirds of all allocation and the zeroing plus the
+//     gossip packet is 100 bytes to a 9 KB jumbo frame, so that is mostly
+//     garbage: in the scale test the 64 KB buffers were two thirds of all allocation and the zeroing plus the
 //     GC it caused the largest CPU cost. Here one buffer per socket is reused and
 //     each packet is copied out at its own size.
 //   - The bytes on the ring's sockets are counted (Status, the scale test): the
