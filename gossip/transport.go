@@ -18,9 +18,10 @@ import (
 //
 //   - NetTransport reads every UDP packet into a fresh, zeroed 64 KB buffer. A
 //     gossip packet is 100 bytes to a 9 KB jumbo frame, so that is mostly
-//     garbage: in the scale test the 64 KB buffers were two thirds of all allocation and the zeroing plus the
-//     GC it caused the largest CPU cost. Here one buffer per socket is reused and
-//     each packet is copied out at its own size.
+//     garbage: in the scale test the 64 KB buffers were two thirds of all
+//     allocation and the zeroing plus the GC it caused the largest CPU cost.
+//     Here one buffer per socket is reused and each packet is copied out at
+//     its own size.
 //   - The bytes on the ring's sockets are counted (Status, the scale test): the
 //     bandwidth figure is measured, not estimated. Packet payloads are counted as
 //     memberlist hands them over (UDP/IP headers excluded); streams count every
