@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"reflect"
+	"runtime"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -460,10 +461,12 @@ func runScale(t testing.TB, n int, k float64) {
 	convergeCPU := cpuTime() - startCPU
 	t.Logf("N=%d converged %v after the last start (CPU %v since the first)", n, converge, convergeCPU)
 	if *scaleFormOnly {
-		fmt.Printf("FORMED N=%d k=%g converge=%v (projected %v, %.1f probe periods) cpu=%v (%.2f cores while forming) stall=%v%s\n",
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		fmt.Printf("FORMED N=%d k=%g converge=%v (projected %v, %.1f probe periods) cpu=%v (%.2f cores while forming) heap=%dMiB queued=%d stall=%v%s\n",
 			n, k, converge.Round(10*time.Millisecond), time.Duration(float64(converge)/k).Round(10*time.Millisecond),
 			float64(converge)/float64(period), convergeCPU.Round(time.Second), float64(convergeCPU)/float64(time.Since(firstStart)),
-			stalls.max().Round(time.Millisecond), stalls.verdict(dil(tune.withDefaults().ProbeTimeout)))
+			ms.HeapAlloc>>20, totalQueued(agents), stalls.max().Round(time.Millisecond), stalls.verdict(dil(tune.withDefaults().ProbeTimeout)))
 		return
 	}
 
