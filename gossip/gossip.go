@@ -145,6 +145,7 @@ type Agent struct {
 
 	joined        atomic.Bool
 	formationOnce sync.Once
+	forming       atomic.Bool // while formationSync runs
 	statusMu      sync.Mutex
 	lastJoinError string
 	keyRejects    atomic.Uint64

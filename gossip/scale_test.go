@@ -7,6 +7,8 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"reflect"
+	"runtime"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -15,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/memberlist"
 
 	"github.com/nodeagent/nodeagent/internal/netns"
 )
@@ -27,7 +31,9 @@ var (
 	scaleBatch    = flag.Int("scale.batch", 0, "start agents in batches of this many, 1s apart (0: all at once)")
 	scaleTrace    = flag.Bool("scale.trace", false, "print the ring's convergence every 500ms while it forms")
 	scaleFormOnly = flag.Bool("scale.formonly", false, "stop each run once the ring has formed: print a FORMED line with the convergence time and CPU (for studying the formation; no SCALE line)")
-	scaleTuning   = flag.String("scale.tuning", "", "memberlist overrides for BenchmarkRing, e.g. probe=1s,timeout=800ms,susp=4; empty = DefaultTuning")
+	scaleDrainMax = flag.Duration("scale.drainmax", 12*time.Minute, "longest wait (real time) for the formation's re-gossip queues to drain before the steady-state figures")
+	scaleMemLimit = flag.Int64("scale.memlimit", 4<<30, "the ring process's Go memory limit in bytes (N=2000 holds ~5 GB live while forming)")
+	scaleTuning   = flag.String("scale.tuning", "", "memberlist overrides for BenchmarkRing, e.g. probe=1s,timeout=800ms,susp=4,packet=1400; empty = DefaultTuning")
 )
 
 // parseTuning reads -scale.tuning.
@@ -52,6 +58,8 @@ func parseTuning(t testing.TB, s string) *Tuning {
 			tu.SuspicionMult, err = strconv.Atoi(v)
 		case "fanout":
 			tu.GossipNodes, err = strconv.Atoi(v)
+		case "packet":
+			tu.PacketBytes, err = strconv.Atoi(v)
 		case "retransmit":
 			tu.RetransmitMult, err = strconv.Atoi(v)
 		default:
@@ -94,9 +102,9 @@ func BenchmarkRing(b *testing.B) {
 		// default GOGC, and its pauses stall every agent at once. A real node
 		// collects only its own agent's few MiB (see BenchmarkRingProcesses).
 		// The limit keeps N=1000 (~1.2 GB live while forming) within a few GB
-		// of this shared machine.
+		// of this shared machine (-scale.memlimit raises it for N=2000).
 		debug.SetGCPercent(400)
-		debug.SetMemoryLimit(4 << 30)
+		debug.SetMemoryLimit(*scaleMemLimit)
 	}
 	for _, f := range strings.Split(*scaleSizes, ",") {
 		n, k, err := parseScaleSize(f)
@@ -244,7 +252,7 @@ func parseScaleLine(line string) (map[string]float64, bool) {
 		return nil, false
 	}
 	units := map[string]string{"converge": "converge-s", "join": "join-s", "ready": "ready-s", "fail": "dead-known-s",
-		"steady": "B/s/agent", "cpu": "cpu%/agent"}
+		"steady": "B/s/agent", "cpu": "cpu%/agent", "regossip": "regossip-s"}
 	out := map[string]float64{}
 	for _, f := range strings.Fields(line)[1:] {
 		k, v, _ := strings.Cut(f, "=")
@@ -306,6 +314,27 @@ func (a *Agent) memberView(name string) (viewMember, bool) {
 		return viewMember{}, false
 	}
 	return *v, true
+}
+
+// queuedBroadcasts is the length of memberlist's own broadcast queue (alive,
+// suspect and dead messages still to be re-gossiped). memberlist keeps the
+// queue unexported and reports it only as a go-metrics sample every
+// QueueCheckInterval, process-wide; the benchmark reads it directly.
+func (a *Agent) queuedBroadcasts() int {
+	f := reflect.ValueOf(a.ml).Elem().FieldByName("broadcasts")
+	return (*memberlist.TransmitLimitedQueue)(f.UnsafePointer()).NumQueued()
+}
+
+func anyForming(agents []*Agent) bool {
+	return slices.ContainsFunc(agents, func(a *Agent) bool { return a.forming.Load() })
+}
+
+// totalQueued sums queuedBroadcasts over a ring.
+func totalQueued(agents []*Agent) (sum int) {
+	for _, a := range agents {
+		sum += a.queuedBroadcasts()
+	}
+	return sum
 }
 
 func cpuTime() time.Duration {
@@ -432,36 +461,46 @@ func runScale(t testing.TB, n int, k float64) {
 	convergeCPU := cpuTime() - startCPU
 	t.Logf("N=%d converged %v after the last start (CPU %v since the first)", n, converge, convergeCPU)
 	if *scaleFormOnly {
-		fmt.Printf("FORMED N=%d k=%g converge=%v (projected %v, %.1f probe periods) cpu=%v (%.2f cores while forming) stall=%v%s\n",
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		fmt.Printf("FORMED N=%d k=%g converge=%v (projected %v, %.1f probe periods) cpu=%v (%.2f cores while forming) heap=%dMiB queued=%d stall=%v%s\n",
 			n, k, converge.Round(10*time.Millisecond), time.Duration(float64(converge)/k).Round(10*time.Millisecond),
 			float64(converge)/float64(period), convergeCPU.Round(time.Second), float64(convergeCPU)/float64(time.Since(firstStart)),
-			stalls.max().Round(time.Millisecond), stalls.verdict(dil(tune.withDefaults().ProbeTimeout)))
+			ms.HeapAlloc>>20, totalQueued(agents), stalls.max().Round(time.Millisecond), stalls.verdict(dil(tune.withDefaults().ProbeTimeout)))
 		return
 	}
 
-	// Every member a node learns at join is queued for re-gossip, so a ring that
-	// just formed spends tens of seconds draining those queues: wait until the
-	// send rate stops falling (5 s samples) before measuring the steady state.
+	// A node's formation exchanges (formationSync) go on for a few rounds after
+	// its view is whole: full-state exchanges, not the steady state either.
+	// Every member a node learns (by gossip or a full-state exchange) is queued
+	// for re-gossip RetransmitMult·ceil(log10(N+1)) times, so a ring that just
+	// formed at once carries N² such sends: a backlog of minutes at N=1000, during
+	// which fresh news waits behind it. The steady state starts when memberlist's
+	// own broadcast queues are empty; join, readiness and death are measured
+	// after that (or, past -scale.drainmax, with the backlog named on the lines).
 	totalSent := func() (sum uint64) {
 		for _, a := range agents {
 			sum += a.tr.sent.Load()
 		}
 		return sum
 	}
-	drained := time.Now()
-	for prev, last := 0.0, totalSent(); time.Since(drained) < min(dil(3*time.Minute), 6*time.Minute); {
-		time.Sleep(min(dil(5*time.Second), 30*time.Second))
-		now := totalSent()
-		rate := float64(now - last)
-		if prev > 0 && rate >= 0.9*prev {
-			break
-		}
-		prev, last = rate, now
+	drainStart, sentAtConverge := time.Now(), totalSent()
+	queuedAtConverge := totalQueued(agents)
+	for queued := queuedAtConverge; (queued > n/100 || anyForming(agents)) && time.Since(drainStart) < *scaleDrainMax; queued = totalQueued(agents) {
+		time.Sleep(min(dil(time.Second), 10*time.Second))
 	}
-	t.Logf("N=%d gossip queues drained after %v", n, time.Since(drained).Round(time.Second))
+	drain := time.Since(drainStart)
+	regossipBytes := float64(totalSent()-sentAtConverge) / float64(n)
+	undrained := ""
+	if queued := totalQueued(agents); queued > n/100 || anyForming(agents) {
+		undrained = fmt.Sprintf(" UNDRAINED (%d messages still queued after %v: join, ready and fail were measured behind the re-gossip)", queued, drain.Round(time.Second))
+	}
+	t.Logf("N=%d re-gossip queues: %d messages queued at convergence, waited %v; %.0f B per agent sent meanwhile%s",
+		n, queuedAtConverge, drain.Round(time.Second), regossipBytes, undrained)
 	sent0 := totalSent()
 	cpu0, t0 := cpuTime(), time.Now()
-	time.Sleep(*scaleWindow)
+	// At least four probe periods, so every agent's probes are in the window.
+	time.Sleep(max(*scaleWindow, 4*period))
 	sent1 := totalSent()
 	cpu1, el := cpuTime(), time.Since(t0)
 	bps := float64(sent1-sent0) / float64(n) / el.Seconds()
@@ -525,8 +564,9 @@ func runScale(t testing.TB, n int, k float64) {
 		n, k, converge.Round(10*time.Millisecond), join.Round(10*time.Millisecond), ready.Round(10*time.Millisecond),
 		fail.Round(10*time.Millisecond), bps, cpuPct, periods(converge), periods(join), periods(ready), periods(fail),
 		stalls.max().Round(time.Millisecond), stalls.verdict(dil(tune.withDefaults().ProbeTimeout)))
-	fmt.Printf("SCALE N=%d k=%g converge=%v join=%v ready=%v fail=%v steady=%.0fB/s/agent cpu=%.3f%%/agent window=%v\n",
-		n, k, real(converge), real(join), real(ready), real(fail), bps*k, cpuPct*k, el.Round(time.Second))
+	fmt.Printf("SCALE N=%d k=%g converge=%v join=%v ready=%v fail=%v steady=%.0fB/s/agent cpu=%.3f%%/agent window=%v regossip=%v regossip-bytes=%.0fKB/agent queued-at-converge=%d%s\n",
+		n, k, real(converge), real(join), real(ready), real(fail), bps*k, cpuPct*k, el.Round(time.Second),
+		real(drain), regossipBytes/1000, queuedAtConverge, undrained)
 	// The parent process reports these figures from this line (runScaleInNetns).
 }
 
@@ -625,7 +665,7 @@ func traceConvergence(list *[]*Agent, mu *sync.Mutex, since time.Time, done <-ch
 				}
 			}
 		}
-		fmt.Printf("TRACE t=%.1fs agents=%d alive min=%d med=%d max=%d dead-entries=%d\n",
-			time.Since(since).Seconds(), len(agents), alive[0], alive[len(alive)/2], alive[len(alive)-1], dead)
+		fmt.Printf("TRACE t=%.1fs agents=%d alive min=%d med=%d max=%d dead-entries=%d queued=%d\n",
+			time.Since(since).Seconds(), len(agents), alive[0], alive[len(alive)/2], alive[len(alive)-1], dead, totalQueued(agents))
 	}
 }

@@ -17,10 +17,11 @@ import (
 // of memberlist's NetTransport for two reasons:
 //
 //   - NetTransport reads every UDP packet into a fresh, zeroed 64 KB buffer. A
-//     gossip packet is 100–1400 bytes, so that is ~99% garbage: in the scale test
-//     the 64 KB buffers were two thirds of all allocation and the zeroing plus the
-//     GC it caused the largest CPU cost. Here one buffer per socket is reused and
-//     each packet is copied out at its own size.
+//     gossip packet is 100 bytes to a 9 KB jumbo frame, so that is mostly
+//     garbage: in the scale test the 64 KB buffers were two thirds of all
+//     allocation and the zeroing plus the GC it caused the largest CPU cost.
+//     Here one buffer per socket is reused and each packet is copied out at
+//     its own size.
 //   - The bytes on the ring's sockets are counted (Status, the scale test): the
 //     bandwidth figure is measured, not estimated. Packet payloads are counted as
 //     memberlist hands them over (UDP/IP headers excluded); streams count every
@@ -48,8 +49,9 @@ var _ memberlist.NodeAwareTransport = (*transport)(nil)
 // at net.core.rmem_max): a burst of gossip after a restart should queue, not drop.
 const udpRecvBuffer = 2 << 20
 
-// maxPacket is the largest UDP payload; memberlist's packets stay under ~1.4 KB.
-const maxPacket = 65536
+// maxPacket is the largest UDP payload read (packets are at most a VPC jumbo
+// frame, see packetBudget, or an older peer's 1.4 KB).
+const maxPacket = 65536 // above vpcJumboPacket, so any peer's packet fits
 
 // listen binds the TCP listener and the UDP socket on ip:port.
 func listen(ip net.IP, port int, log *slog.Logger) (*transport, error) {
