@@ -150,9 +150,9 @@ func TestCrashSweep(t *testing.T) {
 			{failpoint: "fsutilBeforeRename", match: "state.json", before: quiesce},
 			{failpoint: "bootstrapBetweenPhases", match: "host-prep", before: quiesce},
 			// runc fetched again: neither installed nor in the cache.
-			{failpoint: "assetsMidDownload", match: "runc", before: removeAsset("runc", true)},
+			{failpoint: "assetsMidDownload", match: "runc", before: removeAsset(env.Assets, "runc", true)},
 			// runc installed again from the cache.
-			{failpoint: "assetsBeforeInstall", match: "runc", before: removeAsset("runc", false)},
+			{failpoint: "assetsBeforeInstall", match: "runc", before: removeAsset(env.Assets, "runc", false)},
 			{failpoint: "bootstrapBetweenPhases", match: "assets", before: quiesce},
 			{failpoint: "fsutilBeforeRename", match: ".service", before: redo(systemd.UnitDir + "/nodeagent.service")},
 			{failpoint: "bootstrapBetweenPhases", match: "container-runtime", before: quiesce},
@@ -294,23 +294,20 @@ func redo(globs ...string) func(*testing.T, *testenv.Node) {
 	}
 }
 
-// removeAsset quiesces the node and removes an installed asset, and with
-// uncached its verified copy in the asset cache too.
-func removeAsset(name string, uncached bool) func(*testing.T, *testenv.Node) {
+// removeAsset quiesces the node and removes the installed asset named name
+// (one of list, the node's config), and with uncached its verified copy in
+// the asset cache too.
+func removeAsset(list []config.Asset, name string, uncached bool) func(*testing.T, *testenv.Node) {
 	return func(t *testing.T, n *testenv.Node) {
 		t.Helper()
 		quiesce(t, n)
-		st, err := readState(n)
-		if err != nil {
-			t.Fatal(err)
-		}
-		i := slices.IndexFunc(st.Assets, func(a bootstrap.AssetStatus) bool { return a.Name == name && a.Member == "" })
+		i := slices.IndexFunc(list, func(a config.Asset) bool { return a.Name == name && a.Archive == nil })
 		if i < 0 {
-			t.Fatalf("state records no installed asset %s", name)
+			t.Fatalf("the node's config has no plain asset %s", name)
 		}
-		paths := []string{st.Assets[i].Path}
+		paths := []string{assets.InstallPath(list[i])}
 		if uncached {
-			paths = append(paths, filepath.Join(assets.DefaultCacheDir, strings.ToLower(st.Assets[i].SHA256)))
+			paths = append(paths, filepath.Join(assets.DefaultCacheDir, strings.ToLower(list[i].SHA256)))
 		}
 		for _, p := range paths {
 			if err := os.Remove(n.M.Path(p)); err != nil {
@@ -420,6 +417,13 @@ func converge(t *testing.T, n *testenv.Node, cv convergence) (time.Duration, str
 	case st.Boot == nil || st.Boot.StartedAt.Before(start):
 		bad = append(bad, "the run left no boot record of its own")
 	default:
+		var took []string
+		for _, p := range st.Boot.Phases {
+			if d := time.Duration(p.Duration); d >= 500*time.Millisecond {
+				took = append(took, fmt.Sprintf("%s %s", p.Name, d.Round(100*time.Millisecond)))
+			}
+		}
+		t.Logf("unarmed run: exit %d in %s (%s)", r.Code, r.Wall.Round(100*time.Millisecond), strings.Join(took, ", "))
 		for _, p := range st.Boot.Phases {
 			if !slices.Contains(cv.unfinished, p.Name) && p.State != bootstrap.PhaseDone {
 				bad = append(bad, fmt.Sprintf("phase %s is %s", p.Name, p.State))
