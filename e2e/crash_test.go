@@ -6,7 +6,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io/fs"
@@ -20,11 +22,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nodeagent/nodeagent/assets"
 	"github.com/nodeagent/nodeagent/awsemu"
 	"github.com/nodeagent/nodeagent/bootstrap"
 	"github.com/nodeagent/nodeagent/config"
 	"github.com/nodeagent/nodeagent/internal/testenv"
 	"github.com/nodeagent/nodeagent/pki"
+	"github.com/nodeagent/nodeagent/systemd"
 )
 
 var failpointAgent = flag.String("failpoint-agent", "", "nodeagent built with its gofail failpoints (hack/failpoints.sh; default: built by the test)")
@@ -78,37 +82,59 @@ func (c crashCase) String() string { return c.failpoint + "=" + c.match }
 // crashRow is one line of the sweep's table.
 type crashRow struct {
 	chain, point, outcome string
-	run                   time.Duration
+	// run is the armed run, to its crash; recovery the unarmed run after it,
+	// which must converge.
+	run, recovery time.Duration
+}
+
+// convergence is what the unarmed run after a crash must show: every phase of
+// its own record (State.Boot) done, except those this chain's node cannot
+// finish, plus the chain's invariants.
+type convergence struct {
+	// unfinished phases are not judged: readiness of a worker without an API
+	// server, etcd-health (and so readiness) of a master without its peers.
+	unfinished []string
+	// invariants lists what is wrong after the run ("" entries are ignored).
+	invariants func(t *testing.T, n *testenv.Node, st *bootstrap.State) []string
 }
 
 // TestCrashSweep kills the agent with SIGKILL at each named failpoint of a
-// worker's boot (hack/failpoints.sh builds them in with go.etcd.io/gofail), one
-// after the other on the same node: each armed run first has to recover from
-// the previous crash, then crashes at its own point. After every crash the
-// state file is valid JSON and no file the agent writes is empty or torn; the
-// last, unarmed run converges. Two chains: a worker completing an ASG launch
-// hook (lifecycle point), and a worker holding the cluster CA as files, which
-// issues its own certificates and writes kube-proxy's static pod (PKI and
-// manifest points). Prints failpoint → outcome.
+// node's boot (hack/failpoints.sh builds them in with go.etcd.io/gofail), then
+// runs it again unarmed: every case must converge on its own. After the crash
+// the state file is valid JSON and no file the agent writes is empty; after
+// the unarmed run every phase is done (by that run's own record), nothing is
+// empty, and the chain's invariants hold. Then the node is readied for the next
+// point: the daemon the converged run started is stopped and exactly what the
+// next point redoes is removed. Three chains: a worker completing an ASG
+// launch hook (lifecycle, between phases, temp file before rename, mid
+// download, before install), a worker holding the cluster CA as files (PKI and
+// static pod points), and a lone master with two etcd volumes (mkfs, between
+// phases, mid static pods; attach on its replacement). Prints failpoint →
+// outcome with each case's recovery time.
 func TestCrashSweep(t *testing.T) {
 	bin := failpointBinary(t)
-	var (
-		rows     []crashRow
-		longest  time.Duration
-		longestP string
-	)
+	var rows []crashRow
 	defer func() {
 		var b strings.Builder
-		fmt.Fprintf(&b, "crash sweep (SIGKILL at the failpoint, then the next run):\n%-10s %-48s %-9s %s\n", "chain", "failpoint", "run", "outcome")
+		fmt.Fprintf(&b, "crash sweep (SIGKILL at the failpoint, then an unarmed run that must converge):\n%-10s %-48s %-9s %-9s %s\n", "chain", "failpoint", "run", "recovery", "outcome")
+		points := map[string]bool{}
+		var longest, longestRun crashRow
 		for _, r := range rows {
-			fmt.Fprintf(&b, "%-10s %-48s %-9s %s\n", r.chain, r.point, r.run.Round(100*time.Millisecond), r.outcome)
+			fmt.Fprintf(&b, "%-10s %-48s %-9s %-9s %s\n", r.chain, r.point, r.run.Round(100*time.Millisecond), r.recovery.Round(100*time.Millisecond), r.outcome)
+			points[strings.SplitN(r.point, "=", 2)[0]] = true
+			if r.recovery > longest.recovery {
+				longest = r
+			}
+			if r.run > longestRun.run {
+				longestRun = r
+			}
 		}
-		fmt.Fprintf(&b, "FIGURE crash_sweep_cases %d\nFIGURE crash_sweep_longest_recovery_seconds %.1f (%s)\n", len(rows), longest.Seconds(), longestP)
+		fmt.Fprintf(&b, "FIGURE crash_sweep_failpoints %d\nFIGURE crash_sweep_cases %d\n", len(points), len(rows))
+		fmt.Fprintf(&b, "FIGURE crash_sweep_longest_recovery_seconds %.1f (%s %s)\n", longest.recovery.Seconds(), longest.chain, longest.point)
+		fmt.Fprintf(&b, "FIGURE crash_sweep_longest_armed_run_seconds %.1f (%s %s)\n", longestRun.run.Seconds(), longestRun.chain, longestRun.point)
 		t.Log(b.String())
 	}()
-	record := func(chain string, c crashCase, run time.Duration, outcome string) {
-		rows = append(rows, crashRow{chain, c.String(), outcome, run})
-	}
+	record := func(r crashRow) { rows = append(rows, r) }
 
 	t.Run("lifecycle worker", func(t *testing.T) {
 		env := startEnv(t, &awsemu.World{LifecycleHooks: []awsemu.LifecycleHook{{AutoScalingGroup: "nodes", Name: "nodeagent-ready"}}})
@@ -117,51 +143,35 @@ func TestCrashSweep(t *testing.T) {
 		}))
 		inst.AutoScalingGroup = "nodes"
 		n := bootNodeWith(t, env, inst, bin)
+		// The launch action is completed once per instance: its point comes
+		// first, on the fresh node, and every later run must find it done.
 		cases := []crashCase{
-			{failpoint: "fsutilBeforeRename", match: "state.json"},
-			{failpoint: "bootstrapBetweenPhases", match: "host-prep"},
-			{failpoint: "assetsMidDownload", match: "*"},
-			{failpoint: "assetsBeforeInstall", match: "*"},
-			{failpoint: "bootstrapBetweenPhases", match: "assets"},
-			{failpoint: "fsutilBeforeRename", match: ".service"},
-			{failpoint: "bootstrapBetweenPhases", match: "container-runtime"},
-			{failpoint: "bootstrapBetweenPhases", match: "images"},
-			{failpoint: "bootstrapBetweenPhases", match: "kubelet"},
-			{failpoint: "bootstrapBetweenPhases", match: "nodeagent-service"},
-			// The daemon started above would complete the launch action on
-			// its own: stopped, bootstrap starts it again and holds the run
-			// lock until readiness, where it crashes after the CONTINUE.
-			{failpoint: "lifecycleBeforeRecord", match: "*", before: func(t *testing.T, n *testenv.Node) {
-				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-				defer cancel()
-				if _, _, err := n.M.Exec(ctx, nil, "systemctl", "stop", "nodeagent.service"); err != nil {
-					t.Fatal(err)
-				}
-			}},
+			{failpoint: "lifecycleBeforeRecord", match: "*"},
+			{failpoint: "fsutilBeforeRename", match: "state.json", before: quiesce},
+			{failpoint: "bootstrapBetweenPhases", match: "host-prep", before: quiesce},
+			// runc fetched again: neither installed nor in the cache.
+			{failpoint: "assetsMidDownload", match: "runc", before: removeAsset(env.Assets, "runc", true)},
+			// runc installed again from the cache.
+			{failpoint: "assetsBeforeInstall", match: "runc", before: removeAsset(env.Assets, "runc", false)},
+			{failpoint: "bootstrapBetweenPhases", match: "assets", before: quiesce},
+			{failpoint: "fsutilBeforeRename", match: ".service", before: redo(systemd.UnitDir + "/nodeagent.service")},
+			{failpoint: "bootstrapBetweenPhases", match: "container-runtime", before: quiesce},
+			{failpoint: "bootstrapBetweenPhases", match: "images", before: quiesce},
+			{failpoint: "bootstrapBetweenPhases", match: "kubelet", before: quiesce},
+			{failpoint: "bootstrapBetweenPhases", match: "nodeagent-service", before: quiesce},
 		}
-		d, p := crashChain(t, n, "lifecycle", cases, record)
-		if d > longest {
-			longest, longestP = d, p
-		}
-		if _, code := agent(t, n, "bootstrap"); code != 0 {
-			st, _ := status(t, n)
-			t.Fatalf("unarmed bootstrap after the sweep: exit %d: %s", code, st.Error)
-		}
-		st, _ := status(t, n)
-		for _, p := range st.Phases {
-			if p.State != bootstrap.PhaseDone {
-				t.Errorf("phase %s is %s after the sweep (%s)", p.Name, p.State, p.Error)
+		crashChain(t, n, "lifecycle", cases, record, convergence{invariants: func(t *testing.T, n *testenv.Node, st *bootstrap.State) []string {
+			// Auto Scaling takes one completion: a second CONTINUE is refused
+			// by the emulator (and counted by the agent only as its own earlier one).
+			var bad []string
+			if got := env.Emu.LifecycleResults()[n.InstanceID]; got != "CONTINUE" {
+				bad = append(bad, fmt.Sprintf("launch action result %q, want CONTINUE", got))
 			}
-		}
-		// Auto Scaling saw exactly one completion: a second CONTINUE is refused
-		// by the emulator (and would have failed the run above).
-		if got := env.Emu.LifecycleResults()[n.InstanceID]; got != "CONTINUE" {
-			t.Errorf("launch action result %q, want CONTINUE", got)
-		}
-		if st.Readiness.Lifecycle != "CONTINUE" {
-			t.Errorf("state records lifecycle %q, want CONTINUE", st.Readiness.Lifecycle)
-		}
-		checkNoTornFiles(t, n)
+			if st.Readiness.Lifecycle != "CONTINUE" {
+				bad = append(bad, fmt.Sprintf("state records lifecycle %q, want CONTINUE", st.Readiness.Lifecycle))
+			}
+			return bad
+		}})
 	})
 
 	t.Run("worker with CA files", func(t *testing.T) {
@@ -177,86 +187,155 @@ func TestCrashSweep(t *testing.T) {
 		installCA(t, n, caCert, caKey)
 		cases := []crashCase{
 			{failpoint: "bootstrapBetweenPhases", match: "images"},
-			{failpoint: "pkiAfterKeyBeforeCert", match: "kubelet-client"},
-			{failpoint: "bootstrapBetweenPhases", match: "pki"},
-			{failpoint: "manifestsMidWrite", match: "*"},
-			{failpoint: "bootstrapBetweenPhases", match: "manifests"},
+			{failpoint: "pkiAfterKeyBeforeCert", match: "kubelet-client", before: redo("/var/lib/kubelet/pki/kubelet-client.*")},
+			{failpoint: "bootstrapBetweenPhases", match: "pki", before: quiesce},
+			{failpoint: "manifestsMidWrite", match: "*", before: redo("/etc/kubernetes/manifests/*")},
+			{failpoint: "bootstrapBetweenPhases", match: "manifests", before: quiesce},
 		}
-		d, p := crashChain(t, n, "ca-files", cases, record)
-		if d > longest {
-			longest, longestP = d, p
-		}
-		// No API server here: readiness waits for a Node object that never
-		// comes; every other phase must be done.
-		agent(t, n, "bootstrap")
-		st, _ := status(t, n)
-		for _, p := range st.Phases {
-			if p.Name != "readiness" && p.State != bootstrap.PhaseDone {
-				t.Errorf("phase %s is %s after the sweep (%s)", p.Name, p.State, p.Error)
-			}
-		}
-		// The pair whose certificate a crash kept from being written was
-		// re-issued: key and certificate match.
-		if _, err := tls.LoadX509KeyPair(n.M.Path("/var/lib/kubelet/pki/kubelet-client.crt"), n.M.Path("/var/lib/kubelet/pki/kubelet-client.key")); err != nil {
-			t.Errorf("kubelet client pair after the sweep: %v", err)
-		}
-		checkNoTornFiles(t, n)
+		// No API server here: readiness waits for a Node object that never comes.
+		crashChain(t, n, "ca-files", cases, record, convergence{unfinished: []string{"readiness"}, invariants: func(t *testing.T, n *testenv.Node, _ *bootstrap.State) []string {
+			// A pair a crash split is re-issued: key and certificate match,
+			// and the certificate is the cluster CA's.
+			return []string{issuedPair(n, "/var/lib/kubelet/pki/kubelet-client", caCert)}
+		}})
 	})
 
 	t.Run("master", func(t *testing.T) {
 		h := newHALab(t)
-		h.readinessTimeout = "20s" // alone, it waits for peers that never come
-		saved := builtAgent
-		builtAgent = bin
-		m := h.boot(context.Background(), "i-0e2e0crash00000m", config.RoleControlPlane, haZones[0].az)
-		builtAgent = saved
+		h.readinessTimeout = "10s" // alone, it waits for peers that never come
+		bootMaster := func(id string) *haNode {
+			saved := builtAgent
+			builtAgent = bin
+			defer func() { builtAgent = saved }()
+			return h.boot(context.Background(), id, config.RoleControlPlane, haZones[0].az)
+		}
+		m := bootMaster("i-0e2e0crash00000m")
 		vols := []string{"vol-0main" + haZones[0].member, "vol-0events" + haZones[0].member}
-		var uuids map[string]string
-		// The etcd clusters' volumes are claimed side by side: the first
-		// attach (or mkfs) of either crashes the run, the other may be a step ahead.
+		uuids := map[string]string{}
+		attaches := len(vols) // AttachVolume calls so far: one per volume per node
+		cv := convergence{unfinished: []string{"etcd-health", "readiness"}, invariants: func(t *testing.T, _ *testenv.Node, _ *bootstrap.State) []string {
+			var bad []string
+			if got := h.env.Emu.Calls(awsemu.ServiceEC2, "AttachVolume"); got != attaches {
+				bad = append(bad, fmt.Sprintf("AttachVolume called %d times, want %d (one per volume per node)", got, attaches))
+			}
+			// The filesystem made at the first mkfs is the one mounted now:
+			// never formatted twice.
+			for id, uuid := range volumeUUIDs(t, h, vols) {
+				switch {
+				case uuid == "":
+					bad = append(bad, id+": no filesystem")
+				case uuids[id] == "":
+					uuids[id] = uuid
+				case uuid != uuids[id]:
+					bad = append(bad, fmt.Sprintf("%s: filesystem UUID %s, %s before: formatted twice", id, uuid, uuids[id]))
+				}
+				if vs, _ := h.env.Emu.VolumeStatus(id); vs.InstanceID != m.InstanceID {
+					bad = append(bad, fmt.Sprintf("%s attached to %q, want %s", id, vs.InstanceID, m.InstanceID))
+				}
+			}
+			return bad
+		}}
+		// The etcd clusters' volumes are claimed side by side: the first mkfs
+		// of either crashes the run (the other may be a step ahead); its
+		// filesystem's UUID is read from the superblock right then.
 		cases := []crashCase{
-			{failpoint: "volumesAfterAttach", match: "*"},
 			{failpoint: "volumesAfterMkfs", match: "*", after: func(t *testing.T, _ *testenv.Node) {
-				uuids = volumeUUIDs(t, h, vols)
+				for id, uuid := range volumeUUIDs(t, h, vols) {
+					uuids[id] = uuid
+				}
 			}},
-			{failpoint: "bootstrapBetweenPhases", match: "volumes"},
-			// From here on nodeagent.service runs and finishes what a crashed
-			// run left (its own run follows the crash at once), so only one more
-			// point of this boot is reached by bootstrap: mid static pods, after
-			// the first (etcd-events) of six. The PKI point is the CA-files chain's.
-			{failpoint: "manifestsMidWrite", match: "etcd-events"},
+			{failpoint: "bootstrapBetweenPhases", match: "volumes", before: quiesce},
+			// After the first (etcd-events) of six; one removed manifest makes
+			// the phase write them all again.
+			{failpoint: "manifestsMidWrite", match: "etcd-events", before: redo("/etc/kubernetes/manifests/kube-scheduler.yaml")},
 		}
-		d, p := crashChain(t, m.Node, "master", cases, record)
-		if d > longest {
-			longest, longestP = d, p
+		crashChain(t, m.Node, "master", cases, record, cv)
+		if t.Failed() {
+			return
 		}
-		// Alone, the master waits for its etcd peers; everything before
-		// etcd-health must be done.
-		agent(t, m.Node, "bootstrap")
-		st, _ := status(t, m.Node)
-		for _, p := range st.Phases {
-			if p.Name == "etcd-health" || p.Name == "readiness" {
-				continue
-			}
-			if p.State != bootstrap.PhaseDone {
-				t.Errorf("phase %s is %s after the sweep (%s)", p.Name, p.State, p.Error)
-			}
-		}
-		// One attach per volume (a re-run finds its own attachment), and the
-		// filesystem made before the crash is the one mounted now: no second mkfs.
-		if got := h.env.Emu.Calls(awsemu.ServiceEC2, "AttachVolume"); got != len(vols) {
-			t.Errorf("AttachVolume called %d times for %d volumes", got, len(vols))
-		}
-		for id, uuid := range volumeUUIDs(t, h, vols) {
-			if uuid == "" || (uuids[id] != "" && uuid != uuids[id]) {
-				t.Errorf("%s: filesystem UUID %q after the sweep, %q right after its mkfs: formatted twice", id, uuid, uuids[id])
-			}
-			if vs, _ := h.env.Emu.VolumeStatus(id); vs.InstanceID != m.InstanceID {
-				t.Errorf("%s attached to %q, want %s", id, vs.InstanceID, m.InstanceID)
-			}
-		}
-		checkNoTornFiles(t, m.Node)
+		// A volume is attached once per instance: the attach point is swept on
+		// the master's replacement (the instance terminated, its volumes
+		// detached), which must take the same filesystems without a mkfs.
+		h.kill(context.Background(), m)
+		m = bootMaster("i-0e2e0crash0000rm")
+		attaches += len(vols)
+		crashChain(t, m.Node, "master", []crashCase{{failpoint: "volumesAfterAttach", match: "*"}}, record, cv)
 	})
+}
+
+// quiesce stops the daemon a converged run started, so that the next armed
+// run, not the daemon, does the work that reaches its point.
+func quiesce(t *testing.T, n *testenv.Node) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, errOut, err := n.M.Exec(ctx, nil, "systemctl", "stop", "nodeagent.service"); err != nil {
+		t.Fatalf("stop nodeagent.service: %v: %s", err, errOut)
+	}
+}
+
+// redo quiesces the node and removes the files matching each glob (at least
+// one each), for the next run to write them again.
+func redo(globs ...string) func(*testing.T, *testenv.Node) {
+	return func(t *testing.T, n *testenv.Node) {
+		t.Helper()
+		quiesce(t, n)
+		for _, g := range globs {
+			ms, err := filepath.Glob(n.M.Path(g))
+			if err != nil || len(ms) == 0 {
+				t.Fatalf("nothing to remove at %s (%v)", g, err)
+			}
+			for _, m := range ms {
+				if err := os.Remove(m); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+}
+
+// removeAsset quiesces the node and removes the installed asset named name
+// (one of list, the node's config), and with uncached its verified copy in
+// the asset cache too.
+func removeAsset(list []config.Asset, name string, uncached bool) func(*testing.T, *testenv.Node) {
+	return func(t *testing.T, n *testenv.Node) {
+		t.Helper()
+		quiesce(t, n)
+		i := slices.IndexFunc(list, func(a config.Asset) bool { return a.Name == name && a.Archive == nil })
+		if i < 0 {
+			t.Fatalf("the node's config has no plain asset %s", name)
+		}
+		paths := []string{assets.InstallPath(list[i])}
+		if uncached {
+			paths = append(paths, filepath.Join(assets.DefaultCacheDir, strings.ToLower(list[i].SHA256)))
+		}
+		for _, p := range paths {
+			if err := os.Remove(n.M.Path(p)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// issuedPair says what is wrong with the key/certificate pair at base.{crt,key}:
+// they must match, and the certificate must verify against caPEM ("" when all is well).
+func issuedPair(n *testenv.Node, base string, caPEM []byte) string {
+	pair, err := tls.LoadX509KeyPair(n.M.Path(base+".crt"), n.M.Path(base+".key"))
+	if err != nil {
+		return fmt.Sprintf("%s pair: %v", base, err)
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		return fmt.Sprintf("%s.crt: %v", base, err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(caPEM) {
+		return "the cluster CA does not parse"
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return fmt.Sprintf("%s.crt is not the cluster CA's: %v", base, err)
+	}
+	return ""
 }
 
 // volumeUUIDs reads each volume's filesystem UUID from its backing file's
@@ -276,13 +355,11 @@ func volumeUUIDs(t *testing.T, h *haLab, ids []string) map[string]string {
 	return out
 }
 
-// crashChain runs each case armed on n in turn and checks what a crash must
-// never leave behind; it returns the longest armed run (each one recovers from
-// the previous crash before its own).
-func crashChain(t *testing.T, n *testenv.Node, chain string, cases []crashCase, record func(string, crashCase, time.Duration, string)) (time.Duration, string) {
+// crashChain runs each case on n: the armed run, to its crash, and the checks
+// of what a crash must never leave; then an unarmed run that must converge as
+// cv says, whose wall time is the case's recovery.
+func crashChain(t *testing.T, n *testenv.Node, chain string, cases []crashCase, record func(crashRow), cv convergence) {
 	t.Helper()
-	var longest time.Duration
-	var longestP string
 	for _, c := range cases {
 		if c.before != nil {
 			c.before(t, n)
@@ -295,43 +372,101 @@ func crashChain(t *testing.T, n *testenv.Node, chain string, cases []crashCase, 
 		if err != nil {
 			t.Fatal(err)
 		}
-		outcome := "pass"
+		row := crashRow{chain: chain, point: c.String(), outcome: "pass", run: r.Wall}
 		switch {
 		case !bytes.Contains(r.Stderr, []byte("failpoint "+c.failpoint+" (")):
-			outcome = fmt.Sprintf("FAIL: never reached (exit %d)", r.Code)
+			row.outcome = fmt.Sprintf("FAIL: never reached (exit %d)", r.Code)
 			t.Errorf("%s: the run never reached the failpoint (exit %d)\n%s", c, r.Code, r.Stderr)
 		case r.Code == 0:
-			outcome = "FAIL: exit 0 after SIGKILL"
+			row.outcome = "FAIL: exit 0 after SIGKILL"
 			t.Errorf("%s: exit 0 after the failpoint", c)
 		default:
 			if why := crashDamage(n); why != "" {
-				outcome = "FAIL: " + why
+				row.outcome = "FAIL: " + why
 				t.Errorf("%s: %s", c, why)
 			}
 		}
-		if r.Wall > longest {
-			longest, longestP = r.Wall, c.String()
-		}
-		record(chain, c, r.Wall, outcome)
 		if c.after != nil {
 			c.after(t, n)
 		}
+		var why string
+		row.recovery, why = converge(t, n, cv)
+		if why != "" {
+			t.Errorf("%s: the unarmed run after the crash did not converge: %s", c, why)
+			if row.outcome == "pass" {
+				row.outcome = "FAIL: not converged: " + why
+			}
+		}
+		record(row)
 	}
-	return longest, longestP
+}
+
+// converge runs bootstrap unarmed and says what did not converge ("" when
+// all did). The run is judged by its own record, State.Boot: the daemon it
+// leaves running starts a reconcile at once, which rewrites State.Phases but
+// never Boot.
+func converge(t *testing.T, n *testenv.Node, cv convergence) (time.Duration, string) {
+	t.Helper()
+	start := time.Now()
+	r := run(t, n, "bootstrap")
+	var bad []string
+	st, err := readState(n)
+	switch {
+	case err != nil:
+		bad = append(bad, err.Error())
+	case st.Boot == nil || st.Boot.StartedAt.Before(start):
+		bad = append(bad, "the run left no boot record of its own")
+	default:
+		var took []string
+		for _, p := range st.Boot.Phases {
+			if d := time.Duration(p.Duration); d >= 500*time.Millisecond {
+				took = append(took, fmt.Sprintf("%s %s", p.Name, d.Round(100*time.Millisecond)))
+			}
+		}
+		t.Logf("unarmed run: exit %d in %s (%s)", r.Code, r.Wall.Round(100*time.Millisecond), strings.Join(took, ", "))
+		for _, p := range st.Boot.Phases {
+			if !slices.Contains(cv.unfinished, p.Name) && p.State != bootstrap.PhaseDone {
+				bad = append(bad, fmt.Sprintf("phase %s is %s", p.Name, p.State))
+			}
+		}
+		if len(cv.unfinished) == 0 && r.Code != 0 {
+			bad = append(bad, fmt.Sprintf("exit %d", r.Code))
+		}
+		if cv.invariants != nil {
+			for _, why := range cv.invariants(t, n, st) {
+				if why != "" {
+					bad = append(bad, why)
+				}
+			}
+		}
+	}
+	if why := crashDamage(n); why != "" {
+		bad = append(bad, why)
+	}
+	if len(bad) > 0 && st != nil && st.Error != "" {
+		bad = append(bad, "state error: "+st.Error)
+	}
+	return r.Wall, strings.Join(bad, "; ")
+}
+
+// readState reads the node's state file from the host.
+func readState(n *testenv.Node) (*bootstrap.State, error) {
+	b, err := os.ReadFile(n.M.Path("/var/lib/nodeagent/state.json"))
+	if err != nil {
+		return nil, err
+	}
+	var st bootstrap.State
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("state.json is not valid: %w", err)
+	}
+	return &st, nil
 }
 
 // crashDamage is what a crash must not leave: a state file that does not
 // parse, or an empty file among those the agent writes.
 func crashDamage(n *testenv.Node) string {
-	b, err := os.ReadFile(n.M.Path("/var/lib/nodeagent/state.json"))
-	if err != nil && !os.IsNotExist(err) {
+	if _, err := readState(n); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err.Error()
-	}
-	if err == nil {
-		var st bootstrap.State
-		if err := json.Unmarshal(b, &st); err != nil {
-			return fmt.Sprintf("state.json is not valid: %v", err)
-		}
 	}
 	if empty := emptyAgentFiles(n); len(empty) > 0 {
 		return "empty files: " + strings.Join(empty, ", ")
@@ -370,16 +505,6 @@ func emptyFiles(hostPath func(string) string) []string {
 		})
 	}
 	return out
-}
-
-// checkNoTornFiles: after convergence, no file the agent writes is empty, the
-// state is valid, and every installed asset has its configured hash (the
-// assets phase's verify said so: it is done).
-func checkNoTornFiles(t *testing.T, n *testenv.Node) {
-	t.Helper()
-	if why := crashDamage(n); why != "" {
-		t.Error(why)
-	}
 }
 
 // bootNodeWith is bootNode with another agent binary.
