@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -228,8 +229,26 @@ func waitFor(t *testing.T, cond func() bool) {
 // timeout.
 func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	if err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, timeout, true,
-		func(context.Context) (bool, error) { return cond(), nil }); err != nil {
-		t.Fatalf("timed out after %s waiting for %s", timeout, what)
+	pollEvery(t, 10*time.Millisecond, timeout, what, func() error {
+		if cond() {
+			return nil
+		}
+		return errors.New("not yet")
+	})
+}
+
+// pollUntil polls cond every 100 ms until it returns nil, failing the test at
+// the deadline with cond's last error.
+func pollUntil(t *testing.T, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	pollEvery(t, 100*time.Millisecond, timeout, what, cond)
+}
+
+func pollEvery(t *testing.T, interval, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	var last error
+	if err := wait.PollUntilContextTimeout(context.Background(), interval, timeout, true,
+		func(context.Context) (bool, error) { last = cond(); return last == nil, nil }); err != nil {
+		t.Fatalf("%s: not within %v: %v", what, timeout, last)
 	}
 }

@@ -480,23 +480,6 @@ func managedHosts(b []byte) map[string][]string {
 	return out
 }
 
-// pollUntil polls cond every 100 ms until it returns nil, failing the test at
-// the deadline with cond's last error.
-func pollUntil(t *testing.T, timeout time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v: %v", what, timeout, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 // runKeyringChild is one node of TestKeyRotationInNamespaces, inside its
 // namespace: "gossip" runs the daemon's gossip seat, "rotate" requests a
 // rotation as the CLI does, "oldkey" runs a bare agent with a fixed key.
