@@ -27,7 +27,6 @@ import (
 	"github.com/nodeagent/nodeagent/bootstrap"
 	"github.com/nodeagent/nodeagent/config"
 	"github.com/nodeagent/nodeagent/internal/testenv"
-	"github.com/nodeagent/nodeagent/pki"
 	"github.com/nodeagent/nodeagent/systemd"
 )
 
@@ -142,7 +141,7 @@ func TestCrashSweep(t *testing.T) {
 			c.Spec.Readiness.LifecycleHook = "nodeagent-ready"
 		}))
 		inst.AutoScalingGroup = "nodes"
-		n := bootNodeWith(t, env, inst, bin)
+		n := bootNodeBinds(t, env, inst, bin, nil)
 		// The launch action is completed once per instance: its point comes
 		// first, on the fresh node, and every later run must find it done.
 		cases := []crashCase{
@@ -175,16 +174,7 @@ func TestCrashSweep(t *testing.T) {
 	})
 
 	t.Run("worker with CA files", func(t *testing.T) {
-		caCert, caKey, err := pki.GenerateCA("kubernetes-ca", 24*time.Hour)
-		if err != nil {
-			t.Fatal(err)
-		}
-		env := startEnv(t, &awsemu.World{})
-		n := bootNodeWith(t, env, workerInstance(t, "i-0e2e0crash000002", workerUserData(t, env, func(c *config.NodeConfig) {
-			useFileCA(c)
-			c.Spec.Readiness.Timeout = "5s"
-		})), bin)
-		installCA(t, n, caCert, caKey)
+		n, caCert := fileCAWorker(t, startEnv(t, &awsemu.World{}), "i-0e2e0crash000002", bin, nil)
 		cases := []crashCase{
 			{failpoint: "bootstrapBetweenPhases", match: "images"},
 			{failpoint: "pkiAfterKeyBeforeCert", match: "kubelet-client", before: redo("/var/lib/kubelet/pki/kubelet-client.*")},
@@ -505,13 +495,4 @@ func emptyFiles(hostPath func(string) string) []string {
 		})
 	}
 	return out
-}
-
-// bootNodeWith is bootNode with another agent binary.
-func bootNodeWith(t *testing.T, env *testenv.Env, inst awsemu.Instance, bin string) *testenv.Node {
-	t.Helper()
-	saved := builtAgent
-	builtAgent = bin
-	defer func() { builtAgent = saved }()
-	return bootNode(t, env, inst)
 }

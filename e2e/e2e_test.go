@@ -23,6 +23,7 @@ import (
 	"github.com/nodeagent/nodeagent/config"
 	"github.com/nodeagent/nodeagent/internal/nspawn"
 	"github.com/nodeagent/nodeagent/internal/testenv"
+	"github.com/nodeagent/nodeagent/pki"
 )
 
 var (
@@ -98,13 +99,21 @@ func startEnv(t testing.TB, w *awsemu.World) *testenv.Env {
 // bootNode boots an instance's machine; it is removed when the test ends.
 func bootNode(t testing.TB, env *testenv.Env, inst awsemu.Instance) *testenv.Node {
 	t.Helper()
+	return bootNodeBinds(t, env, inst, builtAgent, nil)
+}
+
+// bootNodeBinds boots an instance's machine running the agent bin, with the
+// host's directories binds ("host:machine") mounted into it; it is removed
+// when the test ends.
+func bootNodeBinds(t testing.TB, env *testenv.Env, inst awsemu.Instance, bin string, binds []string) *testenv.Node {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	var console io.Writer
 	if *verbose {
 		console = testWriter{t}
 	}
-	n, err := testenv.BootNode(ctx, env, inst, builtAgent, console, "")
+	n, err := testenv.BootNodeWithBinds(ctx, env, inst, bin, console, "", binds)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,6 +169,24 @@ func useFileCA(c *config.NodeConfig) {
 }
 
 // installCA writes the CA files into the node's machine before its bootstrap.
+// fileCAWorker boots a worker of a cluster without an API server that holds
+// the cluster CA as files (readiness gives up after 5 s), running the agent bin
+// with binds mounted into its machine; it returns the node and the CA's
+// certificate.
+func fileCAWorker(t *testing.T, env *testenv.Env, id, bin string, binds []string) (*testenv.Node, []byte) {
+	t.Helper()
+	caCert, caKey, err := pki.GenerateCA("kubernetes-ca", 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := bootNodeBinds(t, env, workerInstance(t, id, workerUserData(t, env, func(c *config.NodeConfig) {
+		useFileCA(c)
+		c.Spec.Readiness.Timeout = "5s"
+	})), bin, binds)
+	installCA(t, n, caCert, caKey)
+	return n, caCert
+}
+
 func installCA(t testing.TB, n *testenv.Node, cert, key []byte) {
 	t.Helper()
 	for p, b := range map[string][]byte{fileCACert: cert, fileCAKey: key} {

@@ -15,10 +15,8 @@ import (
 
 	"github.com/nodeagent/nodeagent/awsemu"
 	"github.com/nodeagent/nodeagent/bootstrap"
-	"github.com/nodeagent/nodeagent/config"
 	"github.com/nodeagent/nodeagent/internal/nspawn"
 	"github.com/nodeagent/nodeagent/internal/testenv"
-	"github.com/nodeagent/nodeagent/pki"
 )
 
 // TestFullVarLibNode: a worker whose /var/lib is a small filesystem of its own
@@ -28,29 +26,10 @@ import (
 // good bytes with no temp file beside it, nothing the agent writes is empty.
 // Once the space is freed, bootstrap converges.
 func TestFullVarLibNode(t *testing.T) {
-	caCert, caKey, err := pki.GenerateCA("kubernetes-ca", 24*time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
 	env := startEnv(t, &awsemu.World{})
 	disk := newDisk(t, "512M", map[string]string{"varlib": "/var/lib"})
 	sh(t, "cp", "-a", nspawn.DefaultRootfs+"/var/lib/.", filepath.Join(disk.mnt, "varlib"))
-	inst := workerInstance(t, "i-0e2e0fulldisk01", workerUserData(t, env, func(c *config.NodeConfig) {
-		useFileCA(c)
-		c.Spec.Readiness.Timeout = "5s"
-	}))
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	n, err := testenv.BootNodeWithBinds(ctx, env, inst, builtAgent, nil, "", disk.binds())
-	cancel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := n.Close(); err != nil {
-			t.Errorf("close node: %v", err)
-		}
-	})
-	installCA(t, n, caCert, caKey)
+	n, _ := fileCAWorker(t, env, "i-0e2e0fulldisk01", builtAgent, disk.binds())
 	statePath := disk.path(t, "/var/lib/nodeagent/state.json")
 	kubeletConfig := disk.path(t, "/var/lib/kubelet/config.yaml")
 	fill := filepath.Join(disk.mnt, "fill")
@@ -84,7 +63,7 @@ func TestFullVarLibNode(t *testing.T) {
 	}
 	// Nothing else writes meanwhile: the daemon and kubelet are stopped (the
 	// run starts them again once it has room).
-	ctx, cancel = context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	_, errOut, err := n.M.Exec(ctx, nil, "systemctl", "stop", "nodeagent.service", "kubelet.service")
 	cancel()
 	if err != nil {

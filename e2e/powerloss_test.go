@@ -21,9 +21,7 @@ import (
 
 	"github.com/nodeagent/nodeagent/awsemu"
 	"github.com/nodeagent/nodeagent/bootstrap"
-	"github.com/nodeagent/nodeagent/config"
 	"github.com/nodeagent/nodeagent/internal/testenv"
-	"github.com/nodeagent/nodeagent/pki"
 )
 
 // nodeDisk is a small ext4 filesystem in a file, loop-mounted on the host and
@@ -202,28 +200,9 @@ func (s *syncBuffer) String() string {
 // key/certificate pair a cut split is a matching pair.
 func TestCrashSweepPowerLoss(t *testing.T) {
 	bin := failpointBinary(t)
-	caCert, caKey, err := pki.GenerateCA("kubernetes-ca", 24*time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
 	env := startEnv(t, &awsemu.World{})
 	disk := newNodeDisk(t)
-	inst := workerInstance(t, "i-0e2e0power00001", workerUserData(t, env, func(c *config.NodeConfig) {
-		useFileCA(c)
-		c.Spec.Readiness.Timeout = "5s"
-	}))
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	n, err := testenv.BootNodeWithBinds(ctx, env, inst, bin, nil, "", disk.binds())
-	cancel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := n.Close(); err != nil {
-			t.Errorf("close node: %v", err)
-		}
-	})
-	installCA(t, n, caCert, caKey)
+	n, _ := fileCAWorker(t, env, "i-0e2e0power00001", bin, disk.binds())
 
 	cases := []crashCase{
 		{failpoint: "fsutilBeforeRename", match: "state.json"},
