@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -13,7 +12,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -168,24 +166,6 @@ func sh(t *testing.T, args ...string) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for a writer and a poller.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestCrashSweepPowerLoss cuts the power of a worker's machine at each named
 // failpoint, one after the other on the same node. The
 // armed agent holds at its point (return("hold:MATCH")); the test takes the
@@ -272,7 +252,7 @@ func powerCut(t *testing.T, n *testenv.Node, disk *nodeDisk, c crashCase) (outco
 	env := append(slices.Clone(n.Env), fmt.Sprintf("GOFAIL_FAILPOINTS=%s=return(%q)", c.failpoint, "hold:"+c.match))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	var stderr syncBuffer
+	var stderr lockedBuffer
 	cmd := n.M.Command(ctx, env, testenv.AgentPath, "bootstrap")
 	cmd.Stderr = &stderr
 	start := time.Now()

@@ -295,6 +295,7 @@ func daemonGet(t *testing.T, n *testenv.Node, path string) string {
 	return string(b)
 }
 
+// lockedBuffer is a bytes.Buffer safe for a writer and a poller.
 type lockedBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer

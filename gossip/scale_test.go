@@ -2,6 +2,7 @@ package gossip
 
 import (
 	"bufio"
+	"context"
 	"flag"
 	"fmt"
 	"net"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/nodeagent/nodeagent/internal/netns"
 )
@@ -486,9 +488,9 @@ func runScale(t testing.TB, n int, k float64) {
 	}
 	drainStart, sentAtConverge := time.Now(), totalSent()
 	queuedAtConverge := totalQueued(agents)
-	for queued := queuedAtConverge; (queued > n/100 || anyForming(agents)) && time.Since(drainStart) < *scaleDrainMax; queued = totalQueued(agents) {
-		time.Sleep(min(dil(time.Second), 10*time.Second))
-	}
+	drained := func(context.Context) (bool, error) { return totalQueued(agents) <= n/100 && !anyForming(agents), nil }
+	// Past the deadline the lines below name the backlog (UNDRAINED) instead.
+	_ = wait.PollUntilContextTimeout(context.Background(), min(dil(time.Second), 10*time.Second), *scaleDrainMax, true, drained)
 	drain := time.Since(drainStart)
 	regossipBytes := float64(totalSent()-sentAtConverge) / float64(n)
 	undrained := ""
@@ -499,7 +501,8 @@ func runScale(t testing.TB, n int, k float64) {
 		n, queuedAtConverge, drain.Round(time.Second), regossipBytes, undrained)
 	sent0 := totalSent()
 	cpu0, t0 := cpuTime(), time.Now()
-	// At least four probe periods, so every agent's probes are in the window.
+	// The measuring window (not a wait for a condition): bytes and CPU are
+	// counted over it, at least four probe periods so every agent's probes are in.
 	time.Sleep(max(*scaleWindow, 4*period))
 	sent1 := totalSent()
 	cpu1, el := cpuTime(), time.Since(t0)
