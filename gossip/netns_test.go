@@ -2,31 +2,23 @@ package gossip
 
 import (
 	"context"
-	"encoding/hex"
 	"fmt"
-	"log/slog"
-	"net"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"reflect"
 	"sort"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nodeagent/nodeagent/internal/netns"
 )
 
-// The multi-host test runs one agent per network namespace. Each agent is this
-// test binary re-executed under `ip netns exec` (runNetnsChild), so its sockets
-// and its NodeIP lookup live entirely in that namespace, and killing it is a real
-// SIGKILL of a real process.
-
-const childMarker = "GOSSIP_NETNS_CHILD"
+// The multi-host test runs one agent per network namespace. Each agent is the
+// gossip-only program ./internal/ringnode run under `ip netns exec`, so its
+// sockets and its NodeIP lookup live entirely in that namespace, and killing it
+// is a real SIGKILL of a real process.
 
 type netnsChild struct {
 	name, hosts, out string
@@ -40,18 +32,15 @@ func TestNetns(t *testing.T) {
 	if why := netns.Available(); why != "" {
 		t.Fatal(why)
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
+	exe := buildRingNode(t)
 	const n = 4
 	lab := netns.New(t, fmt.Sprintf("g%d", os.Getpid()%100000), "10.99.0", n)
-	key := hex.EncodeToString([]byte("netns-test-key-0"))
 	var seeds []string
 	for _, node := range lab.Nodes {
 		seeds = append(seeds, node.IP.String()) // bare IPs: the default port, as from EC2
 	}
 	dir := t.TempDir()
+	keyFile := writeRingKey(t, dir, []byte("netns-test-key-0"))
 	children := make([]*netnsChild, n)
 	for i := range children {
 		c := &netnsChild{
@@ -70,17 +59,10 @@ func TestNetns(t *testing.T) {
 	start := func(i int) {
 		c := children[i]
 		os.Remove(c.out)
-		cmd := lab.Command(context.Background(), i, exe)
-		cmd.Env = append(os.Environ(),
-			childMarker+"=1",
-			"GOSSIP_CHILD_NAME="+c.name,
-			"GOSSIP_CHILD_NAMES="+strings.Join(c.names, ","),
-			"GOSSIP_CHILD_SEEDS="+strings.Join(seeds, ","),
-			"GOSSIP_CHILD_HOSTS="+c.hosts,
-			"GOSSIP_CHILD_OUT="+c.out,
-			"GOSSIP_CHILD_ROUTER="+lab.Router.String(),
-			"GOSSIP_CHILD_KEY="+key,
-		)
+		cmd := lab.Command(context.Background(), i, exe, ringNodeArgs{
+			name: c.name, names: c.names, seeds: seeds, hosts: c.hosts, ipOut: c.out,
+			router: lab.Router.String(), keyFile: keyFile, refresh: "2s",
+		}.args()...)
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if !*verbose {
 			cmd.Stdout, cmd.Stderr = nil, nil
@@ -174,53 +156,4 @@ func TestNetns(t *testing.T) {
 	lab.SetLink(2, true)
 	took = waitFor(t, 20*time.Second, "partition healed", hostsOf(all, expect(all...)))
 	t.Logf("partition healed after %v", took)
-}
-
-// runNetnsChild is one agent of TestNetns, inside its namespace: TestMain runs
-// it instead of the tests when the test binary is re-executed with childMarker.
-func runNetnsChild() error {
-	env := os.Getenv
-	router := net.ParseIP(env("GOSSIP_CHILD_ROUTER"))
-	ip, err := NodeIP(router)
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(env("GOSSIP_CHILD_OUT"), []byte(ip.String()+"\n"), 0o644); err != nil {
-		return err
-	}
-	key, err := hex.DecodeString(env("GOSSIP_CHILD_KEY"))
-	if err != nil {
-		return err
-	}
-	var names []string
-	if s := env("GOSSIP_CHILD_NAMES"); s != "" {
-		names = strings.Split(s, ",")
-	}
-	refresh := 2 * time.Second
-	if r := env("GOSSIP_CHILD_REFRESH"); r != "" {
-		if refresh, err = time.ParseDuration(r); err != nil {
-			return err
-		}
-	}
-	var tune *Tuning
-	if d := env("GOSSIP_CHILD_DILATION"); d != "" {
-		k, err := strconv.ParseFloat(d, 64)
-		if err != nil {
-			return err
-		}
-		tune = &Tuning{Dilation: k}
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	a, err := Start(ctx, Config{
-		ClusterName: testCluster, NodeName: env("GOSSIP_CHILD_NAME"), BindIP: ip, SecretKey: key,
-		Seeds: StaticSeeds(strings.Split(env("GOSSIP_CHILD_SEEDS"), ",")), SeedRefresh: refresh,
-		Names: names, HostsFile: env("GOSSIP_CHILD_HOSTS"), Tuning: tune,
-		Log: slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", env("GOSSIP_CHILD_NAME")),
-	})
-	if err != nil {
-		return err
-	}
-	<-ctx.Done()
-	return a.Shutdown()
 }

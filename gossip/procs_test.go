@@ -2,7 +2,6 @@ package gossip
 
 import (
 	"context"
-	"encoding/hex"
 	"flag"
 	"fmt"
 	"os"
@@ -23,15 +22,18 @@ var (
 	procsWindow = flag.Duration("procs.window", 30*time.Second, "steady-state window of BenchmarkRingProcesses")
 )
 
-// BenchmarkRingProcesses measures what a node really pays: N agents, each a
-// process of its own (this test binary re-executed as one gossip agent, see
-// runNetnsChild) in a network namespace of its own on one bridge, started 10 a
-// second as an Auto Scaling launch would. Once every agent's hosts file lists
-// every node, it reads each process's RSS (VmRSS) and CPU time (utime+stime)
-// from /proc over -procs.window and prints a PROCS line: mean and worst RSS,
-// mean and worst CPU per process. Like BenchmarkRing's N/k, every timer is
-// dilated -procs.k times and CPU and the convergence time are projected back
-// (×k, ÷k); RSS is what it is.
+// BenchmarkRingProcesses measures what a node's gossip agent really pays: N
+// agents, each a process of its own (the gossip-only program ./internal/ringnode,
+// built like nodeagent, running the package's real Agent with the daemon's
+// timers, metadata and hosts-file writer) in a network namespace of its own on
+// one bridge, started 10 a second as an Auto Scaling launch would. Once every
+// agent's hosts file lists every node, it reads each process's resident memory
+// (VmRSS, and its parts RssAnon and RssFile) and CPU time (utime+stime) from
+// /proc over -procs.window and prints a PROCS line: mean and worst of each per
+// process. Like BenchmarkRing's N/k, every timer is dilated -procs.k times and
+// CPU and the convergence time are projected back (×k, ÷k); memory is what it
+// is. The whole node daemon, which runs this agent among everything else, is
+// measured by the daemon's own benchmark, not here.
 //
 //	flock /tmp/nodeagent-e2e.lock go test -run '^$' -bench BenchmarkRingProcesses -benchtime 1x ./gossip/ -procs.n 200
 func BenchmarkRingProcesses(b *testing.B) {
@@ -43,10 +45,12 @@ func BenchmarkRingProcesses(b *testing.B) {
 	if n < 2 || n > 245 {
 		b.Fatalf("-procs.n %d: want 2 to 245 (one /24)", n)
 	}
-	exe, err := os.Executable()
+	exe := buildRingNode(b)
+	st, err := os.Stat(exe)
 	if err != nil {
 		b.Fatal(err)
 	}
+	exeSize := st.Size()
 	for range b.N {
 		lab := netns.New(b, fmt.Sprintf("gp%d", os.Getpid()%1000), "10.98.0", n)
 		var seeds []string
@@ -54,7 +58,7 @@ func BenchmarkRingProcesses(b *testing.B) {
 			seeds = append(seeds, node.IP.String())
 		}
 		dir := b.TempDir()
-		key := hex.EncodeToString([]byte("procs-bench-key0"))
+		keyFile := writeRingKey(b, dir, []byte("procs-bench-key0"))
 		cmds := make([]*exec.Cmd, n)
 		b.Cleanup(func() {
 			for _, c := range cmds {
@@ -73,12 +77,10 @@ func BenchmarkRingProcesses(b *testing.B) {
 			if err := os.WriteFile(hosts[i], []byte(hostsPrelude), 0o644); err != nil {
 				b.Fatal(err)
 			}
-			cmd := lab.Command(context.Background(), i, exe)
-			cmd.Env = append(os.Environ(), childMarker+"=1",
-				"GOSSIP_CHILD_NAME="+names[i], "GOSSIP_CHILD_SEEDS="+strings.Join(seeds, ","),
-				"GOSSIP_CHILD_HOSTS="+hosts[i], "GOSSIP_CHILD_OUT="+filepath.Join(dir, fmt.Sprintf("ip-%d", i)),
-				"GOSSIP_CHILD_ROUTER="+lab.Router.String(), "GOSSIP_CHILD_KEY="+key,
-				"GOSSIP_CHILD_REFRESH="+DefaultSeedRefresh.String(), fmt.Sprintf("GOSSIP_CHILD_DILATION=%g", k))
+			cmd := lab.Command(context.Background(), i, exe, ringNodeArgs{
+				name: names[i], seeds: seeds, hosts: hosts[i], router: lab.Router.String(), keyFile: keyFile,
+				dilation: k,
+			}.args()...)
 			if err := cmd.Start(); err != nil {
 				b.Fatal(err)
 			}
@@ -113,11 +115,12 @@ func BenchmarkRingProcesses(b *testing.B) {
 		cpuPct := make([]float64, n)
 		rss := make([]float64, n)
 		anon := make([]float64, n)
+		file := make([]float64, n)
 		for i, c := range cmds {
 			var m procMem
 			var cpu1 time.Duration
 			cpu1, m = procStat(b, c.Process.Pid)
-			rss[i], anon[i] = m.RSS, m.Anon
+			rss[i], anon[i], file[i] = m.RSS, m.Anon, m.File
 			cpuPct[i] = 100 * k * float64(cpu1-cpu0[i]) / float64(el)
 		}
 		mean := func(v []float64) float64 {
@@ -129,19 +132,22 @@ func BenchmarkRingProcesses(b *testing.B) {
 		}
 		b.ReportMetric(mean(rss), "MiB-RSS/proc")
 		b.ReportMetric(mean(anon), "MiB-anon/proc")
+		b.ReportMetric(mean(file), "MiB-file/proc")
 		b.ReportMetric(mean(cpuPct), "cpu%/proc")
 		// rss is VmRSS: anon (heap, stacks, runtime: what the agent itself
-		// allocates) plus the pages of the executable and libraries it has
-		// touched (file-backed, shared by every process of one binary).
-		fmt.Printf("PROCS N=%d k=%g converge=%v rss=%.1fMiB(max %.1f) anon=%.1fMiB(max %.1f) cpu=%.3f%%(max %.3f) window=%v\n", n, k, (converge / time.Duration(k)).Round(10*time.Millisecond),
-			mean(rss), slices.Max(rss), mean(anon), slices.Max(anon), mean(cpuPct), slices.Max(cpuPct), el.Round(time.Second))
+		// allocates) plus file (the pages of the executable it has touched,
+		// shared by every process of one binary) and shared memory.
+		fmt.Printf("PROCS N=%d k=%g converge=%v rss=%.1fMiB(max %.1f) anon=%.1fMiB(max %.1f) file=%.1fMiB(max %.1f) cpu=%.3f%%(max %.3f) window=%v binary=%.1fMB\n",
+			n, k, (converge / time.Duration(k)).Round(10*time.Millisecond),
+			mean(rss), slices.Max(rss), mean(anon), slices.Max(anon), mean(file), slices.Max(file),
+			mean(cpuPct), slices.Max(cpuPct), el.Round(time.Second), float64(exeSize)/1e6)
 	}
 }
 
 // procMem is a process's resident memory in MiB from /proc/<pid>/status:
-// RSS is VmRSS, Anon its RssAnon part (the rest is file-backed: the executable's
-// and libraries' pages, and shared memory).
-type procMem struct{ RSS, Anon float64 }
+// RSS is VmRSS, Anon its RssAnon part and File its RssFile part (the
+// executable's pages; RssShmem is the rest).
+type procMem struct{ RSS, Anon, File float64 }
 
 // procStat reads a process's CPU time (utime+stime) and resident memory from
 // /proc.
@@ -172,6 +178,8 @@ func procStat(t testing.TB, pid int) (time.Duration, procMem) {
 			m.RSS = kb / 1024
 		case "RssAnon":
 			m.Anon = kb / 1024
+		case "RssFile":
+			m.File = kb / 1024
 		}
 	}
 	if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); strings.HasSuffix(exe, "/ip") {
