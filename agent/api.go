@@ -40,6 +40,10 @@ type ClusterMember struct {
 	// KeyGeneration is the gossip key generation the member sends with (0:
 	// the single key, no keyring document).
 	KeyGeneration uint64 `json:"keyGeneration,omitempty"`
+	// Incarnation is the version of the member's record this node holds
+	// (gossip.Member.Incarnation): it counts the member's published changes
+	// from 1; 0 (omitted) from a member whose agent does not send it.
+	Incarnation uint64 `json:"incarnation,omitempty"`
 }
 
 // statusAPI serves /healthz, /readyz, /status, /cluster and /metrics over a root-only

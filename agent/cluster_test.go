@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
@@ -68,10 +69,25 @@ func TestClusterStatus(t *testing.T) {
 		t.Errorf("exit %d with worker-c not ready, want %d", code, StatusNotReady)
 	}
 	agents[2].SetReady(true)
+	var js bytes.Buffer
 	waitFor(t, func() bool {
-		code, _ = ClusterStatus(context.Background(), socket, &bytes.Buffer{}, "json")
+		js.Reset()
+		code, _ = ClusterStatus(context.Background(), socket, &js, "json")
 		return code == StatusReady
 	})
+	// worker-b's record: published at start (1), made ready (2), given a pod CIDR (3).
+	var members []ClusterMember
+	if err := json.Unmarshal(js.Bytes(), &members); err != nil {
+		t.Fatalf("status --cluster -o json: %v\n%s", err, js.String())
+	}
+	for _, m := range members {
+		if m.Name == "worker-b" && m.Incarnation != 3 {
+			t.Errorf("worker-b at incarnation %d, want 3 (start, ready, pod CIDR)", m.Incarnation)
+		}
+		if m.Name == "worker-c" && m.Incarnation != 2 {
+			t.Errorf("worker-c at incarnation %d, want 2 (start, ready)", m.Incarnation)
+		}
+	}
 }
 
 // freeUDPTCPPorts finds ports free for both TCP and UDP (memberlist binds both).

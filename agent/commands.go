@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"text/tabwriter"
 	"time"
 
@@ -220,7 +221,7 @@ func ClusterStatus(ctx context.Context, socket string, w io.Writer, format strin
 		return code, err
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tROLE\tIP\tSTATE\tREADY\tPOD CIDR\tSINCE\tLAST SEEN")
+	fmt.Fprintln(tw, "NODE\tROLE\tIP\tSTATE\tREADY\tPOD CIDR\tSINCE\tLAST SEEN\tINCARNATION")
 	now := time.Now()
 	ago := func(t time.Time) string {
 		if t.IsZero() {
@@ -229,8 +230,12 @@ func ClusterStatus(ctx context.Context, socket string, w io.Writer, format strin
 		return now.Sub(t).Round(time.Second).String() + " ago"
 	}
 	for _, m := range members {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, m.Role, m.IP, m.State, yesNo(m.Ready), orDash(m.PodCIDR),
-			ago(m.Since), ago(m.LastSeen))
+		inc := "-"
+		if m.Incarnation != 0 {
+			inc = strconv.FormatUint(m.Incarnation, 10)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, m.Role, m.IP, m.State, yesNo(m.Ready), orDash(m.PodCIDR),
+			ago(m.Since), ago(m.LastSeen), inc)
 	}
 	return code, tw.Flush()
 }

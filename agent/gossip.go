@@ -283,7 +283,8 @@ func (g *gossipRunner) members() []ClusterMember {
 	var out []ClusterMember
 	for _, m := range g.agent.Members() {
 		cm := ClusterMember{Name: m.Name, IP: m.IP.String(), Role: m.Role, State: m.State, Ready: m.Ready,
-			Since: m.Since, LastSeen: m.LastSeen, RTTMillis: float64(m.RTT.Microseconds()) / 1000, KeyGeneration: m.KeyGeneration}
+			Since: m.Since, LastSeen: m.LastSeen, RTTMillis: float64(m.RTT.Microseconds()) / 1000, KeyGeneration: m.KeyGeneration,
+			Incarnation: m.Incarnation}
 		cm.Names = append(cm.Names, m.Names...)
 		if m.PodCIDR.IsValid() {
 			cm.PodCIDR = m.PodCIDR.String()

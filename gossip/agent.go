@@ -308,14 +308,17 @@ func (a *Agent) start(ctx context.Context) error {
 	return nil
 }
 
-// encodeLocked refreshes a.meta from ready/role/names/pod CIDR; a.mu must be held.
+// encodeLocked refreshes a.meta from ready/role/names/pod CIDR as the record's
+// next version; a.mu must be held. A record that does not encode changes
+// nothing, its version included.
 func (a *Agent) encodeLocked() error {
 	b, err := encodeMeta(metadata{Ready: a.ready, Leaving: a.leaving, Role: a.role, Names: a.names, PodCIDR: a.podCIDR,
-		KeyGen: a.keyGen, KeyGens: a.keyGens}, a.cfg.ClusterName)
+		KeyGen: a.keyGen, KeyGens: a.keyGens, Incarnation: a.incarnation + 1}, a.cfg.ClusterName)
 	if err != nil {
 		return err
 	}
 	a.meta = b
+	a.incarnation++
 	return nil
 }
 
@@ -704,7 +707,7 @@ func (a *Agent) observe(n *memberlist.Node, state string) viewMember {
 		a.log.Warn("ignoring gossip member's names", "node", n.Name, "err", err)
 	} else {
 		v.Role, v.Ready, v.Names, v.leaving, v.PodCIDR = md.Role, md.Ready, md.Names, md.Leaving, md.PodCIDR
-		v.KeyGeneration, v.keyGens = md.KeyGen, md.KeyGens
+		v.KeyGeneration, v.keyGens, v.Incarnation = md.KeyGen, md.KeyGens, md.Incarnation
 	}
 	if state == StateDead && v.leaving {
 		v.State = StateLeft

@@ -81,12 +81,18 @@ type Member struct {
 	Since time.Time `json:"since,omitzero"`
 	// LastSeen is when this agent's own probe of the member was last answered,
 	// and RTT that answer's round trip; zero until this agent has probed it.
-	// memberlist keeps incarnation numbers to itself, so they are not shown.
 	LastSeen time.Time     `json:"lastSeen,omitzero"`
 	RTT      time.Duration `json:"rtt,omitempty"`
 	// KeyGeneration is the key generation the member sends with, as its
 	// metadata says; 0 when it follows no keyring document.
 	KeyGeneration uint64 `json:"keyGeneration,omitempty"`
+	// Incarnation is the version of the member's record this agent holds:
+	// the member counts up from 1 with every change of what it publishes
+	// (readiness, names, pod CIDR, keys, leaving), each of which it announces
+	// with a new alive message. memberlist keeps its own incarnation numbers
+	// to itself, so this is the member's count, carried in its metadata; 0
+	// for a member whose agent does not send it.
+	Incarnation uint64 `json:"incarnation,omitempty"`
 }
 
 // Status is the agent's health for `nodeagent status`.
@@ -127,6 +133,8 @@ type Agent struct {
 	names   []string
 	podCIDR netip.Prefix
 	meta    []byte // encoded ready/role/names/pod CIDR, handed to memberlist by NodeMeta
+	// incarnation is the version of meta, published in it (Member.Incarnation).
+	incarnation uint64
 	// keyGen and keyGens are the key generations this node sends with and
 	// accepts (keyring.go), published in its metadata; keyringError the last
 	// failure to follow the keyring document.
@@ -248,7 +256,7 @@ func (a *Agent) Members() []Member {
 		m.IP = append(net.IP(nil), v.IP...)
 		m.Names = append([]string(nil), v.Names...)
 		if v.Name == a.cfg.NodeName {
-			m.KeyGeneration = a.keyGen
+			m.KeyGeneration, m.Incarnation = a.keyGen, a.incarnation
 		}
 		out = append(out, m)
 	}

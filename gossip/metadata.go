@@ -51,6 +51,7 @@ const (
 const (
 	fieldPodCIDR = 1 // netip.Prefix binary form: 4 or 16 address bytes, then the bit count
 	fieldKeys    = 2 // uvarint primary key generation, then uvarints of every accepted one (keyring.go)
+	fieldVersion = 3 // uvarint: the record's version (metadata.Incarnation)
 )
 
 // metadata is what one node publishes.
@@ -65,6 +66,12 @@ type metadata struct {
 	// it accepts; zero and nil when it follows no keyring document.
 	KeyGen  uint64
 	KeyGens []uint64
+	// Incarnation is the record's version: the member bumps it on every
+	// change of what it publishes, the change that makes memberlist bump its
+	// own (unexported) incarnation through UpdateNode, so peers can tell
+	// which version of a member they hold. 0 from a member that does not send
+	// it (agents before this field).
+	Incarnation uint64
 }
 
 // ErrMetaTooLarge is returned when the names do not fit in node metadata.
@@ -112,6 +119,12 @@ func encodeMeta(m metadata, cluster string) ([]byte, error) {
 	if m.KeyGen != 0 {
 		v := encodeKeys(m.KeyGen, m.KeyGens)
 		b = binary.AppendUvarint(b, fieldKeys)
+		b = binary.AppendUvarint(b, uint64(len(v)))
+		b = append(b, v...)
+	}
+	if m.Incarnation != 0 {
+		v := binary.AppendUvarint(nil, m.Incarnation)
+		b = binary.AppendUvarint(b, fieldVersion)
 		b = binary.AppendUvarint(b, uint64(len(v)))
 		b = append(b, v...)
 	}
@@ -185,6 +198,12 @@ func decodeMeta(b []byte, cluster string) (metadata, error) {
 			if m.KeyGen, m.KeyGens, err = decodeKeys(v); err != nil {
 				return m, err
 			}
+		case fieldVersion:
+			n, used := binary.Uvarint(v)
+			if used <= 0 || used != len(v) {
+				return m, fmt.Errorf("gossip metadata: record version %x is not one uvarint", v)
+			}
+			m.Incarnation = n
 		default:
 			// A field of a newer agent: skipped, the rest still counts.
 		}

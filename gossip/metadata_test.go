@@ -26,6 +26,7 @@ func TestMetadataRoundTrip(t *testing.T) {
 		{"the cluster name itself stays literal", metadata{Names: []string{c}}, 20},
 		{"a worker with its pod CIDR", metadata{Ready: true, Role: "Node", PodCIDR: netip.MustParsePrefix("100.96.17.0/24")}, 15},
 		{"an IPv6 pod CIDR", metadata{Role: "Node", PodCIDR: netip.MustParsePrefix("fd00:10:96:11::/64")}, 27},
+		{"a record's version (its incarnation)", metadata{Role: "Node", Incarnation: 300}, 12},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -90,6 +91,8 @@ func TestDecodeMetaRejectsCorruptInput(t *testing.T) {
 		{"a pod CIDR that is no prefix", append(append([]byte(nil), good...), fieldPodCIDR, 2, 100, 96)},
 		{"a pod CIDR with host bits", append(append([]byte(nil), good...), fieldPodCIDR, 5, 100, 96, 1, 7, 24)},
 		{"a pod CIDR with too many bits", append(append([]byte(nil), good...), fieldPodCIDR, 5, 100, 96, 1, 0, 33)},
+		{"a record version that is no uvarint", append(append([]byte(nil), good...), fieldVersion, 1, 0x80)},
+		{"a record version with trailing bytes", append(append([]byte(nil), good...), fieldVersion, 2, 7, 7)},
 		{"role longer than input", []byte{1, 0, 200}},
 		{"huge name count", []byte{1, 0, 0, 0xff, 0xff, 0x03}},
 		{"unknown kind", []byte{1, 0, 0, 1, 1<<2 | 3, 'x'}},
@@ -119,6 +122,9 @@ func TestMetadataCompatibility(t *testing.T) {
 		want := metadata{Ready: true, Role: "Node", Names: []string{"api.internal." + c}}
 		if !reflect.DeepEqual(got, want) {
 			t.Errorf("got %+v, want %+v", got, want)
+		}
+		if got.Incarnation != 0 {
+			t.Errorf("a record without a version decodes at incarnation %d, want 0", got.Incarnation)
 		}
 	})
 	t.Run("no pod CIDR encodes to the original layout", func(t *testing.T) {

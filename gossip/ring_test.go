@@ -219,6 +219,32 @@ func TestRing(t *testing.T) {
 		}
 	})
 
+	t.Run("every peer holds a member's record version as its incarnation", func(t *testing.T) {
+		self := func() uint64 { m, _ := memberState(nodes[1].agent, "node-1"); return m.Incarnation }
+		before := self()
+		if before == 0 {
+			t.Fatal("node-1 reports incarnation 0 for itself; a record's versions count from 1")
+		}
+		if err := nodes[1].agent.SetNames([]string{"bad name"}); err == nil {
+			t.Fatal("SetNames accepted an invalid name")
+		}
+		if got := self(); got != before {
+			t.Fatalf("a refused SetNames moved the incarnation from %d to %d", before, got)
+		}
+		nodes[1].agent.SetReady(true)
+		if got := self(); got != before+1 {
+			t.Fatalf("after SetReady node-1's incarnation is %d, want %d", got, before+1)
+		}
+		waitFor(t, 5*time.Second, "the new incarnation everywhere", func() error {
+			for _, n := range nodes {
+				if m, _ := memberState(n.agent, "node-1"); m.Incarnation != before+1 || !m.Ready {
+					return fmt.Errorf("%s holds node-1 at incarnation %d (ready %v), want %d", n.cfg.NodeName, m.Incarnation, m.Ready, before+1)
+				}
+			}
+			return nil
+		})
+	})
+
 	t.Run("SetPodCIDR propagates", func(t *testing.T) {
 		cidr := netip.MustParsePrefix("100.96.2.0/24")
 		if err := nodes[2].agent.SetPodCIDR(cidr); err != nil {
