@@ -586,12 +586,22 @@ func (e *Emulator) s3Put(w http.ResponseWriter, req *request, bucket, key string
 	if aerr != nil {
 		return aerr
 	}
+	ifMatch, ifNoneMatch := r.Header.Get("If-Match"), r.Header.Get("If-None-Match")
+	if ifNoneMatch != "" && ifNoneMatch != "*" {
+		return errorf(501, "NotImplemented", "A header you provided implies functionality that is not implemented")
+	}
 	o := newMemObject(bytes.Clone(body), e.now())
 	o.contentType = r.Header.Get("Content-Type")
 	o.checksums = checksums
 	e.mu.Lock()
 	objs, ok := e.buckets[bucket]
 	if ok {
+		// The precondition is checked and the object replaced under one lock,
+		// so of two writers that read the same ETag exactly one wins.
+		if aerr := putPrecondition(objs[key], ifMatch, ifNoneMatch); aerr != nil {
+			e.mu.Unlock()
+			return aerr
+		}
 		objs[key] = o
 	}
 	e.mu.Unlock()
@@ -605,6 +615,32 @@ func (e *Emulator) s3Put(w http.ResponseWriter, req *request, bucket, key string
 		w.Header().Set(name, v)
 	}
 	w.WriteHeader(http.StatusOK)
+	return nil
+}
+
+// putPrecondition is S3's conditional write (PutObject with If-None-Match: *
+// or If-Match: <ETag>) against cur, the object in place (nil: none): creating
+// over an existing object, or replacing an object whose ETag is not the one
+// given, fails 412 PreconditionFailed; If-Match on a missing object is 404
+// NoSuchKey.
+func putPrecondition(cur *object, ifMatch, ifNoneMatch string) *apiError {
+	failed := errorf(412, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold")
+	if ifNoneMatch == "*" && cur != nil {
+		return failed
+	}
+	if ifMatch == "" {
+		return nil
+	}
+	if cur == nil {
+		return errorf(404, "NoSuchKey", "The specified key does not exist.")
+	}
+	etag, err := cur.getETag()
+	if err != nil {
+		return errorf(500, "InternalError", "object: %v", err)
+	}
+	if ifMatch != etag && ifMatch != "*" {
+		return failed
+	}
 	return nil
 }
 
