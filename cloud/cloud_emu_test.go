@@ -199,3 +199,33 @@ func TestStateStoreListAgainstEmulator(t *testing.T) {
 		t.Errorf("List of an empty directory = %v, %v", keys, err)
 	}
 }
+
+// PutIfMatch writes only over the version read (or only a new object, with
+// no version); a lost race is ErrChanged and leaves the object alone.
+func TestStateStoreConditionalWritesAgainstEmulator(t *testing.T) {
+	r := awsemu.Start(t, emuWorld(), awsemu.Options{})
+	ctx, _, store := stateStoreAt(t, r)
+	const key = cloud.GossipKeyringKey
+	if err := store.PutIfMatch(ctx, key, []byte("first"), ""); err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	if err := store.PutIfMatch(ctx, key, []byte("second creator"), ""); !errors.Is(err, cloud.ErrChanged) {
+		t.Fatalf("a second create = %v, want ErrChanged", err)
+	}
+	b, etag, err := store.GetVersioned(ctx, key)
+	if err != nil || string(b) != "first" || etag == "" {
+		t.Fatalf("GetVersioned = %q, %q, %v", b, etag, err)
+	}
+	if err := store.PutIfMatch(ctx, key, []byte("next"), etag); err != nil {
+		t.Fatalf("write over the version read: %v", err)
+	}
+	if err := store.PutIfMatch(ctx, key, []byte("stale"), etag); !errors.Is(err, cloud.ErrChanged) {
+		t.Fatalf("write over a stale version = %v, want ErrChanged", err)
+	}
+	if b, err := store.Get(ctx, key); err != nil || string(b) != "next" {
+		t.Fatalf("object now %q, %v; want next", b, err)
+	}
+	if _, _, err := store.GetVersioned(ctx, "nodeagent/none"); !errors.Is(err, cloud.ErrNotFound) {
+		t.Fatalf("GetVersioned of a missing object = %v, want ErrNotFound", err)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/smithy-go"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 
 	"github.com/nodeagent/nodeagent/config"
@@ -42,6 +43,12 @@ const (
 
 // ErrNotFound means the state store has no such object.
 var ErrNotFound = errors.New("not found in state store")
+
+// ErrChanged means a conditional write lost: the object is no longer the
+// version the writer read (S3's 412 PreconditionFailed or 409
+// ConditionalRequestConflict, or it was deleted meanwhile). Read it again and
+// decide again.
+var ErrChanged = errors.New("state store object changed since it was read")
 
 // S3GetAPI is the S3 call the state store makes.
 type S3GetAPI interface {
@@ -136,6 +143,13 @@ func (s *StateStore) GetIfChanged(ctx context.Context, key, etag string) (data [
 	return b, aws.ToString(out.ETag), true, nil
 }
 
+// GetVersioned reads one object and its version (ETag), for a later
+// PutIfMatch; a missing object is ErrNotFound.
+func (s *StateStore) GetVersioned(ctx context.Context, key string) (data []byte, etag string, err error) {
+	data, etag, _, err = s.GetIfChanged(ctx, key, "")
+	return data, etag, err
+}
+
 // S3PutAPI is the S3 call writing a state store object.
 type S3PutAPI interface {
 	PutObject(context.Context, *s3.PutObjectInput, ...func(*s3.Options)) (*s3.PutObjectOutput, error)
@@ -151,6 +165,35 @@ func (s *StateStore) Put(ctx context.Context, key string, data []byte) error {
 		return fmt.Errorf("write s3://%s/%s: this S3 client cannot write", s.Bucket, full)
 	}
 	if _, err := w.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String(s.Bucket), Key: aws.String(full), Body: bytes.NewReader(data)}); err != nil {
+		return fmt.Errorf("write s3://%s/%s: %w", s.Bucket, full, err)
+	}
+	return nil
+}
+
+// PutIfMatch writes one object only if it is still the version etag from
+// GetVersioned, or, with etag "", only if there is none yet (S3 conditional
+// writes: If-Match, If-None-Match: *). A lost race is ErrChanged and writes
+// nothing.
+func (s *StateStore) PutIfMatch(ctx context.Context, key string, data []byte, etag string) error {
+	full := path.Join(s.Prefix, key)
+	w, ok := s.S3.(S3PutAPI)
+	if !ok {
+		return fmt.Errorf("write s3://%s/%s: this S3 client cannot write", s.Bucket, full)
+	}
+	in := &s3.PutObjectInput{Bucket: aws.String(s.Bucket), Key: aws.String(full), Body: bytes.NewReader(data)}
+	if etag == "" {
+		in.IfNoneMatch = aws.String("*")
+	} else {
+		in.IfMatch = aws.String(etag)
+	}
+	if _, err := w.PutObject(ctx, in); err != nil {
+		var ae smithy.APIError
+		if errors.As(err, &ae) {
+			switch ae.ErrorCode() {
+			case "PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey":
+				return fmt.Errorf("write s3://%s/%s: %w (%s)", s.Bucket, full, ErrChanged, ae.ErrorCode())
+			}
+		}
 		return fmt.Errorf("write s3://%s/%s: %w", s.Bucket, full, err)
 	}
 	return nil

@@ -204,11 +204,35 @@ func NextKeyringStep(d KeyringDoc, members map[string]KeyHolding, now time.Time)
 	return d, false
 }
 
-// KeyringReadWriter reads and writes state store objects; *cloud.StateStore
-// has both.
+// KeyringReadWriter reads and conditionally writes state store objects;
+// *cloud.StateStore does all three. Every write of the keyring document is
+// conditional on the version read (PutIfMatch: an etag from GetVersioned, ""
+// for a document that did not exist), so of two writers deciding from one
+// version exactly one wins; the other gets cloud.ErrChanged, reads again and
+// decides again.
 type KeyringReadWriter interface {
 	ObjectReader
-	Put(ctx context.Context, key string, data []byte) error
+	GetVersioned(ctx context.Context, key string) (data []byte, etag string, err error)
+	PutIfMatch(ctx context.Context, key string, data []byte, etag string) error
+}
+
+// keyringWriteTries bounds how often a writer that lost a race reads the
+// keyring document again and re-decides: each loss means another writer moved
+// the document on, and a rotation has only three steps.
+const keyringWriteTries = 4
+
+// loadKeyringVersion is LoadKeyring with the version read (etag "" and
+// ErrNoKeyring when there is no document).
+func loadKeyringVersion(ctx context.Context, store KeyringReadWriter, key string) (KeyringDoc, string, error) {
+	b, etag, err := store.GetVersioned(ctx, key)
+	if errors.Is(err, cloud.ErrNotFound) {
+		return KeyringDoc{}, "", ErrNoKeyring
+	}
+	if err != nil {
+		return KeyringDoc{}, "", fmt.Errorf("read the gossip keyring: %w", err)
+	}
+	d, err := DecodeKeyring(b)
+	return d, etag, err
 }
 
 // LoadKeyring reads the keyring document; ErrNoKeyring when there is none.
@@ -227,10 +251,39 @@ func LoadKeyring(ctx context.Context, store ObjectReader, key string) (KeyringDo
 // legacyKey returns, as generation 1, when there is none yet) gets newKey as
 // the installed next generation. A new random 32-byte key is made when newKey
 // is nil. It refuses while another rotation is under way. The masters' daemons
-// take it from there.
+// take it from there. The write is conditional on the document read; when
+// another writer got there first, it reads again and decides again.
 func RequestRotation(ctx context.Context, store KeyringReadWriter, key string, legacyKey func(context.Context) ([]byte, error), newKey []byte, now time.Time) (KeyringDoc, error) {
-	d, err := LoadKeyring(ctx, store, key)
-	if errors.Is(err, ErrNoKeyring) {
+	if newKey == nil {
+		newKey = make([]byte, 32)
+		if _, err := rand.Read(newKey); err != nil {
+			return KeyringDoc{}, fmt.Errorf("new gossip key: %w", err)
+		}
+	}
+	for try := 1; ; try++ {
+		d, etag, err := loadKeyringVersion(ctx, store, key)
+		if err != nil && !errors.Is(err, ErrNoKeyring) {
+			return KeyringDoc{}, err
+		}
+		d, err = requestedRotation(ctx, d, errors.Is(err, ErrNoKeyring), legacyKey, newKey, now)
+		if err != nil {
+			return d, err
+		}
+		err = store.PutIfMatch(ctx, key, d.Encode(), etag)
+		if errors.Is(err, cloud.ErrChanged) && try < keyringWriteTries {
+			continue
+		}
+		if err != nil {
+			return KeyringDoc{}, fmt.Errorf("write the gossip keyring: %w", err)
+		}
+		return d, nil
+	}
+}
+
+// requestedRotation is d (or, when there is none, a document of the single
+// key) with newKey installed as the next generation.
+func requestedRotation(ctx context.Context, d KeyringDoc, none bool, legacyKey func(context.Context) ([]byte, error), newKey []byte, now time.Time) (KeyringDoc, error) {
+	if none {
 		old, lerr := legacyKey(ctx)
 		if lerr != nil {
 			return KeyringDoc{}, fmt.Errorf("no keyring document yet, and the ring's key: %w", lerr)
@@ -239,25 +292,14 @@ func RequestRotation(ctx context.Context, store KeyringReadWriter, key string, l
 		if err := d.Validate(); err != nil {
 			return KeyringDoc{}, fmt.Errorf("the ring's current key: %w", err)
 		}
-	} else if err != nil {
-		return KeyringDoc{}, err
 	}
 	if step := d.Step(); step != "" {
 		return d, fmt.Errorf("a rotation to generation %d is under way (step %q); wait for it to finish", maxGeneration(d), step)
 	}
-	if newKey == nil {
-		newKey = make([]byte, 32)
-		if _, err := rand.Read(newKey); err != nil {
-			return KeyringDoc{}, fmt.Errorf("new gossip key: %w", err)
-		}
-	}
-	d.Keys = append(d.Keys, KeyringKey{Generation: d.Generation + 1, Key: newKey, State: KeyInstalled})
+	d.Keys = append(slices.Clone(d.Keys), KeyringKey{Generation: d.Generation + 1, Key: newKey, State: KeyInstalled})
 	d.Updated = now.UTC()
 	if err := d.Validate(); err != nil {
 		return KeyringDoc{}, err
-	}
-	if err := store.Put(ctx, key, d.Encode()); err != nil {
-		return KeyringDoc{}, fmt.Errorf("write the gossip keyring: %w", err)
 	}
 	return d, nil
 }
@@ -385,37 +427,50 @@ func (a *Agent) keyringLoop(ctx context.Context, f KeyringFollow) {
 	}
 }
 
+// followKeyringOnce reads and applies the document and, on the driver,
+// writes the step that is due, conditional on the version read: a master that
+// also believes it drives (two views of the ring for a moment) and wrote first
+// makes this write fail with cloud.ErrChanged, and this node reads the
+// document again and decides again instead of writing the same step twice.
 func (a *Agent) followKeyringOnce(ctx context.Context, f KeyringFollow) {
 	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	d, err := LoadKeyring(rctx, f.Store, f.Key)
-	if errors.Is(err, ErrNoKeyring) {
+	for try := 1; ; try++ {
+		d, etag, err := loadKeyringVersion(rctx, f.Store, f.Key)
+		if errors.Is(err, ErrNoKeyring) {
+			a.setKeyringError(nil)
+			return
+		}
+		if err == nil {
+			err = a.applyKeyring(d)
+		}
+		if err != nil {
+			a.setKeyringError(err)
+			a.log.Warn("gossip keyring not applied; keeping the current keys", "err", err)
+			return
+		}
 		a.setKeyringError(nil)
+		if f.DriverRole == "" || d.Step() == "" || !a.isDriver(f.DriverRole) {
+			return
+		}
+		next, ok := NextKeyringStep(d, a.aliveKeyHoldings(), time.Now())
+		if !ok {
+			return
+		}
+		err = f.Store.PutIfMatch(rctx, f.Key, next.Encode(), etag)
+		if errors.Is(err, cloud.ErrChanged) && try < keyringWriteTries {
+			a.log.Info("the gossip keyring changed since it was read (another master wrote it); reading it again", "step", d.Step())
+			continue
+		}
+		if err != nil {
+			a.log.Warn("advance the gossip key rotation", "err", err)
+			return
+		}
+		a.log.Info("gossip key rotation advanced", "from", d.Step(), "generation", next.Generation, "keys", len(next.Keys))
+		if err := a.applyKeyring(next); err != nil {
+			a.setKeyringError(err)
+		}
 		return
-	}
-	if err == nil {
-		err = a.applyKeyring(d)
-	}
-	if err != nil {
-		a.setKeyringError(err)
-		a.log.Warn("gossip keyring not applied; keeping the current keys", "err", err)
-		return
-	}
-	a.setKeyringError(nil)
-	if f.DriverRole == "" || d.Step() == "" || !a.isDriver(f.DriverRole) {
-		return
-	}
-	next, ok := NextKeyringStep(d, a.aliveKeyHoldings(), time.Now())
-	if !ok {
-		return
-	}
-	if err := f.Store.Put(rctx, f.Key, next.Encode()); err != nil {
-		a.log.Warn("advance the gossip key rotation", "err", err)
-		return
-	}
-	a.log.Info("gossip key rotation advanced", "from", d.Step(), "generation", next.Generation, "keys", len(next.Keys))
-	if err := a.applyKeyring(next); err != nil {
-		a.setKeyringError(err)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -12,11 +13,27 @@ import (
 	"github.com/nodeagent/nodeagent/cloud"
 )
 
-// keyObjects is an in-memory state store with Get and Put, answering a
-// missing object as *cloud.StateStore does.
+// keyObjects is an in-memory state store with S3's conditional writes,
+// answering a missing object and a lost race as *cloud.StateStore does. Each
+// write gives the object a new version (its "ETag") and is kept in written.
 type keyObjects struct {
-	mu sync.Mutex
-	m  map[string][]byte
+	mu      sync.Mutex
+	m       map[string][]byte
+	version map[string]int
+	written [][]byte
+	// gate, when set, holds the first gate.n GetVersioned calls until all of
+	// them have read: that many writers then decide from one version, as two
+	// masters can.
+	gate *readGate
+}
+
+type readGate struct {
+	n, arrived int
+	open       chan struct{}
+}
+
+func newKeyObjects() *keyObjects {
+	return &keyObjects{m: map[string][]byte{}, version: map[string]int{}}
 }
 
 func (o *keyObjects) Get(_ context.Context, key string) ([]byte, error) {
@@ -29,11 +46,47 @@ func (o *keyObjects) Get(_ context.Context, key string) ([]byte, error) {
 	return bytes.Clone(b), nil
 }
 
-func (o *keyObjects) Put(_ context.Context, key string, b []byte) error {
+func (o *keyObjects) GetVersioned(ctx context.Context, key string) ([]byte, string, error) {
+	o.mu.Lock()
+	b, ok := bytes.Clone(o.m[key]), o.m[key] != nil
+	etag := fmt.Sprintf(`"v%d"`, o.version[key])
+	var open chan struct{}
+	if g := o.gate; g != nil {
+		if g.arrived++; g.arrived == g.n {
+			close(g.open)
+		}
+		open = g.open
+	}
+	o.mu.Unlock()
+	if open != nil {
+		select {
+		case <-open:
+		case <-ctx.Done():
+			return nil, "", ctx.Err()
+		}
+	}
+	if !ok {
+		return nil, "", fmt.Errorf("%s: %w", key, cloud.ErrNotFound)
+	}
+	return b, etag, nil
+}
+
+func (o *keyObjects) PutIfMatch(_ context.Context, key string, b []byte, etag string) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.m[key] = bytes.Clone(b)
+	_, exists := o.m[key]
+	if (etag == "" && exists) || (etag != "" && etag != fmt.Sprintf(`"v%d"`, o.version[key])) {
+		return fmt.Errorf("%s: %w", key, cloud.ErrChanged)
+	}
+	o.put(key, b)
 	return nil
+}
+
+// put writes unconditionally (a test setting the document up); o.mu held.
+func (o *keyObjects) put(key string, b []byte) {
+	o.m[key] = bytes.Clone(b)
+	o.version[key]++
+	o.written = append(o.written, bytes.Clone(b))
 }
 
 var (
@@ -138,7 +191,7 @@ func TestKeyGenerationsTravelInMetadata(t *testing.T) {
 // advances it step by step while no member ever leaves; a malformed document
 // changes nothing.
 func TestKeyRotationInProcess(t *testing.T) {
-	store := &keyObjects{m: map[string][]byte{}}
+	store := newKeyObjects()
 	const docKey = "nodeagent/gossip-keyring.json"
 	var nodes []*testNode
 	for i := range 3 {
@@ -202,7 +255,9 @@ func TestKeyRotationInProcess(t *testing.T) {
 	}
 
 	// A malformed document: every node keeps generation 2 and says why.
-	store.Put(t.Context(), docKey, []byte(`{"generation":3,"keys":[{"generation":3,"key":"c2hvcnQ=","state":"primary"}]}`))
+	store.mu.Lock()
+	store.put(docKey, []byte(`{"generation":3,"keys":[{"generation":3,"key":"c2hvcnQ=","state":"primary"}]}`))
+	store.mu.Unlock()
 	waitFor(t, 5*time.Second, "the malformed document reported", func() error {
 		for _, n := range nodes {
 			ks := n.agent.Keyring()
@@ -215,4 +270,89 @@ func TestKeyRotationInProcess(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// Two masters that both believe they drive (each alone in its view of the
+// ring) read the document at the same version and both find the install step
+// due: exactly one write of it wins. The other's conditional write fails, it
+// reads the document again, and takes the step after it instead of writing
+// the same step a second time.
+func TestKeyringStepRaceHasOneWinner(t *testing.T) {
+	const docKey = "nodeagent/gossip-keyring.json"
+	store := newKeyObjects()
+	store.put(docKey, KeyringDoc{Generation: 1, Keys: []KeyringKey{{1, key1, KeyPrimary}, {2, key2, KeyInstalled}}}.Encode())
+	store.gate = &readGate{n: 2, open: make(chan struct{})}
+	var masters []*testNode
+	for i := range 2 {
+		n := newTestNode(t, 50+i, key1, "ControlPlane")
+		n.start(t, nil)
+		masters = append(masters, n)
+	}
+	waitFor(t, 5*time.Second, "both masters joined (alone)", func() error {
+		for _, n := range masters {
+			if !n.agent.Status().Joined || !n.agent.isDriver("ControlPlane") {
+				return fmt.Errorf("%s does not drive yet", n.cfg.NodeName)
+			}
+		}
+		return nil
+	})
+	follow := KeyringFollow{Store: store, Key: docKey, DriverRole: "ControlPlane"}
+	var wg sync.WaitGroup
+	for _, n := range masters {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n.agent.followKeyringOnce(t.Context(), follow)
+		}()
+	}
+	wg.Wait()
+
+	store.mu.Lock()
+	written := store.written[1:] // after the set-up
+	store.mu.Unlock()
+	steps := map[string]int{}
+	for _, b := range written {
+		d, err := DecodeKeyring(b)
+		if err != nil {
+			t.Fatalf("a malformed document was written: %v\n%s", err, b)
+		}
+		steps[fmt.Sprintf("generation %d, step %q, %d keys", d.Generation, d.Step(), len(d.Keys))]++
+	}
+	want := map[string]int{
+		`generation 2, step "use", 2 keys`: 1, // install -> use, by the winner
+		`generation 2, step "", 1 keys`:    1, // use -> done, by the loser after reading again
+	}
+	if !reflect.DeepEqual(steps, want) {
+		t.Fatalf("writes by step: %v, want each step written once: %v", steps, want)
+	}
+}
+
+// Two rotation requests from one version of the store (here: no document
+// yet): one is written, the other reads again and is refused.
+func TestRotationRequestRaceHasOneWinner(t *testing.T) {
+	const docKey = "nodeagent/gossip-keyring.json"
+	store := newKeyObjects()
+	store.gate = &readGate{n: 2, open: make(chan struct{})}
+	legacy := func(context.Context) ([]byte, error) { return key1, nil }
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := RequestRotation(t.Context(), store, docKey, legacy, nil, time.Now())
+			errs <- err
+		}()
+	}
+	var refused int
+	for range 2 {
+		if err := <-errs; err != nil {
+			if !strings.Contains(err.Error(), "under way") {
+				t.Fatalf("the losing request: %v, want a refusal for the rotation under way", err)
+			}
+			refused++
+		}
+	}
+	store.mu.Lock()
+	defer store.mu.Unlock()
+	if refused != 1 || len(store.written) != 1 {
+		t.Fatalf("%d requests refused and %d documents written, want 1 and 1", refused, len(store.written))
+	}
 }
