@@ -178,7 +178,7 @@ spec:
 	waitFor(t, func() bool {
 		for _, m := range worker.members() {
 			if m.IP == "127.0.0.2" {
-				return m.State == "alive" && !m.Since.IsZero() && !m.LastSeen.IsZero() && m.RTTMillis > 0
+				return m.State == "alive" && !m.Since.IsZero() && !m.LastSeen.IsZero() && m.RTTMillis > 0 && m.Incarnation >= 1
 			}
 		}
 		return false
@@ -191,6 +191,13 @@ spec:
 	}
 	if v := eventCount(t, reg, "join"); v < 1 {
 		t.Errorf("joins seen by the worker = %v, want at least the master", v)
+	}
+	// The ring's size now, by state: a scrape series of it is the size history.
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(`# HELP nodeagent_gossip_peers Gossip ring members by state.
+# TYPE nodeagent_gossip_peers gauge
+nodeagent_gossip_peers{state="alive"} 2
+`), "nodeagent_gossip_peers"); err != nil {
+		t.Errorf("/metrics ring size: %v", err)
 	}
 }
 
