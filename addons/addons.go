@@ -19,7 +19,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -28,6 +27,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
+
+	"github.com/nodeagent/nodeagent/internal/lazyre"
 )
 
 //go:embed builtin/*.yaml
@@ -93,7 +94,7 @@ type Addon struct {
 	Objects []*unstructured.Unstructured
 }
 
-var varRef = regexp.MustCompile(`\$\{([A-Z_]+)\}`)
+var varRef = lazyre.New(`\$\{([A-Z_]+)\}`)
 
 // Builtin renders the built-in add-ons with the cluster's values, leaving out
 // the disabled ones. Disabling an add-on that does not exist is an error.
@@ -118,8 +119,8 @@ func Builtin(v Vars, disable []string) ([]Addon, error) {
 			return nil, fmt.Errorf("add-on %s: %w", b.name, err)
 		}
 		var unknown []string
-		rendered := varRef.ReplaceAllStringFunc(string(raw), func(ref string) string {
-			name := varRef.FindStringSubmatch(ref)[1]
+		rendered := varRef().ReplaceAllStringFunc(string(raw), func(ref string) string {
+			name := varRef().FindStringSubmatch(ref)[1]
 			val, ok := vals[name]
 			if !ok {
 				unknown = append(unknown, name)

@@ -33,6 +33,7 @@ func (e ExitError) Unwrap() error { return e.Err }
 // host, runs every phase, and reports the outcome upward (state file, lifecycle
 // hook). It returns nil only when the node is ready.
 func Bootstrap(ctx context.Context, o Options) error {
+	leanOneShotCPU()
 	log := o.log()
 	n, err := LoadNode(ctx, o, needIdentity)
 	if err != nil {
@@ -44,6 +45,7 @@ func Bootstrap(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
+	defer ps.close()
 	// The config is decided under the run lock: the daemon's reconcile, which
 	// takes it too, then re-reads the inputs kept here and runs this config, not
 	// the one it had (bootstrap and the daemon never fight).
@@ -115,6 +117,7 @@ func Plan(ctx context.Context, o Options, w io.Writer, format string) error {
 	if err != nil {
 		return err
 	}
+	defer ps.close()
 	var facts bootstrap.Facts
 	if st, err := o.store().Load(); err == nil {
 		facts = st.Facts

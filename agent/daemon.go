@@ -12,6 +12,7 @@ import (
 	"github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/nodeagent/nodeagent/bootstrap"
+	"github.com/nodeagent/nodeagent/systemd"
 )
 
 // RunOptions configure the daemon.
@@ -37,6 +38,12 @@ const DefaultConfigInterval = 15 * time.Second
 func Run(ctx context.Context, o Options, ro RunOptions) error {
 	log := o.log()
 	leanDaemonHeap()
+	// One D-Bus connection for the daemon's life, shared by every phase set it
+	// builds (a new config builds another) and the readiness reports.
+	if o.Systemd == nil {
+		o.Systemd = systemd.NewSession()
+		defer o.Systemd.Close()
+	}
 	if ro.ReconcileInterval <= 0 {
 		ro.ReconcileInterval = time.Minute
 	}

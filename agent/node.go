@@ -19,6 +19,7 @@ import (
 	"github.com/nodeagent/nodeagent/cloud"
 	"github.com/nodeagent/nodeagent/config"
 	"github.com/nodeagent/nodeagent/internal/fsutil"
+	"github.com/nodeagent/nodeagent/systemd"
 )
 
 // Options are the global settings every command shares.
@@ -31,6 +32,9 @@ type Options struct {
 	ConfigFile string
 	Stdin      io.Reader
 	Log        *slog.Logger
+	// Systemd is the D-Bus connection the phases share; nil: each phase set
+	// opens its own (buildPhases) and its run closes it. The daemon keeps one.
+	Systemd *systemd.Session
 }
 
 // DefaultStateDir is where state.json lives.

@@ -34,6 +34,17 @@ type phaseSet struct {
 	readiness *readinessPhase
 	node      *nodeObject // nil when kubelet runs standalone
 	units     []string
+	// systemd is the D-Bus connection its phases share; closed by close when
+	// the set opened it itself.
+	systemd    *systemd.Session
+	ownSystemd bool
+}
+
+// close releases what the set opened for its run (its D-Bus connection).
+func (ps *phaseSet) close() {
+	if ps.ownSystemd {
+		ps.systemd.Close()
+	}
 }
 
 // buildPhases assembles the phases for this node's role. Nothing runs here; AWS
@@ -42,8 +53,11 @@ type phaseSet struct {
 func buildPhases(ctx context.Context, o Options, n *Node) (*phaseSet, error) {
 	log := o.log()
 	spec := n.Config.Spec
-	ps := &phaseSet{}
-	connect := func(ctx context.Context) (*systemd.Manager, error) { return systemd.Connect(ctx) }
+	ps := &phaseSet{systemd: o.Systemd}
+	if ps.systemd == nil {
+		ps.systemd, ps.ownSystemd = systemd.NewSession(), true
+	}
+	connect := ps.systemd.Connect
 
 	inst := &assets.Installer{Root: o.Root, HTTP: &http.Client{Timeout: 10 * time.Minute}, Log: log,
 		FullCheckEvery: spec.AssetChecks.Interval()}

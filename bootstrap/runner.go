@@ -63,15 +63,25 @@ func (r *Runner) RunHeld(ctx context.Context, phases []Phase) error {
 		for i, p := range phases {
 			st.Phases[i] = PhaseStatus{Name: p.Name(), State: PhasePending}
 		}
+		// The first phase starts now: one write records both.
+		if len(phases) > 0 {
+			st.Phases[0].State, st.Phases[0].Started = PhaseRunning, start
+		}
 	}); err != nil {
 		return err
 	}
 
-	for _, p := range phases {
-		ps := r.runPhase(ctx, p, &facts, log)
+	// Each phase's outcome is written together with the next phase's start (or,
+	// after the last, the run's end): a converged run writes the state file once
+	// per phase, not twice.
+	started := start
+	finished := false
+	for i, p := range phases {
+		ps := r.runPhase(ctx, p, &facts, log, started)
 		if r.Observe != nil {
 			r.Observe(ps)
 		}
+		started = now()
 		_, werr := r.Store.Update(func(st *State) {
 			if cur := st.Phase(ps.Name); cur != nil {
 				*cur = ps
@@ -86,7 +96,19 @@ func (r *Runner) RunHeld(ctx context.Context, phases []Phase) error {
 				if r.RecordBoot {
 					st.Boot = st.bootRecord(string(ps.State))
 				}
+				return
 			}
+			if i+1 < len(phases) {
+				if next := st.Phase(phases[i+1].Name()); next != nil {
+					*next = PhaseStatus{Name: next.Name, State: PhaseRunning, Started: started}
+				}
+				return
+			}
+			st.FinishedAt = now()
+			if r.RecordBoot {
+				st.Boot = st.bootRecord(string(PhaseDone))
+			}
+			finished = true
 		})
 		if werr != nil && (ps.State == PhaseFailed || ps.State == PhaseWaiting) {
 			// The phase's own error is what the run returns; the record's is logged.
@@ -104,30 +126,26 @@ func (r *Runner) RunHeld(ctx context.Context, phases []Phase) error {
 		// gofail: var bootstrapBetweenPhases string
 		// failpointCrash("bootstrapBetweenPhases", bootstrapBetweenPhases, ps.Name)
 	}
-	_, err := r.Store.Update(func(st *State) {
-		st.FinishedAt = now()
-		if r.RecordBoot {
-			st.Boot = st.bootRecord(string(PhaseDone))
-		}
-	})
+	var err error
+	if !finished { // no phases
+		_, err = r.Store.Update(func(st *State) {
+			st.FinishedAt = now()
+			if r.RecordBoot {
+				st.Boot = st.bootRecord(string(PhaseDone))
+			}
+		})
+	}
 	log.Info("bootstrap finished", "phases", len(phases), "duration", now().Sub(start).Round(time.Millisecond))
 	return err
 }
 
-func (r *Runner) runPhase(ctx context.Context, p Phase, facts *Facts, log *slog.Logger) PhaseStatus {
+// runPhase runs one phase, recorded as running since started (by the caller,
+// in the same write as the phase before it).
+func (r *Runner) runPhase(ctx context.Context, p Phase, facts *Facts, log *slog.Logger, started time.Time) PhaseStatus {
 	now := r.clock()
-	ps := PhaseStatus{Name: p.Name(), State: PhaseRunning, Started: now()}
+	ps := PhaseStatus{Name: p.Name(), State: PhaseRunning, Started: started}
 	cpu0 := processCPU()
 	log = log.With("phase", ps.Name)
-	if _, err := r.Store.Update(func(st *State) {
-		if cur := st.Phase(ps.Name); cur != nil {
-			*cur = ps
-		}
-	}); err != nil {
-		// The phase runs all the same; status shows it pending until its outcome
-		// is written (which reports its own failure).
-		log.Warn("record phase running", "err", err)
-	}
 	var (
 		progressMu   sync.Mutex // a phase may report from several goroutines
 		lastProgress string

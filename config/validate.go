@@ -5,12 +5,12 @@ import (
 	"maps"
 	"net"
 	"net/url"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/nodeagent/nodeagent/addons"
+	"github.com/nodeagent/nodeagent/internal/lazyre"
 )
 
 // FieldError is one problem with a NodeConfig, located by its field path
@@ -42,27 +42,27 @@ func Problems(n int) string {
 }
 
 var (
-	dns1123Label   = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
-	sha256Hex      = regexp.MustCompile(`^[0-9a-f]{64}$`)
-	k8sVersion     = regexp.MustCompile(`^v1\.[0-9]+\.[0-9]+$`)
-	imageTagRE     = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
-	sysctlKey      = regexp.MustCompile(`^[a-z0-9_]+(\.[a-zA-Z0-9_-]+)+$`)
-	moduleName     = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
-	assetName      = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]*$`)
-	labelNameRegex = regexp.MustCompile(`^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$`)
-	labelValue     = regexp.MustCompile(`^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$`)
+	dns1123Label   = lazyre.New(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+	sha256Hex      = lazyre.New(`^[0-9a-f]{64}$`)
+	k8sVersion     = lazyre.New(`^v1\.[0-9]+\.[0-9]+$`)
+	imageTagRE     = lazyre.New(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
+	sysctlKey      = lazyre.New(`^[a-z0-9_]+(\.[a-zA-Z0-9_-]+)+$`)
+	moduleName     = lazyre.New(`^[a-zA-Z0-9_-]+$`)
+	assetName      = lazyre.New(`^[a-zA-Z0-9][a-zA-Z0-9._-]*$`)
+	labelNameRegex = lazyre.New(`^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$`)
+	labelValue     = lazyre.New(`^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$`)
 
 	// An image reference as the distribution grammar has it, narrowed to what
 	// an imported archive can be found by: [host[:port]/]path[/path...]:tag.
 	registryHost = `[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*(:[0-9]+)?`
 	pathPart     = `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
-	imageTagged  = regexp.MustCompile(`^(` + registryHost + `/)?` + pathPart + `(/` + pathPart + `)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
+	imageTagged  = lazyre.New(`^(` + registryHost + `/)?` + pathPart + `(/` + pathPart + `)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
 	// registryPrefix is what spec.images.registry may be: a host followed by
 	// path components, the part of a reference before the image's own name.
-	registryPrefix = regexp.MustCompile(`^` + registryHost + `(/` + pathPart + `)*$`)
+	registryPrefix = lazyre.New(`^` + registryHost + `(/` + pathPart + `)*$`)
 	// mirrorKey is a registry host as containerd names its hosts.toml
 	// directories: lower case, with an optional port.
-	mirrorKey = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:[0-9]+)?$`)
+	mirrorKey = lazyre.New(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:[0-9]+)?$`)
 )
 
 // Validate checks a defaulted NodeConfig and returns a ValidationError listing every
@@ -107,7 +107,7 @@ func (c *NodeConfig) Validate() error {
 	switch {
 	case s.KubernetesVersion == "":
 		add("spec.kubernetesVersion", "required, e.g. v1.31.2")
-	case !k8sVersion.MatchString(s.KubernetesVersion):
+	case !k8sVersion().MatchString(s.KubernetesVersion):
 		add("spec.kubernetesVersion", "%q is not of the form v1.MINOR.PATCH", s.KubernetesVersion)
 	}
 	switch s.ContainerRuntime {
@@ -124,7 +124,7 @@ func (c *NodeConfig) Validate() error {
 		switch {
 		case a.Name == "":
 			add(p+".name", "required")
-		case !assetName.MatchString(a.Name):
+		case !assetName().MatchString(a.Name):
 			add(p+".name", "%q: only letters, digits, '.', '_' and '-'", a.Name)
 		default:
 			if j, dup := names[a.Name]; dup {
@@ -152,10 +152,10 @@ func (c *NodeConfig) Validate() error {
 
 	for _, k := range slices.Sorted(maps.Keys(s.Kubelet.NodeLabels)) {
 		p := "spec.kubelet.nodeLabels[" + k + "]"
-		if !labelNameRegex.MatchString(k) || len(k) > 316 {
+		if !labelNameRegex().MatchString(k) || len(k) > 316 {
 			add(p, "invalid label key %q", k)
 		}
-		if v := s.Kubelet.NodeLabels[k]; len(v) > 63 || !labelValue.MatchString(v) {
+		if v := s.Kubelet.NodeLabels[k]; len(v) > 63 || !labelValue().MatchString(v) {
 			add(p, "invalid label value %q", v)
 		}
 	}
@@ -166,7 +166,7 @@ func (c *NodeConfig) Validate() error {
 	}
 
 	for _, k := range slices.Sorted(maps.Keys(s.Host.Sysctls)) {
-		if !sysctlKey.MatchString(k) {
+		if !sysctlKey().MatchString(k) {
 			add("spec.host.sysctls["+k+"]", "invalid sysctl name")
 		}
 		if v := s.Host.Sysctls[k]; v == "" || strings.ContainsAny(v, "\n\r") {
@@ -174,7 +174,7 @@ func (c *NodeConfig) Validate() error {
 		}
 	}
 	for i, m := range s.Host.KernelModules {
-		if !moduleName.MatchString(m) {
+		if !moduleName().MatchString(m) {
 			add(fmt.Sprintf("spec.host.kernelModules[%d]", i), "invalid module name %q", m)
 		}
 	}
@@ -183,7 +183,7 @@ func (c *NodeConfig) Validate() error {
 	}
 
 	if s.Etcd != nil {
-		if v := s.Etcd.Version; v != "" && !imageTagRE.MatchString(v) {
+		if v := s.Etcd.Version; v != "" && !imageTagRE().MatchString(v) {
 			add("spec.etcd.version", "%q is not usable as an image tag, e.g. %s", v, DefaultEtcdVersion)
 		}
 		if s.Role != RoleControlPlane {
@@ -193,7 +193,7 @@ func (c *NodeConfig) Validate() error {
 		seen := map[string]bool{}
 		for i, ec := range s.Etcd.Clusters {
 			p := fmt.Sprintf("spec.etcd.clusters[%d]", i)
-			if !dns1123Label.MatchString(ec.Name) {
+			if !dns1123Label().MatchString(ec.Name) {
 				add(p+".name", "%q is not a DNS-1123 label", ec.Name)
 			} else if seen[ec.Name] {
 				add(p+".name", "%q is listed twice", ec.Name)
@@ -301,7 +301,7 @@ func (c *NodeConfig) Validate() error {
 // validateImages checks spec.images and spec.containerd.
 func validateImages(s *Spec, add func(path, format string, args ...any)) {
 	registry := strings.TrimSuffix(s.Images.Registry, "/")
-	badRegistry := len(registry) > 255 || !registryPrefix.MatchString(registry)
+	badRegistry := len(registry) > 255 || !registryPrefix().MatchString(registry)
 	if badRegistry {
 		add("spec.images.registry", "%q is not a registry such as registry.k8s.io or mirror.example:5000/k8s", s.Images.Registry)
 	}
@@ -333,7 +333,7 @@ func validateImages(s *Spec, add func(path, format string, args ...any)) {
 	}
 	for _, host := range slices.Sorted(maps.Keys(mirrors)) {
 		p := "spec.containerd.registryMirrors[" + host + "]"
-		if len(host) > 255 || !mirrorKey.MatchString(host) {
+		if len(host) > 255 || !mirrorKey().MatchString(host) {
 			add(p, "%q is not a registry host such as registry.k8s.io or mirror.example:5000 (lower case)", host)
 		}
 		if len(mirrors[host]) == 0 {
@@ -350,7 +350,7 @@ func validateImages(s *Spec, add func(path, format string, args ...any)) {
 // IsImageReference reports whether s is an image reference with a tag, such as
 // registry.k8s.io/kube-apiserver:v1.34.4 or busybox:1.36 (no digest).
 func IsImageReference(s string) bool {
-	return len(s) <= 255 && imageTagged.MatchString(s)
+	return len(s) <= 255 && imageTagged().MatchString(s)
 }
 
 func validateMirrorURL(raw string) error {
@@ -377,7 +377,7 @@ func IsDNS1123Subdomain(s string) bool {
 		return false
 	}
 	for _, label := range strings.Split(s, ".") {
-		if len(label) > 63 || !dns1123Label.MatchString(label) {
+		if len(label) > 63 || !dns1123Label().MatchString(label) {
 			return false
 		}
 	}
@@ -436,7 +436,7 @@ func validateSource(add func(path, format string, args ...any), p, what string, 
 	switch {
 	case sum == "":
 		add(p+".sha256", "required: the %s's SHA-256 as 64 hex characters", what)
-	case !sha256Hex.MatchString(sum):
+	case !sha256Hex().MatchString(sum):
 		add(p+".sha256", "must be 64 hex characters, got %d characters", len(sum))
 	}
 }

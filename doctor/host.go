@@ -12,7 +12,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -22,6 +21,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/nodeagent/nodeagent/internal/fsutil"
+	"github.com/nodeagent/nodeagent/internal/lazyre"
 )
 
 // Host paths the host checks read (resolved under the root).
@@ -134,7 +134,7 @@ func Kernel(root fsutil.Root, modules []string, sysctls map[string]string) Check
 	}}
 }
 
-var systemdCgroup = regexp.MustCompile(`(?m)^\s*SystemdCgroup\s*=\s*(true|false)`)
+var systemdCgroup = lazyre.New(`(?m)^\s*SystemdCgroup\s*=\s*(true|false)`)
 
 // Cgroups: cgroup v2, and the container runtime's cgroup driver is kubelet's.
 func Cgroups(root fsutil.Root, runtime string) Check {
@@ -182,7 +182,7 @@ func Cgroups(root fsutil.Root, runtime string) Check {
 				return append(out, fail("", "cannot read %s: %v", where, err)...)
 			}
 			runtimeDriver = "cgroupfs"
-			if m := systemdCgroup.FindSubmatch(b); m != nil && string(m[1]) == "true" {
+			if m := systemdCgroup().FindSubmatch(b); m != nil && string(m[1]) == "true" {
 				runtimeDriver = "systemd"
 			}
 		}

@@ -10,8 +10,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"regexp"
 	"strings"
+
+	"github.com/nodeagent/nodeagent/internal/lazyre"
 )
 
 // Docker Engine before 25 loads only docker-save archives (manifest.json);
@@ -27,7 +28,7 @@ const (
 	maxSmallTotal = 32 << 20 // over all small blobs kept
 )
 
-var blobPathRE = regexp.MustCompile(`^(?:\./)?blobs/sha256/([0-9a-f]{64})$`)
+var blobPathRE = lazyre.New(`^(?:\./)?blobs/sha256/([0-9a-f]{64})$`)
 
 // dockerSaveEntry is one image of docker save's manifest.json.
 type dockerSaveEntry struct {
@@ -93,7 +94,7 @@ func dockerSaveManifest(file string) ([]byte, error) {
 				return nil, fmt.Errorf("read %s: index.json is larger than %d bytes", file, maxSmallBlob)
 			}
 		default:
-			m := blobPathRE.FindStringSubmatch(name)
+			m := blobPathRE().FindStringSubmatch(name)
 			if m == nil || hdr.Typeflag != tar.TypeReg || hdr.Size > maxSmallBlob || kept+int(hdr.Size) > maxSmallTotal {
 				continue
 			}

@@ -1,18 +1,17 @@
 package kubelet
 
 import (
+	_ "embed"
 	"encoding/json"
 	"fmt"
 	"maps"
-	"reflect"
-	"slices"
 	"strings"
+	"sync"
 
 	"github.com/nodeagent/nodeagent/config"
 	"github.com/nodeagent/nodeagent/cri"
+	"github.com/nodeagent/nodeagent/kubelet/configschema"
 	corev1 "k8s.io/api/core/v1"
-	kubeletv1beta1 "k8s.io/kubelet/config/v1beta1"
-	k8sjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 )
 
@@ -54,60 +53,52 @@ func buildConfig(spec config.Spec, p configParams) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, err := json.Marshal(kc)
-	if err != nil {
-		return nil, fmt.Errorf("encode KubeletConfiguration: %w", err)
-	}
-	// The v1beta1 types carry struct-valued fields (durations, logging) that
-	// encoding/json cannot omit; they would render as "0s" and {} and read as if
-	// the agent had chosen them. Prune them so the file says only what was set.
-	var m map[string]any
-	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("encode KubeletConfiguration: %w", err)
-	}
-	zero, err := zeroJSON()
-	if err != nil {
-		return nil, fmt.Errorf("encode KubeletConfiguration: %w", err)
-	}
-	pruneZero(m, zero)
-	out, err := yaml.Marshal(m)
+	out, err := yaml.Marshal(kc)
 	if err != nil {
 		return nil, fmt.Errorf("encode KubeletConfiguration: %w", err)
 	}
 	return out, nil
 }
 
-func defaultConfig(spec config.Spec, p configParams) *kubeletv1beta1.KubeletConfiguration {
-	t, f := true, false
-	port := int32(HealthzPort)
-	kc := &kubeletv1beta1.KubeletConfiguration{
-		CgroupDriver:             "systemd",
-		StaticPodPath:            StaticPodPath,
-		ContainerRuntimeEndpoint: cri.CRIEndpoint(runtimeOf(spec)),
-		ClusterDomain:            ClusterDomain,
-		HealthzBindAddress:       HealthzBindAddress,
-		HealthzPort:              &port,
-		ServerTLSBootstrap:       false,
-		FailSwapOn:               &t,
+// Type meta of the configuration file kubelet reads.
+const (
+	configAPIVersion = "kubelet.config.k8s.io/v1beta1"
+	configKind       = "KubeletConfiguration"
+)
+
+// defaultConfig is the agent's KubeletConfiguration in its JSON form: only the
+// fields the agent sets, so the file says what was chosen and nothing else.
+func defaultConfig(spec config.Spec, p configParams) map[string]any {
+	kc := map[string]any{
+		"apiVersion":               configAPIVersion,
+		"kind":                     configKind,
+		"cgroupDriver":             "systemd",
+		"staticPodPath":            StaticPodPath,
+		"containerRuntimeEndpoint": cri.CRIEndpoint(runtimeOf(spec)),
+		"clusterDomain":            ClusterDomain,
+		"healthzBindAddress":       HealthzBindAddress,
+		"healthzPort":              HealthzPort,
+		"failSwapOn":               true,
 	}
-	kc.APIVersion = kubeletv1beta1.SchemeGroupVersion.String()
-	kc.Kind = "KubeletConfiguration"
 	if spec.Networking.ClusterDNS != "" {
-		kc.ClusterDNS = []string{spec.Networking.ClusterDNS}
+		kc["clusterDNS"] = []any{spec.Networking.ClusterDNS}
 	}
 	if spec.Role == config.RoleControlPlane && !p.Standalone {
-		kc.RegisterWithTaints = []corev1.Taint{{Key: ControlPlaneTaint, Effect: corev1.TaintEffectNoSchedule}}
+		kc["registerWithTaints"] = []any{map[string]any{"key": ControlPlaneTaint, "effect": string(corev1.TaintEffectNoSchedule)}}
 	}
-	kc.Authentication.Anonymous.Enabled = &f
-	kc.Authentication.X509.ClientCAFile = p.ClientCAFile
+	authn := map[string]any{"anonymous": map[string]any{"enabled": false}}
+	if p.ClientCAFile != "" {
+		authn["x509"] = map[string]any{"clientCAFile": p.ClientCAFile}
+	}
 	if p.Standalone {
-		kc.Authentication.Webhook.Enabled = &f
-		kc.Authorization.Mode = kubeletv1beta1.KubeletAuthorizationModeAlwaysAllow
+		authn["webhook"] = map[string]any{"enabled": false}
+		kc["authorization"] = map[string]any{"mode": "AlwaysAllow"}
 	} else {
-		kc.Authentication.Webhook.Enabled = &t
-		kc.Authorization.Mode = kubeletv1beta1.KubeletAuthorizationModeWebhook
-		kc.RotateCertificates = true
+		authn["webhook"] = map[string]any{"enabled": true}
+		kc["authorization"] = map[string]any{"mode": "Webhook"}
+		kc["rotateCertificates"] = true
 	}
+	kc["authentication"] = authn
 	return kc
 }
 
@@ -118,41 +109,40 @@ func runtimeOf(spec config.Spec) config.Runtime {
 	return spec.ContainerRuntime
 }
 
+// configSchema is the shape of kubelet's KubeletConfiguration (v1beta1),
+// generated from k8s.io/kubelet's types (see package configschema).
+//
+//go:generate go run ../hack/kubeletschema -o configschema.json
+//go:embed configschema.json
+var configSchemaJSON []byte
+
+var configSchema = sync.OnceValues(func() (*configschema.Node, error) { return configschema.Parse(configSchemaJSON) })
+
 // mergedConfig deep-merges spec.kubelet.config over the defaults in their JSON
-// form and decodes the result strictly into the typed configuration, so a typo
-// or a wrong type is refused rather than silently ignored by kubelet.
-func mergedConfig(spec config.Spec, p configParams) (*kubeletv1beta1.KubeletConfiguration, error) {
-	def := defaultConfig(spec, p)
-	b, err := json.Marshal(def)
+// form and checks the result against KubeletConfiguration's shape, so a typo
+// or a wrong type is refused, by name, rather than silently ignored by kubelet.
+func mergedConfig(spec config.Spec, p configParams) (map[string]any, error) {
+	schema, err := configSchema()
 	if err != nil {
-		return nil, fmt.Errorf("encode default KubeletConfiguration: %w", err)
+		return nil, err
 	}
-	var base map[string]any
-	if err := json.Unmarshal(b, &base); err != nil {
-		return nil, fmt.Errorf("encode default KubeletConfiguration: %w", err)
-	}
-	merged := mergeJSON(base, spec.Kubelet.Config)
-	mb, err := json.Marshal(merged)
+	// The merge in its JSON form (numbers as float64), as a decode reads it.
+	b, err := json.Marshal(mergeJSON(defaultConfig(spec, p), spec.Kubelet.Config))
 	if err != nil {
 		return nil, fmt.Errorf("spec.kubelet.config: %w", err)
 	}
-	var kc kubeletv1beta1.KubeletConfiguration
-	strict, err := k8sjson.UnmarshalStrict(mb, &kc)
-	if err != nil {
+	var kc map[string]any
+	if err := json.Unmarshal(b, &kc); err != nil {
 		return nil, fmt.Errorf("spec.kubelet.config: %w", err)
 	}
-	if len(strict) > 0 {
-		msgs := make([]string, len(strict))
-		for i, e := range strict {
-			msgs[i] = e.Error()
-		}
-		return nil, fmt.Errorf("spec.kubelet.config: %s", strings.Join(msgs, "; "))
+	if errs := schema.Check(kc); len(errs) > 0 {
+		return nil, fmt.Errorf("spec.kubelet.config: %s", strings.Join(errs, "; "))
 	}
-	if kc.APIVersion != def.APIVersion || kc.Kind != def.Kind {
+	if kc["apiVersion"] != configAPIVersion || kc["kind"] != configKind {
 		return nil, fmt.Errorf("spec.kubelet.config: apiVersion/kind must be %s %s (or left out), not %q %q",
-			def.APIVersion, def.Kind, kc.APIVersion, kc.Kind)
+			configAPIVersion, configKind, kc["apiVersion"], kc["kind"])
 	}
-	return &kc, nil
+	return kc, nil
 }
 
 // mergeJSON returns base with over merged in: objects merge key by key, anything
@@ -177,40 +167,4 @@ func mergeJSON(base, over map[string]any) map[string]any {
 		out[k] = v
 	}
 	return out
-}
-
-// pruneZero removes from m every value equal to the one the zero
-// KubeletConfiguration marshals to at the same place. Those are the struct-valued
-// fields encoding/json cannot omit (durations as "0s", logging, memorySwap); a
-// value that means something (a pointer set to 0, a non-empty object) differs
-// from zero's and stays.
-func pruneZero(m, zero map[string]any) {
-	for _, k := range slices.Collect(maps.Keys(m)) {
-		z, ok := zero[k]
-		if !ok {
-			continue
-		}
-		if reflect.DeepEqual(m[k], z) {
-			delete(m, k)
-			continue
-		}
-		mm, ok1 := m[k].(map[string]any)
-		zm, ok2 := z.(map[string]any)
-		if ok1 && ok2 {
-			pruneZero(mm, zm)
-			if len(mm) == 0 {
-				delete(m, k)
-			}
-		}
-	}
-}
-
-// zeroJSON is the zero KubeletConfiguration in its JSON form.
-func zeroJSON() (map[string]any, error) {
-	b, err := json.Marshal(kubeletv1beta1.KubeletConfiguration{})
-	if err != nil {
-		return nil, err
-	}
-	var m map[string]any
-	return m, json.Unmarshal(b, &m)
 }

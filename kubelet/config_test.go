@@ -1,6 +1,7 @@
 package kubelet
 
 import (
+	"encoding/json"
 	"flag"
 	"os"
 	"path/filepath"
@@ -8,7 +9,9 @@ import (
 	"testing"
 
 	"github.com/nodeagent/nodeagent/config"
+	"github.com/nodeagent/nodeagent/kubelet/configschema/gen"
 	kubeletv1beta1 "k8s.io/kubelet/config/v1beta1"
+	k8sjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 )
 
@@ -215,8 +218,105 @@ func TestMerge(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			tc.check(t, kc)
+			tc.check(t, decodeStrict(t, kc))
 		})
+	}
+}
+
+// decodeStrict decodes a merged config into k8s.io/kubelet's own type, as
+// kubelet reads the file: nothing the schema let through may fail here.
+func decodeStrict(t *testing.T, kc map[string]any) *kubeletv1beta1.KubeletConfiguration {
+	t.Helper()
+	b, err := json.Marshal(kc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out kubeletv1beta1.KubeletConfiguration
+	strict, err := k8sjson.UnmarshalStrict(b, &out)
+	if err != nil || len(strict) > 0 {
+		t.Fatalf("the merged config does not decode strictly into KubeletConfiguration: %v %v", err, strict)
+	}
+	return &out
+}
+
+// The schema the agent checks with is the one k8s.io/kubelet's types have now
+// (go generate ./kubelet after an upgrade).
+func TestConfigSchemaIsCurrent(t *testing.T) {
+	want, err := gen.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(configSchemaJSON) != string(want) {
+		t.Fatal("kubelet/configschema.json is stale: run go generate ./kubelet")
+	}
+}
+
+// The schema refuses exactly what a strict decode into k8s.io/kubelet's type
+// refuses, for good and bad configs of every kind of field.
+func TestConfigSchemaAgreesWithStrictDecoding(t *testing.T) {
+	cases := []string{
+		`{}`,
+		`{maxPods: 110, podPidsLimit: -1, cpuCFSQuota: true}`,
+		`{maxPods: 1.5}`,
+		`{maxPods: 4294967296}`,
+		`{maxPods: "110"}`,
+		`{maxPods: fifty}`,
+		`{maxOpenFiles: 1000000}`,
+		`{registryPullQPS: 5}`,
+		`{registryBurst: -3}`,
+		`{imageGCHighThresholdPercent: 200}`,
+		`{evictionHard: {memory.available: 100Mi}}`,
+		`{evictionHard: {memory.available: 100}}`,
+		`{evictionHard: [a]}`,
+		`{featureGates: {A: true}}`,
+		`{featureGates: {A: "true"}}`,
+		`{systemReserved: {cpu: 100m}}`,
+		`{clusterDNS: [10.0.0.10]}`,
+		`{clusterDNS: 10.0.0.10}`,
+		`{clusterDNS: [1]}`,
+		`{shutdownGracePeriod: 30s}`,
+		`{shutdownGracePeriod: soon}`,
+		`{shutdownGracePeriod: 30}`,
+		`{authentication: {webhook: {cacheTTL: 2m}}}`,
+		`{authentication: {webhok: {}}}`,
+		`{authentication: {anonymous: {enabled: "yes"}}}`,
+		`{authentication: true}`,
+		`{registerWithTaints: [{key: a, effect: NoSchedule, timeAdded: "2024-01-01T00:00:00Z"}]}`,
+		`{registerWithTaints: [{key: a, effect: NoSchedule, timeAdded: yesterday}]}`,
+		`{registerWithTaints: [{key: a, efect: NoSchedule}]}`,
+		`{logging: {format: json, flushFrequency: 5s, verbosity: 2}}`,
+		`{logging: {flushFrequency: 5000000000}}`,
+		`{logging: {flushFrequency: never}}`,
+		`{logging: {options: {json: {infoBufferSize: 1Mi}}}}`,
+		`{logging: {options: {json: {infoBufferSize: lots}}}}`,
+		`{reservedMemory: [{numaNode: 0, limits: {memory: 1Gi}}]}`,
+		`{memorySwap: {swapBehavior: LimitedSwap}}`,
+		`{tracing: {endpoint: "localhost:4317", samplingRatePerMillion: 10}}`,
+		`{MaxPods: 50}`,
+		`{staticPodURLHeader: {X: [a, b]}}`,
+		`{enableServer: null}`,
+	}
+	schema, err := configSchema()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range cases {
+		var v map[string]any
+		if err := yaml.Unmarshal([]byte(in), &v); err != nil {
+			t.Fatalf("test input %s: %v", in, err)
+		}
+		b, _ := json.Marshal(v)
+		var kc kubeletv1beta1.KubeletConfiguration
+		strict, err := k8sjson.UnmarshalStrict(b, &kc)
+		upstreamOK := err == nil && len(strict) == 0
+		var m map[string]any
+		if err := json.Unmarshal(b, &m); err != nil {
+			t.Fatal(err)
+		}
+		errs := schema.Check(m)
+		if upstreamOK != (len(errs) == 0) {
+			t.Errorf("%s: the schema says %v, a strict decode says %v %v", in, errs, err, strict)
+		}
 	}
 }
 

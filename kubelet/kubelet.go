@@ -12,7 +12,6 @@ import (
 	"net"
 	"os"
 	"path"
-	"regexp"
 	"slices"
 	"strings"
 
@@ -20,6 +19,7 @@ import (
 	"github.com/nodeagent/nodeagent/config"
 	"github.com/nodeagent/nodeagent/cri"
 	"github.com/nodeagent/nodeagent/internal/fsutil"
+	"github.com/nodeagent/nodeagent/internal/lazyre"
 	"github.com/nodeagent/nodeagent/systemd"
 	kubeletapis "k8s.io/kubelet/pkg/apis"
 	"sigs.k8s.io/yaml"
@@ -148,7 +148,7 @@ func render(o Options) ([]systemd.File, []string, error) {
 		args = append(args, "--node-ip="+o.NodeIP)
 	}
 	if o.NodeName != "" {
-		if !nodeNameRE.MatchString(o.NodeName) {
+		if !nodeNameRE().MatchString(o.NodeName) {
 			return nil, nil, fmt.Errorf("kubelet: node name %q is not a DNS-1123 subdomain", o.NodeName)
 		}
 		args = append(args, "--hostname-override="+o.NodeName)
@@ -168,12 +168,12 @@ func render(o Options) ([]systemd.File, []string, error) {
 }
 
 var (
-	nodeNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
+	nodeNameRE = lazyre.New(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
 	// Label keys are [prefix/]name; values are empty or alphanumeric with -_.
 	// inside. Both also keep the systemd Environment= line free of quotes,
 	// spaces, % and $.
-	labelKeyRE   = regexp.MustCompile(`^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$`)
-	labelValueRE = regexp.MustCompile(`^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$`)
+	labelKeyRE   = lazyre.New(`^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$`)
+	labelValueRE = lazyre.New(`^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$`)
 )
 
 // labelArg renders --node-labels: spec labels with overrides on top, sorted so the
@@ -191,10 +191,10 @@ func labelArg(spec, over map[string]string) (string, []string, error) {
 	var parts, warnings []string
 	for _, k := range slices.Sorted(maps.Keys(all)) {
 		v := all[k]
-		if !labelKeyRE.MatchString(k) {
+		if !labelKeyRE().MatchString(k) {
 			return "", nil, fmt.Errorf("kubelet: node label key %q is invalid", k)
 		}
-		if !labelValueRE.MatchString(v) || len(v) > 63 {
+		if !labelValueRE().MatchString(v) || len(v) > 63 {
 			return "", nil, fmt.Errorf("kubelet: node label %s has an invalid value %q", k, v)
 		}
 		if kubeletRefuses(k) {

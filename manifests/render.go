@@ -6,7 +6,6 @@ import (
 	"maps"
 	"net"
 	"path"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,6 +17,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/nodeagent/nodeagent/config"
+	"github.com/nodeagent/nodeagent/internal/lazyre"
 	"github.com/nodeagent/nodeagent/pki"
 )
 
@@ -56,11 +56,11 @@ const (
 func EtcdPodName(cluster string) string { return "etcd-" + cluster }
 
 var (
-	dns1123Label = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+	dns1123Label = lazyre.New(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
 	// registryRef is a registry host (optionally with port) followed by path
 	// components, as image references allow before the repository name.
-	registryRef = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9.-]*[a-zA-Z0-9])?(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$`)
-	imageTag    = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
+	registryRef = lazyre.New(`^[a-zA-Z0-9]([a-zA-Z0-9.-]*[a-zA-Z0-9])?(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$`)
+	imageTag    = lazyre.New(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
 )
 
 // Render returns the static pod manifests this node should run, file name → YAML.
@@ -166,10 +166,10 @@ func resolve(o Options) (*inputs, error) {
 	default:
 		bad("spec.role %q is neither %s nor %s", s.Role, config.RoleControlPlane, config.RoleNode)
 	}
-	if !imageTag.MatchString(in.version) {
+	if !imageTag().MatchString(in.version) {
 		bad("spec.kubernetesVersion %q is not usable as an image tag (e.g. v1.31.2)", in.version)
 	}
-	if !registryRef.MatchString(in.registry) {
+	if !registryRef().MatchString(in.registry) {
 		bad("spec.images.registry %q is not a registry reference such as registry.k8s.io or mirror.example:5000/k8s", in.registry)
 	}
 	for _, c := range []struct{ field, v string }{
@@ -199,7 +199,7 @@ func resolve(o Options) (*inputs, error) {
 		if s.Etcd != nil && s.Etcd.Version != "" {
 			in.etcdVersion = s.Etcd.Version
 		}
-		if !imageTag.MatchString(in.etcdVersion) {
+		if !imageTag().MatchString(in.etcdVersion) {
 			bad("spec.etcd.version %q is not usable as an image tag (e.g. 3.5.16-0)", in.etcdVersion)
 		}
 	}
@@ -262,7 +262,7 @@ func resolveEtcd(o Options, e *config.Etcd, gossipPort int) ([]etcdInput, error)
 	hasMain := false
 	for i, c := range clusters {
 		where := "etcd cluster " + strconv.Quote(c.Name)
-		if !dns1123Label.MatchString(c.Name) {
+		if !dns1123Label().MatchString(c.Name) {
 			bad("%s: name is not a DNS-1123 label", where)
 			continue
 		}
@@ -304,7 +304,7 @@ func resolveEtcd(o Options, e *config.Etcd, gossipPort int) ([]etcdInput, error)
 }
 
 func checkMember(m EtcdMember) error {
-	if !dns1123Label.MatchString(m.Member) {
+	if !dns1123Label().MatchString(m.Member) {
 		return fmt.Errorf("member name %q is not a DNS-1123 label", m.Member)
 	}
 	if len(m.Members) == 0 {
@@ -312,7 +312,7 @@ func checkMember(m EtcdMember) error {
 	}
 	seen := map[string]bool{}
 	for _, n := range m.Members {
-		if !dns1123Label.MatchString(n) {
+		if !dns1123Label().MatchString(n) {
 			return fmt.Errorf("member list %v: %q is not a DNS-1123 label", m.Members, n)
 		}
 		if seen[n] {

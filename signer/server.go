@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -25,6 +24,7 @@ import (
 	"github.com/aws/smithy-go"
 
 	"github.com/nodeagent/nodeagent/config"
+	"github.com/nodeagent/nodeagent/internal/lazyre"
 	"github.com/nodeagent/nodeagent/pki"
 )
 
@@ -175,7 +175,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 // instanceSession is an instance profile's session name: the instance ID
 // (hexadecimal on EC2; the tests' IDs use more letters).
-var instanceSession = regexp.MustCompile(`^i-[0-9a-z]{8,17}$`)
+var instanceSession = lazyre.New(`^i-[0-9a-z]{8,17}$`)
 
 func (s *Server) handle(r *http.Request) (*Response, string, error) {
 	ctx := r.Context()
@@ -216,7 +216,7 @@ func (s *Server) handle(r *http.Request) (*Response, string, error) {
 		return nil, "", refuse(403, "credentials of %s are not an instance profile's (no assumed role)", arn)
 	}
 	res := strings.Split(parts[5], "/")
-	if len(res) != 3 || res[0] != "assumed-role" || !instanceSession.MatchString(res[2]) {
+	if len(res) != 3 || res[0] != "assumed-role" || !instanceSession().MatchString(res[2]) {
 		return nil, "", refuse(403, "credentials of %s are not an instance profile's (the session is not an instance ID)", arn)
 	}
 	instanceID := res[2]

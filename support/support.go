@@ -11,10 +11,11 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/nodeagent/nodeagent/internal/lazyre"
 )
 
 // Redacted replaces every secret.
@@ -47,13 +48,13 @@ func NewRedactor(secrets ...[]byte) *Redactor {
 }
 
 var (
-	pemPrivateKey = regexp.MustCompile(`-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z0-9 ]*PRIVATE KEY-----`)
+	pemPrivateKey = lazyre.New(`-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z0-9 ]*PRIVATE KEY-----`)
 	// A kubeadm-style bootstrap token: [a-z0-9]{6}.[a-z0-9]{16}.
-	bootstrapToken = regexp.MustCompile(`\b[a-z0-9]{6}\.[a-z0-9]{16}\b`)
+	bootstrapToken = lazyre.New(`\b[a-z0-9]{6}\.[a-z0-9]{16}\b`)
 	// key: value, key=value and "key": "value" where the key names a secret.
-	secretField = regexp.MustCompile(`(?i)("?(?:[a-z0-9_-]*(?:client-key-data|private[_-]?key|secret[_-]?access[_-]?key|session[_-]?token|bootstrap[_-]?token|password|token))"?\s*[:=]\s*)("[^"\n]*"|'[^'\n]*'|[^\s,}]+)`)
+	secretField = lazyre.New(`(?i)("?(?:[a-z0-9_-]*(?:client-key-data|private[_-]?key|secret[_-]?access[_-]?key|session[_-]?token|bootstrap[_-]?token|password|token))"?\s*[:=]\s*)("[^"\n]*"|'[^'\n]*'|[^\s,}]+)`)
 	// AWS access key IDs.
-	accessKeyID = regexp.MustCompile(`\b(?:AKIA|ASIA)[A-Z0-9]{16}\b`)
+	accessKeyID = lazyre.New(`\b(?:AKIA|ASIA)[A-Z0-9]{16}\b`)
 )
 
 // Redact returns b without secrets.
@@ -61,16 +62,16 @@ func (r *Redactor) Redact(b []byte) []byte {
 	for _, l := range r.literals {
 		b = bytes.ReplaceAll(b, l, []byte(Redacted))
 	}
-	b = pemPrivateKey.ReplaceAll(b, []byte("-----BEGIN PRIVATE KEY-----\n"+Redacted+"\n-----END PRIVATE KEY-----"))
-	b = secretField.ReplaceAllFunc(b, func(m []byte) []byte {
-		sub := secretField.FindSubmatch(m)
+	b = pemPrivateKey().ReplaceAll(b, []byte("-----BEGIN PRIVATE KEY-----\n"+Redacted+"\n-----END PRIVATE KEY-----"))
+	b = secretField().ReplaceAllFunc(b, func(m []byte) []byte {
+		sub := secretField().FindSubmatch(m)
 		if v := strings.Trim(string(sub[2]), `"'`); v == "" || v == Redacted || strings.HasPrefix(v, "/") {
 			return m // empty, done already, or a path to the secret, which is no secret
 		}
 		return append(append([]byte{}, sub[1]...), []byte(`"`+Redacted+`"`)...)
 	})
-	b = bootstrapToken.ReplaceAll(b, []byte(Redacted))
-	b = accessKeyID.ReplaceAll(b, []byte(Redacted))
+	b = bootstrapToken().ReplaceAll(b, []byte(Redacted))
+	b = accessKeyID().ReplaceAll(b, []byte(Redacted))
 	return b
 }
 

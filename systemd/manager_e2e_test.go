@@ -6,12 +6,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	sdbus "github.com/coreos/go-systemd/v22/dbus"
 
 	"github.com/nodeagent/nodeagent/internal/fsutil"
 	"github.com/nodeagent/nodeagent/internal/nspawn"
@@ -308,4 +311,47 @@ func bootMachine(t *testing.T) *nspawn.Machine {
 	t.Cleanup(func() { _ = m.Close() })
 	t.Setenv("DBUS_SYSTEM_BUS_ADDRESS", m.BusAddress())
 	return m
+}
+
+// TestE2ESessionSharesOneConnection: the Managers of one Session use one D-Bus
+// connection, which closing a Manager leaves open; the Session's Close closes
+// it, and a dropped connection is replaced at the next Connect.
+func TestE2ESessionSharesOneConnection(t *testing.T) {
+	bootMachine(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	connect(t, ctx).Close() // the bus is up
+	dials := 0
+	s := &Session{dial: func(ctx context.Context) (*sdbus.Conn, error) {
+		dials++
+		return sdbus.NewSystemConnectionContext(ctx)
+	}}
+	defer s.Close()
+	use := func(what string) {
+		t.Helper()
+		m, err := s.Connect(ctx)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		defer m.Close()
+		if st, err := m.UnitState(ctx, "basic.target"); err != nil || !st.Active() {
+			t.Fatalf("%s: basic.target %+v %v", what, st, err)
+		}
+	}
+	for i := range 3 {
+		use(fmt.Sprintf("manager %d", i))
+	}
+	if dials != 1 {
+		t.Fatalf("3 managers dialled %d connections, want 1", dials)
+	}
+	s.Close()
+	use("after the session's Close")
+	if dials != 2 {
+		t.Fatalf("after Close: %d dials, want 2", dials)
+	}
+	s.conn.Close() // dropped under the session
+	use("after the connection dropped")
+	if dials != 3 {
+		t.Fatalf("after a drop: %d dials, want 3", dials)
+	}
 }

@@ -19,8 +19,9 @@ import (
 	"fmt"
 	"io/fs"
 	"path"
-	"regexp"
 	"strings"
+
+	"github.com/nodeagent/nodeagent/internal/lazyre"
 )
 
 // DefaultPath is the PATH an image gets when its config does not set one.
@@ -132,9 +133,9 @@ func (f File) validate() error {
 // optional port, one or more lowercase path components, and a tag. The registry
 // is required so that containerd stores exactly the name that pod specs use.
 var (
-	domainRE    = regexp.MustCompile(`^(localhost|[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)+)(:[0-9]+)?$`)
-	componentRE = regexp.MustCompile(`^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*$`)
-	tagRE       = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
+	domainRE    = lazyre.New(`^(localhost|[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)+)(:[0-9]+)?$`)
+	componentRE = lazyre.New(`^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*$`)
+	tagRE       = lazyre.New(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
 )
 
 // ValidateRef reports whether ref is a full reference registry/repository:tag.
@@ -147,7 +148,7 @@ func ValidateRef(ref string) error {
 		return fmt.Errorf("reference %q: no registry (want e.g. registry.k8s.io/pause:3.10)", ref)
 	}
 	domain, rest := ref[:slash], ref[slash+1:]
-	if !domainRE.MatchString(domain) {
+	if !domainRE().MatchString(domain) {
 		return fmt.Errorf("reference %q: registry %q is not a host name (with a dot, or localhost) and optional port", ref, domain)
 	}
 	colon := strings.LastIndexByte(rest, ':')
@@ -155,11 +156,11 @@ func ValidateRef(ref string) error {
 		return fmt.Errorf("reference %q: no tag", ref)
 	}
 	repo, tag := rest[:colon], rest[colon+1:]
-	if !tagRE.MatchString(tag) {
+	if !tagRE().MatchString(tag) {
 		return fmt.Errorf("reference %q: invalid tag %q", ref, tag)
 	}
 	for _, c := range strings.Split(repo, "/") {
-		if !componentRE.MatchString(c) {
+		if !componentRE().MatchString(c) {
 			return fmt.Errorf("reference %q: invalid repository component %q (lowercase letters, digits, separators)", ref, c)
 		}
 	}

@@ -11,9 +11,10 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"regexp"
 	"slices"
 	"strings"
+
+	"github.com/nodeagent/nodeagent/internal/lazyre"
 )
 
 // Inspection is what an archive holds, read back and checked.
@@ -36,7 +37,7 @@ type FileInfo struct {
 // maxMetadata bounds the JSON documents read into memory.
 const maxMetadata = 4 << 20
 
-var blobNameRE = regexp.MustCompile(`^blobs/sha256/[0-9a-f]{64}$`)
+var blobNameRE = lazyre.New(`^blobs/sha256/[0-9a-f]{64}$`)
 
 // Inspect reads an archive written by this package (or any single-image OCI
 // layout tarball) and checks it the way an importer relies on it: an OCI layout
@@ -85,7 +86,7 @@ func inspect(file string) (*Inspection, error) {
 				return nil, fmt.Errorf("%s: larger than %d bytes", name, maxMetadata)
 			}
 			top[name] = b
-		case blobNameRE.MatchString(name):
+		case blobNameRE().MatchString(name):
 			digest := "sha256:" + strings.TrimPrefix(name, "blobs/sha256/")
 			if _, dup := sizes[digest]; dup {
 				return nil, fmt.Errorf("blob %s: stored twice", digest)
