@@ -264,7 +264,7 @@ func TestCrashSweepPowerLoss(t *testing.T) {
 		cv := convergence{unfinished: loneMasterUnfinished, invariants: volumeInvariants(h, vols, uuids, attaches, m.InstanceID)}
 		// The volumes are claimed side by side: the cut comes at the first
 		// mkfs done, the other may be blank, half made or made.
-		powerChain(t, m.Node, "master", []crashCase{{failpoint: "volumesAfterMkfs", match: "*"}}, volumeSupply(h, vols, uuids), cv, record)
+		powerChain(t, m.Node, "master", []crashCase{{failpoint: "volumesAfterMkfs", match: "*"}}, volumeSupply(h, m.InstanceID, vols, uuids), cv, record)
 		if t.Failed() {
 			return
 		}
@@ -273,7 +273,7 @@ func TestCrashSweepPowerLoss(t *testing.T) {
 		h.kill(context.Background(), m)
 		m = h.bootWith(bin, "i-0e2e0power000rm", z.az)
 		cv.invariants = volumeInvariants(h, vols, uuids, attaches+len(vols), m.InstanceID)
-		powerChain(t, m.Node, "master", []crashCase{{failpoint: "volumesAfterAttach", match: "*"}}, volumeSupply(h, vols, uuids), cv, record)
+		powerChain(t, m.Node, "master", []crashCase{{failpoint: "volumesAfterAttach", match: "*"}}, volumeSupply(h, m.InstanceID, vols, uuids), cv, record)
 	})
 }
 
@@ -314,19 +314,26 @@ func diskSupply(disk *nodeDisk, n *testenv.Node, after func()) powerSupply {
 	}
 }
 
-// volumeSupply cuts the power of a master: at the hold each volume's backing
-// file is copied (what its loop device has written so far) and the UUID of a
-// filesystem on the copy noted in uuids (never formatted again from then on);
-// once the machine is up, each volume is attached again over its copy.
-func volumeSupply(h *haLab, vols []string, uuids map[string]string) powerSupply {
+// volumeSupply cuts the power of a master, instance: at the hold the backing
+// file of each volume attached to it (or attaching) is copied (what its loop
+// device has written so far) and the UUID of a filesystem on the copy noted
+// in uuids (never formatted again from then on); once the machine is up, each
+// is attached again over its copy (the machine's /dev is new after a boot,
+// as an instance's devices are presented again).
+func volumeSupply(h *haLab, instance string, vols []string, uuids map[string]string) powerSupply {
 	cuts := map[string]string{}
 	return powerSupply{
 		cut: func() (string, error) {
+			clear(cuts)
 			var notes []string
 			for _, id := range vols {
 				vs, ok := h.env.Emu.VolumeStatus(id)
-				if !ok {
+				switch {
+				case !ok:
 					return "", fmt.Errorf("no volume %s", id)
+				case vs.InstanceID != instance:
+					notes = append(notes, id+" not attached")
+					continue
 				}
 				cut := vs.BackingFile + ".cut"
 				if out, err := exec.Command("cp", "--sparse=always", vs.BackingFile, cut).CombinedOutput(); err != nil {
@@ -349,8 +356,16 @@ func volumeSupply(h *haLab, vols []string, uuids map[string]string) powerSupply 
 			return strings.Join(notes, ", "), nil
 		},
 		on: func() error {
-			for _, id := range vols {
-				if err := h.env.Emu.RestoreVolume(id, cuts[id]); err != nil {
+			for id, cut := range cuts {
+				// An attach still in progress at the cut completes first.
+				err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+					vs, _ := h.env.Emu.VolumeStatus(id)
+					return vs.AttachState == "attached", nil
+				})
+				if err != nil {
+					return fmt.Errorf("%s never attached: %w", id, err)
+				}
+				if err := h.env.Emu.RestoreVolume(id, cut); err != nil {
 					return err
 				}
 			}
