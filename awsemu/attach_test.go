@@ -296,3 +296,93 @@ func TestTerminateDetachesAndCloseCleansUp(t *testing.T) {
 		t.Errorf("private volume dir survives Close: %v", err)
 	}
 }
+
+// TestRestoreVolumeIsTheCopyAtTheCut: a volume restored from a copy of its
+// backing file holds what the copy holds, not what was written after it, at
+// the same link over a new loop device, and still attached without an EC2
+// call. A volume not attached cannot be restored.
+func TestRestoreVolumeIsTheCopyAtTheCut(t *testing.T) {
+	w := testWorld(t)
+	e, err := New(w, Options{VolumeDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	if err := e.RestoreVolume(volA, "/nonexistent"); err == nil || !strings.Contains(err.Error(), "not attached") {
+		t.Fatalf("restore of a detached volume: %v, want not attached", err)
+	}
+	e.mu.Lock()
+	v := e.volumes[volA]
+	v.att = &attachment{instanceID: nitroID, device: "/dev/xvdu", at: e.now()}
+	v.State = "in-use"
+	err = e.materialize(v)
+	e.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, _ := e.VolumeStatus(volA)
+	writeAt := func(off int64, b []byte) {
+		t.Helper()
+		f, err := os.OpenFile(before.DevicePath, os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if _, err := f.WriteAt(b, off); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Sync(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeAt(4096, []byte("before the cut"))
+	// A write still in the block device's own page cache (not synced, the
+	// device held open, as by a running mkfs) has not reached the backing
+	// file: a copy of it loses that write, as a power cut does.
+	dev, err := os.OpenFile(before.DevicePath, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	if _, err := dev.WriteAt([]byte("unflushed at the cut"), 12288); err != nil {
+		t.Fatal(err)
+	}
+	back, err := os.ReadFile(before.BackingFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := before.BackingFile + ".cut"
+	if err := os.WriteFile(cut, back, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	writeAt(8192, []byte("after the cut"))
+
+	if err := e.RestoreVolume(volA, cut); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := e.VolumeStatus(volA)
+	if after.AttachState != "attached" || after.InstanceID != nitroID || after.DevicePath != before.DevicePath {
+		t.Fatalf("after restore: %+v, want attached to %s at %s", after, nitroID, before.DevicePath)
+	}
+	if got := loopBacking(t, after.LoopDevice); got != after.BackingFile {
+		t.Fatalf("kernel says %s is backed by %q, want %q", after.LoopDevice, got, after.BackingFile)
+	}
+	data, err := os.ReadFile(after.DevicePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(data[4096:4096+len("before the cut")], []byte("before the cut")) {
+		t.Error("what the copy held is not on the restored volume")
+	}
+	if bytes.Contains(back, []byte("unflushed at the cut")) {
+		t.Error("a write in the block device's page cache was in the backing file before any flush")
+	}
+	for _, lost := range []string{"after the cut", "unflushed at the cut"} {
+		if bytes.Contains(data, []byte(lost)) {
+			t.Errorf("%q survived the restore", lost)
+		}
+	}
+	if n := e.Calls(ServiceEC2, "AttachVolume"); n != 0 {
+		t.Errorf("restore recorded %d AttachVolume calls, want none", n)
+	}
+}

@@ -154,3 +154,27 @@ func replaceSymlink(target, link string) error {
 	}
 	return nil
 }
+
+// RestoreVolume puts file, a copy of an attached volume's backing file taken
+// at a power cut, in place of its data, as the device holds it after the
+// power comes back: the loop device over the old data goes (writes it still
+// held never reach file) and a new one over file is shown to the instance at
+// the same link. The attachment stays as it was: no EC2 call is recorded.
+func (e *Emulator) RestoreVolume(id, file string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	v, ok := e.volumes[id]
+	if !ok {
+		return fmt.Errorf("restore %s: no such volume", id)
+	}
+	if v.att == nil || !v.att.attached {
+		return fmt.Errorf("restore %s: not attached", id)
+	}
+	if err := e.teardown(v.att); err != nil {
+		return fmt.Errorf("restore %s: %w", id, err)
+	}
+	if err := os.Rename(file, v.file); err != nil {
+		return fmt.Errorf("restore %s: %w", id, err)
+	}
+	return e.materialize(v)
+}

@@ -95,6 +95,17 @@ type convergence struct {
 	unfinished []string
 	// invariants lists what is wrong after the run ("" entries are ignored).
 	invariants func(t *testing.T, n *testenv.Node, st *bootstrap.State) []string
+	// at is where the host sees a path of the machine (nil: n.M.Path; a
+	// node disk's directories are bound in, not under the machine's root).
+	at func(string) string
+}
+
+// hostPath is cv.at, or n.M.Path when not set.
+func (cv convergence) hostPath(n *testenv.Node) func(string) string {
+	if cv.at != nil {
+		return cv.at
+	}
+	return n.M.Path
 }
 
 // TestCrashSweep kills the agent with SIGKILL at each named failpoint of a
@@ -136,12 +147,7 @@ func TestCrashSweep(t *testing.T) {
 	record := func(r crashRow) { rows = append(rows, r) }
 
 	t.Run("lifecycle worker", func(t *testing.T) {
-		env := startEnv(t, &awsemu.World{LifecycleHooks: []awsemu.LifecycleHook{{AutoScalingGroup: "nodes", Name: "nodeagent-ready"}}})
-		inst := workerInstance(t, "i-0e2e0crash000001", workerUserData(t, env, func(c *config.NodeConfig) {
-			c.Spec.Readiness.LifecycleHook = "nodeagent-ready"
-		}))
-		inst.AutoScalingGroup = "nodes"
-		n := bootNodeBinds(t, env, inst, bin, nil)
+		env, n := lifecycleWorker(t, "i-0e2e0crash000001", bin, nil)
 		// The launch action is completed once per instance: its point comes
 		// first, on the fresh node, and every later run must find it done.
 		cases := []crashCase{
@@ -159,18 +165,7 @@ func TestCrashSweep(t *testing.T) {
 			{failpoint: "bootstrapBetweenPhases", match: "kubelet", before: quiesce},
 			{failpoint: "bootstrapBetweenPhases", match: "nodeagent-service", before: quiesce},
 		}
-		crashChain(t, n, "lifecycle", cases, record, convergence{invariants: func(t *testing.T, n *testenv.Node, st *bootstrap.State) []string {
-			// Auto Scaling takes one completion: a second CONTINUE is refused
-			// by the emulator (and counted by the agent only as its own earlier one).
-			var bad []string
-			if got := env.Emu.LifecycleResults()[n.InstanceID]; got != "CONTINUE" {
-				bad = append(bad, fmt.Sprintf("launch action result %q, want CONTINUE", got))
-			}
-			if st.Readiness.Lifecycle != "CONTINUE" {
-				bad = append(bad, fmt.Sprintf("state records lifecycle %q, want CONTINUE", st.Readiness.Lifecycle))
-			}
-			return bad
-		}})
+		crashChain(t, n, "lifecycle", cases, record, convergence{invariants: continuedOnce(env)})
 	})
 
 	t.Run("worker with CA files", func(t *testing.T) {
@@ -186,45 +181,21 @@ func TestCrashSweep(t *testing.T) {
 		crashChain(t, n, "ca-files", cases, record, convergence{unfinished: []string{"readiness"}, invariants: func(t *testing.T, n *testenv.Node, _ *bootstrap.State) []string {
 			// A pair a crash split is re-issued: key and certificate match,
 			// and the certificate is the cluster CA's.
-			return []string{issuedPair(n, "/var/lib/kubelet/pki/kubelet-client", caCert)}
+			return []string{issuedPair(n.M.Path, "/var/lib/kubelet/pki/kubelet-client", caCert)}
 		}})
 	})
 
 	t.Run("master", func(t *testing.T) {
 		h := newHALab(t)
-		h.readinessTimeout = "10s" // alone, it waits for peers that never come
-		bootMaster := func(id string) *haNode {
-			saved := builtAgent
-			builtAgent = bin
-			defer func() { builtAgent = saved }()
-			return h.boot(context.Background(), id, config.RoleControlPlane, haZones[0].az)
-		}
+		// Alone, it waits for peers that never come: etcd-health and
+		// readiness are not judged, so their waits are kept short.
+		h.readinessTimeout = "2s"
+		bootMaster := func(id string) *haNode { return h.bootWith(bin, id, haZones[0].az) }
 		m := bootMaster("i-0e2e0crash00000m")
 		vols := []string{"vol-0main" + haZones[0].member, "vol-0events" + haZones[0].member}
 		uuids := map[string]string{}
 		attaches := len(vols) // AttachVolume calls so far: one per volume per node
-		cv := convergence{unfinished: []string{"etcd-health", "readiness"}, invariants: func(t *testing.T, _ *testenv.Node, _ *bootstrap.State) []string {
-			var bad []string
-			if got := h.env.Emu.Calls(awsemu.ServiceEC2, "AttachVolume"); got != attaches {
-				bad = append(bad, fmt.Sprintf("AttachVolume called %d times, want %d (one per volume per node)", got, attaches))
-			}
-			// The filesystem made at the first mkfs is the one mounted now:
-			// never formatted twice.
-			for id, uuid := range volumeUUIDs(t, h, vols) {
-				switch {
-				case uuid == "":
-					bad = append(bad, id+": no filesystem")
-				case uuids[id] == "":
-					uuids[id] = uuid
-				case uuid != uuids[id]:
-					bad = append(bad, fmt.Sprintf("%s: filesystem UUID %s, %s before: formatted twice", id, uuid, uuids[id]))
-				}
-				if vs, _ := h.env.Emu.VolumeStatus(id); vs.InstanceID != m.InstanceID {
-					bad = append(bad, fmt.Sprintf("%s attached to %q, want %s", id, vs.InstanceID, m.InstanceID))
-				}
-			}
-			return bad
-		}}
+		cv := convergence{unfinished: loneMasterUnfinished, invariants: volumeInvariants(h, vols, uuids, attaches, m.InstanceID)}
 		// The etcd clusters' volumes are claimed side by side: the first mkfs
 		// of either crashes the run (the other may be a step ahead); its
 		// filesystem's UUID is read from the superblock right then.
@@ -249,8 +220,77 @@ func TestCrashSweep(t *testing.T) {
 		h.kill(context.Background(), m)
 		m = bootMaster("i-0e2e0crash0000rm")
 		attaches += len(vols)
+		cv.invariants = volumeInvariants(h, vols, uuids, attaches, m.InstanceID)
 		crashChain(t, m.Node, "master", []crashCase{{failpoint: "volumesAfterAttach", match: "*"}}, record, cv)
 	})
+}
+
+// lifecycleWorker boots a standalone worker of the Auto Scaling group
+// "nodes", whose launch hook it completes (binds: see bootNodeBinds).
+func lifecycleWorker(t *testing.T, id, bin string, binds []string) (*testenv.Env, *testenv.Node) {
+	t.Helper()
+	env := startEnv(t, &awsemu.World{LifecycleHooks: []awsemu.LifecycleHook{{AutoScalingGroup: "nodes", Name: "nodeagent-ready"}}})
+	inst := workerInstance(t, id, workerUserData(t, env, func(c *config.NodeConfig) {
+		c.Spec.Readiness.LifecycleHook = "nodeagent-ready"
+	}))
+	inst.AutoScalingGroup = "nodes"
+	return env, bootNodeBinds(t, env, inst, bin, binds)
+}
+
+// continuedOnce is the lifecycle worker's invariant: Auto Scaling takes one
+// completion (a second CONTINUE is refused by the emulator, and counted by
+// the agent only as its own earlier one), and the state records it.
+func continuedOnce(env *testenv.Env) func(*testing.T, *testenv.Node, *bootstrap.State) []string {
+	return func(_ *testing.T, n *testenv.Node, st *bootstrap.State) []string {
+		var bad []string
+		if got := env.Emu.LifecycleResults()[n.InstanceID]; got != "CONTINUE" {
+			bad = append(bad, fmt.Sprintf("launch action result %q, want CONTINUE", got))
+		}
+		if st.Readiness.Lifecycle != "CONTINUE" {
+			bad = append(bad, fmt.Sprintf("state records lifecycle %q, want CONTINUE", st.Readiness.Lifecycle))
+		}
+		return bad
+	}
+}
+
+// loneMasterUnfinished are the phases a master alone cannot finish: etcd
+// waits for its peers, readiness for an API server with quorum behind it.
+var loneMasterUnfinished = []string{"etcd-health", "readiness"}
+
+// bootWith boots a master in az running the agent bin.
+func (h *haLab) bootWith(bin, id, az string) *haNode {
+	h.t.Helper()
+	saved := builtAgent
+	builtAgent = bin
+	defer func() { builtAgent = saved }()
+	return h.boot(context.Background(), id, config.RoleControlPlane, az)
+}
+
+// volumeInvariants are a master chain's: AttachVolume called attaches times
+// in all (one per volume per node), each volume attached to instanceID with a
+// filesystem, and that filesystem the first one seen on it (uuids, by volume:
+// filled in as filesystems first show): never formatted twice.
+func volumeInvariants(h *haLab, vols []string, uuids map[string]string, attaches int, instanceID string) func(*testing.T, *testenv.Node, *bootstrap.State) []string {
+	return func(t *testing.T, _ *testenv.Node, _ *bootstrap.State) []string {
+		var bad []string
+		if got := h.env.Emu.Calls(awsemu.ServiceEC2, "AttachVolume"); got != attaches {
+			bad = append(bad, fmt.Sprintf("AttachVolume called %d times, want %d (one per volume per node)", got, attaches))
+		}
+		for id, uuid := range volumeUUIDs(t, h, vols) {
+			switch {
+			case uuid == "":
+				bad = append(bad, id+": no filesystem")
+			case uuids[id] == "":
+				uuids[id] = uuid
+			case uuid != uuids[id]:
+				bad = append(bad, fmt.Sprintf("%s: filesystem UUID %s, %s before: formatted twice", id, uuid, uuids[id]))
+			}
+			if vs, _ := h.env.Emu.VolumeStatus(id); vs.InstanceID != instanceID {
+				bad = append(bad, fmt.Sprintf("%s attached to %q, want %s", id, vs.InstanceID, instanceID))
+			}
+		}
+		return bad
+	}
 }
 
 // quiesce stops the daemon a converged run started, so that the next armed
@@ -267,11 +307,19 @@ func quiesce(t *testing.T, n *testenv.Node) {
 // redo quiesces the node and removes the files matching each glob (at least
 // one each), for the next run to write them again.
 func redo(globs ...string) func(*testing.T, *testenv.Node) {
+	return redoAt(nil, globs...)
+}
+
+// redoAt is redo on a node whose host paths at gives (nil: n.M.Path).
+func redoAt(at func(string) string, globs ...string) func(*testing.T, *testenv.Node) {
 	return func(t *testing.T, n *testenv.Node) {
 		t.Helper()
 		quiesce(t, n)
+		if at == nil {
+			at = n.M.Path
+		}
 		for _, g := range globs {
-			ms, err := filepath.Glob(n.M.Path(g))
+			ms, err := filepath.Glob(at(g))
 			if err != nil || len(ms) == 0 {
 				t.Fatalf("nothing to remove at %s (%v)", g, err)
 			}
@@ -307,10 +355,11 @@ func removeAsset(list []config.Asset, name string, uncached bool) func(*testing.
 	}
 }
 
-// issuedPair says what is wrong with the key/certificate pair at base.{crt,key}:
+// issuedPair says what is wrong with the key/certificate pair at base.{crt,key}
+// (at: where the host sees a path of the machine):
 // they must match, and the certificate must verify against caPEM ("" when all is well).
-func issuedPair(n *testenv.Node, base string, caPEM []byte) string {
-	pair, err := tls.LoadX509KeyPair(n.M.Path(base+".crt"), n.M.Path(base+".key"))
+func issuedPair(at func(string) string, base string, caPEM []byte) string {
+	pair, err := tls.LoadX509KeyPair(at(base+".crt"), at(base+".key"))
 	if err != nil {
 		return fmt.Sprintf("%s pair: %v", base, err)
 	}
@@ -400,7 +449,8 @@ func converge(t *testing.T, n *testenv.Node, cv convergence) (time.Duration, str
 	start := time.Now()
 	r := run(t, n, "bootstrap")
 	var bad []string
-	st, err := readState(n)
+	at := cv.hostPath(n)
+	st, err := readStateAt(at)
 	switch {
 	case err != nil:
 		bad = append(bad, err.Error())
@@ -430,7 +480,7 @@ func converge(t *testing.T, n *testenv.Node, cv convergence) (time.Duration, str
 			}
 		}
 	}
-	if why := crashDamage(n); why != "" {
+	if why := crashDamageAt(at); why != "" {
 		bad = append(bad, why)
 	}
 	if len(bad) > 0 && st != nil && st.Error != "" {
@@ -440,8 +490,11 @@ func converge(t *testing.T, n *testenv.Node, cv convergence) (time.Duration, str
 }
 
 // readState reads the node's state file from the host.
-func readState(n *testenv.Node) (*bootstrap.State, error) {
-	b, err := os.ReadFile(n.M.Path("/var/lib/nodeagent/state.json"))
+func readState(n *testenv.Node) (*bootstrap.State, error) { return readStateAt(n.M.Path) }
+
+// readStateAt is readState with at telling where the host sees a path of the machine.
+func readStateAt(at func(string) string) (*bootstrap.State, error) {
+	b, err := os.ReadFile(at("/var/lib/nodeagent/state.json"))
 	if err != nil {
 		return nil, err
 	}
@@ -454,11 +507,14 @@ func readState(n *testenv.Node) (*bootstrap.State, error) {
 
 // crashDamage is what a crash must not leave: a state file that does not
 // parse, or an empty file among those the agent writes.
-func crashDamage(n *testenv.Node) string {
-	if _, err := readState(n); err != nil && !errors.Is(err, fs.ErrNotExist) {
+func crashDamage(n *testenv.Node) string { return crashDamageAt(n.M.Path) }
+
+// crashDamageAt is crashDamage with at telling where the host sees a path of the machine.
+func crashDamageAt(at func(string) string) string {
+	if _, err := readStateAt(at); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err.Error()
 	}
-	if empty := emptyAgentFiles(n); len(empty) > 0 {
+	if empty := emptyFiles(at); len(empty) > 0 {
 		return "empty files: " + strings.Join(empty, ", ")
 	}
 	return ""
@@ -468,14 +524,9 @@ func crashDamage(n *testenv.Node) string {
 var agentWrittenDirs = []string{"/var/lib/nodeagent", "/etc/kubernetes", "/etc/systemd/system", "/usr/local/bin",
 	"/opt/cni/bin", "/var/lib/kubelet", "/etc/containerd", "/etc/sysctl.d", "/etc/modules-load.d", "/etc/nodeagent"}
 
-// emptyAgentFiles lists zero-length regular files under the agent's
-// directories (a write torn by a crash shows as one).
-func emptyAgentFiles(n *testenv.Node) []string {
-	return emptyFiles(n.M.Path)
-}
-
-// emptyFiles is emptyAgentFiles with hostPath telling where the host sees a
-// path of the machine.
+// emptyFiles lists zero-length regular files under the agent's directories
+// (a write torn by a crash shows as one), hostPath telling where the host sees
+// a path of the machine.
 func emptyFiles(hostPath func(string) string) []string {
 	var out []string
 	for _, d := range agentWrittenDirs {

@@ -292,32 +292,45 @@ func (p *HealthPhase) Verify(ctx context.Context) error {
 
 func (p *HealthPhase) probeAll(ctx context.Context) []MemberHealth {
 	members := p.members()
-	res := make([]MemberHealth, 0, len(members))
-	for _, m := range members {
-		h, err := p.probe(ctx, m)
-		if h.IsLearner {
-			// A learner answers Status but not the member list; it is this
-			// node's member joining a live cluster, healthy once promoted.
-			err = p.promote(ctx, m)
-			if err == nil {
-				err = &probeError{err: errors.New("learner promoted to a voting member just now")}
-			}
-		}
-		r := MemberHealth{Member: m, Health: h}
-		if err != nil {
-			r.Err = err.Error()
-			var pe *probeError
-			r.local = errors.As(err, &pe) && pe.local
-			if !r.local {
-				r.Err += p.peerReport(ctx, m)
-			}
-		}
-		res = append(res, r)
+	// Side by side: a member without quorum costs a whole probe timeout, and
+	// each cluster's wait is its own.
+	res := make([]MemberHealth, len(members))
+	var wg sync.WaitGroup
+	for i, m := range members {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res[i] = p.probeOne(ctx, m)
+		}()
 	}
+	wg.Wait()
 	p.mu.Lock()
 	p.last = res
 	p.mu.Unlock()
 	return res
+}
+
+// probeOne probes one member, promoting it when it is a learner that caught up.
+func (p *HealthPhase) probeOne(ctx context.Context, m Member) MemberHealth {
+	h, err := p.probe(ctx, m)
+	if h.IsLearner {
+		// A learner answers Status but not the member list; it is this
+		// node's member joining a live cluster, healthy once promoted.
+		err = p.promote(ctx, m)
+		if err == nil {
+			err = &probeError{err: errors.New("learner promoted to a voting member just now")}
+		}
+	}
+	r := MemberHealth{Member: m, Health: h}
+	if err != nil {
+		r.Err = err.Error()
+		var pe *probeError
+		r.local = errors.As(err, &pe) && pe.local
+		if !r.local {
+			r.Err += p.peerReport(ctx, m)
+		}
+	}
+	return r
 }
 
 func (p *HealthPhase) probe(ctx context.Context, m Member) (Health, error) {
