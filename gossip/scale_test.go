@@ -694,7 +694,11 @@ func runScale(t testing.TB, sz scaleSize) {
 		t.Fatal(err)
 	}
 	agents = append(agents, newcomer)
-	join := waitForScaleEvery(t, poll, dil(60*time.Second), "newcomer known by all", func() error {
+	// An event not seen by all within three times the 5 s target is a
+	// failure to explain, not a figure to wait for (dilated, a minute of
+	// protocol time is half an hour at k=32).
+	eventWait := dil(15 * time.Second)
+	join := waitForScaleEvery(t, poll, eventWait, "newcomer known by all", func() error {
 		for i, a := range agents {
 			if v, ok := a.memberView(last.NodeName); !ok || v.State != StateAlive {
 				return fmt.Errorf("agent %d does not know the newcomer", i)
@@ -707,7 +711,7 @@ func runScale(t testing.TB, sz scaleSize) {
 	// A readiness change.
 	t2 := time.Now()
 	agents[0].SetReady(true)
-	ready := waitForScaleEvery(t, poll, dil(60*time.Second), "ready flag everywhere", func() error {
+	ready := waitForScaleEvery(t, poll, eventWait, "ready flag everywhere", func() error {
 		for i, a := range agents {
 			if v, _ := a.memberView(cfgs[0].NodeName); !v.Ready {
 				return fmt.Errorf("agent %d has node 0 not ready", i)
@@ -721,7 +725,7 @@ func runScale(t testing.TB, sz scaleSize) {
 	victim := n / 2
 	t3 := time.Now()
 	agents[victim].halt()
-	fail := waitForScaleEvery(t, poll, dil(60*time.Second), "failure known by all", func() error {
+	fail := waitForScaleEvery(t, poll, eventWait, "failure known by all", func() error {
 		for i, a := range agents {
 			if i == victim {
 				continue
@@ -731,7 +735,7 @@ func runScale(t testing.TB, sz scaleSize) {
 			}
 		}
 		return nil
-	}, t3)
+	}, t3, func() { explainAlive(t, agents, victim, cfgs[victim].NodeName) })
 	t.Logf("N=%d hard kill known dead by all: %v", n, fail)
 
 	stopAll()
@@ -749,6 +753,30 @@ func runScale(t testing.TB, sz scaleSize) {
 		n, k, real(converge), real(join), real(ready), real(fail), bps*k, cpuPct*k, el.Round(time.Second),
 		real(drain), regossipBytes/1000, queuedAtConverge, stalls.max().Round(time.Millisecond), sz.batch, startSpan.Round(time.Millisecond), undrained, bound)
 	// The parent process reports these figures from this line (runScaleInNetns).
+}
+
+// explainAlive logs, for a hard-killed agent still held alive by some agents,
+// how many hold it so and what their memberlist makes of it (suspect, alive or
+// unknown), with their own broadcast queues and health.
+func explainAlive(t testing.TB, agents []*Agent, victim int, name string) {
+	var holders []int
+	for i, a := range agents {
+		if v, _ := a.memberView(name); i != victim && v.State == StateAlive {
+			holders = append(holders, i)
+		}
+	}
+	t.Logf("%d of %d agents still have the killed %s alive", len(holders), len(agents)-1, name)
+	for _, i := range holders[:min(len(holders), 5)] {
+		a := agents[i]
+		state := "not a member"
+		for _, m := range a.ml.Members() {
+			if m.Name == name {
+				state = fmt.Sprintf("memberlist state %d (0 alive, 1 suspect)", m.State)
+			}
+		}
+		t.Logf("agent %d (%s): %s; %d broadcasts queued; health score %d; %d members", i, a.cfg.NodeName, state,
+			a.queuedBroadcasts(), a.ml.GetHealthScore(), a.ml.NumMembers())
+	}
 }
 
 // stallWatch measures how late a goroutine that sleeps 20 ms at a time wakes
