@@ -26,11 +26,11 @@ import (
 )
 
 var (
-	scaleSizes    = flag.String("scale.n", "100,500,1000", "ring sizes for BenchmarkRing; N/k runs N agents with every timer dilated k times (Tuning.Dilation)")
+	scaleSizes    = flag.String("scale.n", "100,500,1000", "ring sizes for BenchmarkRing: N[/k][@B] runs N agents with every timer dilated k times (Tuning.Dilation), started B a (dilated) second (@B overrides -scale.batch)")
 	scaleNoForm   = flag.Bool("scale.noformation", false, "skip the formation exchanges (formation), to compare")
-	scaleRepeat   = flag.Int("scale.repeat", 1, "runs of each size; the worst of each figure is reported")
+	scaleRepeat   = flag.Int("scale.repeat", 1, "runs of each size; each figure's median (over the runs not CPU-BOUND, if any) is reported and compared, the worst printed beside it")
 	scaleWindow   = flag.Duration("scale.window", 30*time.Second, "steady-state measuring window")
-	scaleBatch    = flag.Int("scale.batch", 0, "start agents in batches of this many, 1s apart (0: all at once)")
+	scaleBatch    = flag.Int("scale.batch", 0, "start agents in batches of this many, 1s (dilated) apart (0: all at once); N@B in -scale.n sets it for one size")
 	scaleTrace    = flag.Bool("scale.trace", false, "print the ring's convergence every 500ms while it forms")
 	scaleFormOnly = flag.Bool("scale.formonly", false, "stop each run once the ring has formed: print a FORMED line with the convergence time and CPU (for studying the formation; no SCALE line)")
 	scaleDrainMax = flag.Duration("scale.drainmax", 12*time.Minute, "longest wait (real time) for the formation's re-gossip queues to drain before the steady-state figures")
@@ -108,40 +108,73 @@ func BenchmarkRing(b *testing.B) {
 		debug.SetGCPercent(400)
 		debug.SetMemoryLimit(*scaleMemLimit)
 	}
+	var results []ringResult
 	for _, f := range strings.Split(*scaleSizes, ",") {
-		n, k, err := parseScaleSize(f)
+		sz, err := parseScaleSize(f, *scaleBatch)
 		if err != nil {
 			b.Fatalf("-scale.n: %v", err)
 		}
-		name := fmt.Sprintf("N=%d", n)
-		if k != 1 {
-			name += fmt.Sprintf("/k=%g", k)
+		name := fmt.Sprintf("N=%d", sz.n)
+		if sz.k != 1 {
+			name += fmt.Sprintf("/k=%g", sz.k)
+		}
+		if sz.batch > 0 {
+			name += fmt.Sprintf("/batch=%d", sz.batch)
 		}
 		b.Run(name, func(b *testing.B) {
 			for range b.N {
 				if inNetns {
-					runScale(b, n, k)
+					runScale(b, sz)
 				} else {
-					runScaleInNetns(b, n, k)
+					results = append(results, runScaleInNetns(b, sz))
 				}
 			}
 		})
 	}
-}
-
-// parseScaleSize reads one entry of -scale.n: "N" or "N/k".
-func parseScaleSize(f string) (n int, k float64, err error) {
-	ns, ks, dilated := strings.Cut(strings.TrimSpace(f), "/")
-	if n, err = strconv.Atoi(ns); err != nil || n < 2 {
-		return 0, 0, fmt.Errorf("size %q: want N ≥ 2 or N/k", f)
-	}
-	k = 1
-	if dilated {
-		if k, err = strconv.ParseFloat(ks, 64); err != nil || k < 1 {
-			return 0, 0, fmt.Errorf("size %q: dilation k must be a number ≥ 1", f)
+	if !inNetns {
+		for _, line := range compareDilation(results) {
+			fmt.Println(line)
 		}
 	}
-	return n, k, nil
+}
+
+// scaleSize is one entry of -scale.n.
+type scaleSize struct {
+	n     int
+	k     float64 // every timer ×k
+	batch int     // agents started per dilated second; 0: all at once
+}
+
+func (s scaleSize) String() string {
+	out := fmt.Sprintf("%d/%g", s.n, s.k)
+	if s.batch > 0 {
+		out += fmt.Sprintf("@%d", s.batch)
+	}
+	return out
+}
+
+// parseScaleSize reads one entry of -scale.n: "N", "N/k", "N@B" or "N/k@B";
+// without @B the batch is def (-scale.batch).
+func parseScaleSize(f string, def int) (scaleSize, error) {
+	f = strings.TrimSpace(f)
+	sz := scaleSize{k: 1, batch: def}
+	rest, bs, batched := strings.Cut(f, "@")
+	ns, ks, dilated := strings.Cut(rest, "/")
+	var err error
+	if sz.n, err = strconv.Atoi(ns); err != nil || sz.n < 2 {
+		return sz, fmt.Errorf("size %q: want N ≥ 2, N/k, N@B or N/k@B", f)
+	}
+	if dilated {
+		if sz.k, err = strconv.ParseFloat(ks, 64); err != nil || sz.k < 1 {
+			return sz, fmt.Errorf("size %q: dilation k must be a number ≥ 1", f)
+		}
+	}
+	if batched {
+		if sz.batch, err = strconv.Atoi(bs); err != nil || sz.batch < 1 {
+			return sz, fmt.Errorf("size %q: batch B must be a whole number ≥ 1", f)
+		}
+	}
+	return sz, nil
 }
 
 // scaleNetnsMarker tells a re-executed test binary that it runs in its own
@@ -155,23 +188,158 @@ const scaleNetnsMarker = "GOSSIP_SCALE_NETNS"
 // the kernel drops packets, which the ring sees as failures. A real node has N
 // flows, not N², and a fresh namespace tracks nothing. The child also has a
 // process of its own, so its CPU figure counts only the agents.
-func runScaleInNetns(b *testing.B, n int, k float64) {
-	worst := map[string]float64{}
+func runScaleInNetns(b *testing.B, sz scaleSize) ringResult {
+	res := ringResult{size: sz}
 	for run := range max(1, *scaleRepeat) {
-		figures := runScaleChild(b, n, k)
-		for unit, v := range figures {
-			worst[unit] = max(worst[unit], v)
+		r := runScaleChild(b, sz)
+		if r.figures == nil { // -scale.formonly
+			continue
 		}
+		res.runs = append(res.runs, r)
 		if *scaleRepeat > 1 {
-			fmt.Printf("SCALE-RUN %d/%d N=%d k=%g %s\n", run+1, *scaleRepeat, n, k, formatFigures(figures))
+			fmt.Printf("SCALE-RUN %d/%d N=%s %s%s\n", run+1, *scaleRepeat, sz, formatFigures(r.figures), cpuBoundMark(r.cpuBound))
 		}
 	}
-	for unit, v := range worst {
+	if len(res.runs) == 0 {
+		return res
+	}
+	median, used := res.median()
+	for unit, v := range median {
 		b.ReportMetric(v, unit)
 	}
 	if *scaleRepeat > 1 {
-		fmt.Printf("SCALE-WORST of %d runs N=%d k=%g %s\n", *scaleRepeat, n, k, formatFigures(worst))
+		fmt.Printf("SCALE-MEDIAN of %d runs (%d CPU-BOUND, %s) N=%s %s\n", len(res.runs), res.cpuBound(), used, sz, formatFigures(median))
+		fmt.Printf("SCALE-WORST of %d runs N=%s %s\n", len(res.runs), sz, formatFigures(res.worst()))
 	}
+	return res
+}
+
+func cpuBoundMark(bound bool) string {
+	if bound {
+		return " CPU-BOUND"
+	}
+	return ""
+}
+
+// ringRun is the figures of one run of one size, projected to real time.
+type ringRun struct {
+	figures  map[string]float64 // by unit, see parseScaleLine
+	cpuBound bool               // a stall reached half the dilated probe timeout
+}
+
+// ringResult is every run of one size.
+type ringResult struct {
+	size scaleSize
+	runs []ringRun
+}
+
+func (r ringResult) cpuBound() (n int) {
+	for _, run := range r.runs {
+		if run.cpuBound {
+			n++
+		}
+	}
+	return n
+}
+
+// median is each figure's median over the runs that were not CPU-bound (a
+// starved run measures this machine, not the ring), or over all runs when
+// every one was; used says which.
+func (r ringResult) median() (med map[string]float64, used string) {
+	runs := slices.DeleteFunc(slices.Clone(r.runs), func(run ringRun) bool { return run.cpuBound })
+	used = "median of the runs not CPU-BOUND"
+	if len(runs) == 0 {
+		runs, used = r.runs, "every run CPU-BOUND: the median measures this machine"
+	}
+	med = map[string]float64{}
+	for unit := range runs[0].figures {
+		var vs []float64
+		for _, run := range runs {
+			vs = append(vs, run.figures[unit])
+		}
+		slices.Sort(vs)
+		if len(vs)%2 == 1 {
+			med[unit] = vs[len(vs)/2]
+		} else {
+			med[unit] = (vs[len(vs)/2-1] + vs[len(vs)/2]) / 2
+		}
+	}
+	return med, used
+}
+
+func (r ringResult) worst() map[string]float64 {
+	out := map[string]float64{}
+	for _, run := range r.runs {
+		for unit, v := range run.figures {
+			out[unit] = max(out[unit], v)
+		}
+	}
+	return out
+}
+
+// dilationTolerance is how far a dilated run's projection may be from the
+// undilated run of the same ring for the method to hold (the issue's 20 %).
+const dilationTolerance = 0.20
+
+// compareFigures are the figures a dilated projection must reproduce, in the
+// order printed.
+var compareFigures = []struct{ unit, name, format string }{
+	{"converge-s", "converge", "%.2fs"},
+	{"join-s", "join", "%.2fs"},
+	{"ready-s", "ready", "%.2fs"},
+	{"dead-known-s", "dead", "%.2fs"},
+	{"B/s/agent", "bytes", "%.0fB/s"},
+	{"cpu%/agent", "cpu", "%.3f%%"},
+}
+
+// compareDilation sets each dilated ring beside the undilated run of the same
+// N and batch: per figure both medians, the difference relative to the
+// undilated one and whether it is within dilationTolerance. A size with no
+// undilated run in the same invocation has nothing to compare with.
+func compareDilation(results []ringResult) []string {
+	type key struct{ n, batch int }
+	undilated := map[key]ringResult{}
+	for _, r := range results {
+		if r.size.k == 1 && len(r.runs) > 0 {
+			undilated[key{r.size.n, r.size.batch}] = r
+		}
+	}
+	var lines []string
+	for _, d := range results {
+		u, ok := undilated[key{d.size.n, d.size.batch}]
+		if d.size.k == 1 || !ok || len(d.runs) == 0 {
+			continue
+		}
+		um, uUsed := u.median()
+		dm, dUsed := d.median()
+		start := "all started at once"
+		if d.size.batch > 0 {
+			start = fmt.Sprintf("started %d per (dilated) second in both", d.size.batch)
+		}
+		var parts []string
+		fails := 0
+		for _, f := range compareFigures {
+			uv, dv := um[f.unit], dm[f.unit]
+			diff := 0.0
+			if uv != 0 {
+				diff = (dv - uv) / uv
+			} else if dv != 0 {
+				diff = 1
+			}
+			verdict := "within 20 %"
+			if diff > dilationTolerance || diff < -dilationTolerance {
+				verdict, fails = "NOT within 20 %", fails+1
+			}
+			parts = append(parts, fmt.Sprintf("%s "+f.format+" / "+f.format+" (%+.0f%%, %s)", f.name, uv, dv, 100*diff, verdict))
+		}
+		summary := "the projection holds for every figure"
+		if fails > 0 {
+			summary = fmt.Sprintf("%d of %d figures NOT within 20 %%", fails, len(compareFigures))
+		}
+		lines = append(lines, fmt.Sprintf("COMPARE N=%d (%s) undilated / k=%g projected, medians of %d / %d runs (%d / %d CPU-BOUND; %s / %s): %s — %s",
+			d.size.n, start, d.size.k, len(u.runs), len(d.runs), u.cpuBound(), d.cpuBound(), uUsed, dUsed, strings.Join(parts, "; "), summary))
+	}
+	return lines
 }
 
 func formatFigures(m map[string]float64) string {
@@ -188,7 +356,7 @@ func formatFigures(m map[string]float64) string {
 }
 
 // runScaleChild is one run of one size in a fresh network namespace.
-func runScaleChild(b *testing.B, n int, k float64) map[string]float64 {
+func runScaleChild(b *testing.B, sz scaleSize) ringRun {
 	if why := netns.Available(); why != "" {
 		b.Fatal(why)
 	}
@@ -201,9 +369,9 @@ func runScaleChild(b *testing.B, n int, k float64) map[string]float64 {
 	}
 	args := []string{"--net", "--", "sh", "-c", `ip link set lo up && exec "$@"`, "sh", exe,
 		"-test.run=^$", "-test.bench=^BenchmarkRing$", "-test.benchtime=1x", "-test.timeout=0",
-		fmt.Sprintf("-scale.n=%d/%g", n, k)}
+		"-scale.n=" + sz.String()}
 	flag.Visit(func(f *flag.Flag) {
-		if strings.HasPrefix(f.Name, "scale.") && f.Name != "scale.n" && f.Name != "scale.repeat" || f.Name == "gossip.log" {
+		if strings.HasPrefix(f.Name, "scale.") && f.Name != "scale.n" && f.Name != "scale.repeat" && f.Name != "scale.batch" || f.Name == "gossip.log" {
 			args = append(args, "-"+f.Name+"="+f.Value.String())
 		}
 	})
@@ -217,7 +385,7 @@ func runScaleChild(b *testing.B, n int, k float64) map[string]float64 {
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	var figures map[string]float64
+	var run ringRun
 	sc := bufio.NewScanner(out)
 	for sc.Scan() {
 		line := sc.Text()
@@ -225,16 +393,16 @@ func runScaleChild(b *testing.B, n int, k float64) map[string]float64 {
 			fmt.Println(line)
 		}
 		if m, ok := parseScaleLine(line); ok {
-			figures = m
+			run = ringRun{figures: m, cpuBound: strings.Contains(line, "CPU-BOUND")}
 		}
 	}
 	if err := cmd.Wait(); err != nil {
-		b.Fatalf("ring of %d in its own network namespace: %v", n, err)
+		b.Fatalf("ring of %d in its own network namespace: %v", sz.n, err)
 	}
-	if figures == nil && !*scaleFormOnly {
-		b.Fatalf("ring of %d: the child printed no SCALE line", n)
+	if run.figures == nil && !*scaleFormOnly {
+		b.Fatalf("ring of %d: the child printed no SCALE line", sz.n)
 	}
-	return figures
+	return run
 }
 
 // childHeader tells the child's own benchmark framing (goos, pkg, its Benchmark
@@ -254,7 +422,7 @@ func parseScaleLine(line string) (map[string]float64, bool) {
 		return nil, false
 	}
 	units := map[string]string{"converge": "converge-s", "join": "join-s", "ready": "ready-s", "fail": "dead-known-s",
-		"steady": "B/s/agent", "cpu": "cpu%/agent", "regossip": "regossip-s"}
+		"steady": "B/s/agent", "cpu": "cpu%/agent", "regossip": "regossip-s", "stall": "stall-s"}
 	out := map[string]float64{}
 	for _, f := range strings.Fields(line)[1:] {
 		k, v, _ := strings.Cut(f, "=")
@@ -351,7 +519,8 @@ func cpuTime() time.Duration {
 // same work done k times faster). The SCALE line holds the projected figures; a
 // DILATED line beside it the measured ones and the durations in protocol
 // periods (probe intervals).
-func runScale(t testing.TB, n int, k float64) {
+func runScale(t testing.TB, sz scaleSize) {
+	n, k := sz.n, sz.k
 	tune := parseTuning(t, *scaleTuning)
 	if tune == nil {
 		tune = &Tuning{}
@@ -364,6 +533,10 @@ func runScale(t testing.TB, n int, k float64) {
 	}
 	dil := func(d time.Duration) time.Duration { return time.Duration(float64(d) * k) }
 	period := dil(tune.withDefaults().ProbeInterval)
+	// Every wait polls at the same resolution in protocol time, 20 ms
+	// projected, so that undilated and dilated figures are read alike (a fixed
+	// 100 ms poll was a fifth of a probe period undilated but 3 ms at k=32).
+	poll := dil(20 * time.Millisecond)
 	key := []byte("0123456789abcdef")
 	cluster := "scale.k8s.local"
 	cfgs := make([]Config, n+1) // the last one joins later
@@ -421,12 +594,13 @@ func runScale(t testing.TB, n int, k float64) {
 		agentsMu.Lock()
 		agents = append(agents, a)
 		agentsMu.Unlock()
-		if *scaleBatch > 0 && (i+1)%*scaleBatch == 0 && i+1 < n {
+		if sz.batch > 0 && (i+1)%sz.batch == 0 && i+1 < n {
 			time.Sleep(dil(time.Second))
 		}
 	}
 	started := time.Now()
-	converge := waitForScale(t, dil(120*time.Second), "every agent has every record", func() error {
+	startSpan := started.Sub(firstStart)
+	converge := waitForScaleEvery(t, poll, dil(120*time.Second), "every agent has every record", func() error {
 		for i, a := range agents {
 			if m, names := a.aliveRecords(); m != n || names != wantNames {
 				var missing []string
@@ -465,9 +639,9 @@ func runScale(t testing.TB, n int, k float64) {
 	if *scaleFormOnly {
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
-		fmt.Printf("FORMED N=%d k=%g converge=%v (projected %v, %.1f probe periods) cpu=%v (%.2f cores while forming) heap=%dMiB queued=%d stall=%v%s\n",
-			n, k, converge.Round(10*time.Millisecond), time.Duration(float64(converge)/k).Round(10*time.Millisecond),
-			float64(converge)/float64(period), convergeCPU.Round(time.Second), float64(convergeCPU)/float64(time.Since(firstStart)),
+		fmt.Printf("FORMED N=%d k=%g batch=%d converge=%v (projected %v, %.1f probe periods; starting took %v) cpu=%v (%.2f cores while forming) heap=%dMiB queued=%d stall=%v%s\n",
+			n, k, sz.batch, converge.Round(10*time.Millisecond), time.Duration(float64(converge)/k).Round(10*time.Millisecond),
+			float64(converge)/float64(period), startSpan.Round(time.Millisecond), convergeCPU.Round(time.Second), float64(convergeCPU)/float64(time.Since(firstStart)),
 			ms.HeapAlloc>>20, totalQueued(agents), stalls.max().Round(time.Millisecond), stalls.verdict(dil(tune.withDefaults().ProbeTimeout)))
 		return
 	}
@@ -520,7 +694,11 @@ func runScale(t testing.TB, n int, k float64) {
 		t.Fatal(err)
 	}
 	agents = append(agents, newcomer)
-	join := waitForScale(t, dil(60*time.Second), "newcomer known by all", func() error {
+	// An event not seen by all within three times the 5 s target is a
+	// failure to explain, not a figure to wait for (dilated, a minute of
+	// protocol time is half an hour at k=32).
+	eventWait := dil(15 * time.Second)
+	join := waitForScaleEvery(t, poll, eventWait, "newcomer known by all", func() error {
 		for i, a := range agents {
 			if v, ok := a.memberView(last.NodeName); !ok || v.State != StateAlive {
 				return fmt.Errorf("agent %d does not know the newcomer", i)
@@ -533,7 +711,7 @@ func runScale(t testing.TB, n int, k float64) {
 	// A readiness change.
 	t2 := time.Now()
 	agents[0].SetReady(true)
-	ready := waitForScale(t, dil(60*time.Second), "ready flag everywhere", func() error {
+	ready := waitForScaleEvery(t, poll, eventWait, "ready flag everywhere", func() error {
 		for i, a := range agents {
 			if v, _ := a.memberView(cfgs[0].NodeName); !v.Ready {
 				return fmt.Errorf("agent %d has node 0 not ready", i)
@@ -547,7 +725,7 @@ func runScale(t testing.TB, n int, k float64) {
 	victim := n / 2
 	t3 := time.Now()
 	agents[victim].halt()
-	fail := waitForScale(t, dil(60*time.Second), "failure known by all", func() error {
+	fail := waitForScaleEvery(t, poll, eventWait, "failure known by all", func() error {
 		for i, a := range agents {
 			if i == victim {
 				continue
@@ -557,7 +735,7 @@ func runScale(t testing.TB, n int, k float64) {
 			}
 		}
 		return nil
-	}, t3)
+	}, t3, func() { explainAlive(t, agents, victim, cfgs[victim].NodeName) })
 	t.Logf("N=%d hard kill known dead by all: %v", n, fail)
 
 	stopAll()
@@ -567,10 +745,38 @@ func runScale(t testing.TB, n int, k float64) {
 		n, k, converge.Round(10*time.Millisecond), join.Round(10*time.Millisecond), ready.Round(10*time.Millisecond),
 		fail.Round(10*time.Millisecond), bps, cpuPct, periods(converge), periods(join), periods(ready), periods(fail),
 		stalls.max().Round(time.Millisecond), stalls.verdict(dil(tune.withDefaults().ProbeTimeout)))
-	fmt.Printf("SCALE N=%d k=%g converge=%v join=%v ready=%v fail=%v steady=%.0fB/s/agent cpu=%.3f%%/agent window=%v regossip=%v regossip-bytes=%.0fKB/agent queued-at-converge=%d%s\n",
+	bound := stalls.verdict(dil(tune.withDefaults().ProbeTimeout))
+	if bound != "" {
+		bound = " CPU-BOUND"
+	}
+	fmt.Printf("SCALE N=%d k=%g converge=%v join=%v ready=%v fail=%v steady=%.0fB/s/agent cpu=%.3f%%/agent window=%v regossip=%v regossip-bytes=%.0fKB/agent queued-at-converge=%d stall=%v batch=%d start=%v%s%s\n",
 		n, k, real(converge), real(join), real(ready), real(fail), bps*k, cpuPct*k, el.Round(time.Second),
-		real(drain), regossipBytes/1000, queuedAtConverge, undrained)
+		real(drain), regossipBytes/1000, queuedAtConverge, stalls.max().Round(time.Millisecond), sz.batch, startSpan.Round(time.Millisecond), undrained, bound)
 	// The parent process reports these figures from this line (runScaleInNetns).
+}
+
+// explainAlive logs, for a hard-killed agent still held alive by some agents,
+// how many hold it so and what their memberlist makes of it (suspect, alive or
+// unknown), with their own broadcast queues and health.
+func explainAlive(t testing.TB, agents []*Agent, victim int, name string) {
+	var holders []int
+	for i, a := range agents {
+		if v, _ := a.memberView(name); i != victim && v.State == StateAlive {
+			holders = append(holders, i)
+		}
+	}
+	t.Logf("%d of %d agents still have the killed %s alive", len(holders), len(agents)-1, name)
+	for _, i := range holders[:min(len(holders), 5)] {
+		a := agents[i]
+		state := "not a member"
+		for _, m := range a.ml.Members() {
+			if m.Name == name {
+				state = fmt.Sprintf("memberlist state %d (0 alive, 1 suspect)", m.State)
+			}
+		}
+		t.Logf("agent %d (%s): %s; %d broadcasts queued; health score %d; %d members", i, a.cfg.NodeName, state,
+			a.queuedBroadcasts(), a.ml.GetHealthScore(), a.ml.NumMembers())
+	}
 }
 
 // stallWatch measures how late a goroutine that sleeps 20 ms at a time wakes
@@ -623,12 +829,18 @@ func (w *stallWatch) verdict(probeTimeout time.Duration) string {
 // waitForScale polls less often than waitFor: one check walks N agents.
 func waitForScale(t testing.TB, timeout time.Duration, what string, cond func() error, since time.Time, onFail ...func()) time.Duration {
 	t.Helper()
+	return waitForScaleEvery(t, 100*time.Millisecond, timeout, what, cond, since, onFail...)
+}
+
+// waitForScaleEvery polls every poll (dilated with the ring) until cond holds.
+func waitForScaleEvery(t testing.TB, poll, timeout time.Duration, what string, cond func() error, since time.Time, onFail ...func()) time.Duration {
+	t.Helper()
 	var err error
 	for time.Since(since) < timeout {
 		if err = cond(); err == nil {
 			return time.Since(since)
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(poll)
 	}
 	for _, f := range onFail {
 		f()
