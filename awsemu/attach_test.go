@@ -253,15 +253,7 @@ func TestTerminateDetachesAndCloseCleansUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.Close() })
-	e.mu.Lock()
-	v := e.volumes[volA]
-	v.att = &attachment{instanceID: nitroID, device: "/dev/xvdu", at: e.now()}
-	v.State = "in-use"
-	err = e.materialize(v)
-	e.mu.Unlock()
-	if err != nil {
-		t.Fatal(err)
-	}
+	attachDirectly(t, e, volA, nitroID, "/dev/xvdu")
 	st, _ := e.VolumeStatus(volA)
 	e.SetInstanceState(nitroID, "terminated")
 	if after, _ := e.VolumeStatus(volA); after.State != "available" || after.LoopDevice != "" {
@@ -311,15 +303,7 @@ func TestRestoreVolumeIsTheCopyAtTheCut(t *testing.T) {
 	if err := e.RestoreVolume(volA, "/nonexistent"); err == nil || !strings.Contains(err.Error(), "not attached") {
 		t.Fatalf("restore of a detached volume: %v, want not attached", err)
 	}
-	e.mu.Lock()
-	v := e.volumes[volA]
-	v.att = &attachment{instanceID: nitroID, device: "/dev/xvdu", at: e.now()}
-	v.State = "in-use"
-	err = e.materialize(v)
-	e.mu.Unlock()
-	if err != nil {
-		t.Fatal(err)
-	}
+	attachDirectly(t, e, volA, nitroID, "/dev/xvdu")
 	before, _ := e.VolumeStatus(volA)
 	writeAt := func(off int64, b []byte) {
 		t.Helper()
@@ -384,5 +368,20 @@ func TestRestoreVolumeIsTheCopyAtTheCut(t *testing.T) {
 	}
 	if n := e.Calls(ServiceEC2, "AttachVolume"); n != 0 {
 		t.Errorf("restore recorded %d AttachVolume calls, want none", n)
+	}
+}
+
+// attachDirectly attaches a volume the way AttachVolume's completion does,
+// without the API call, and gives it its loop device.
+func attachDirectly(t *testing.T, e *Emulator, volumeID, instanceID, device string) {
+	t.Helper()
+	e.mu.Lock()
+	v := e.volumes[volumeID]
+	v.att = &attachment{instanceID: instanceID, device: device, at: e.now()}
+	v.State = "in-use"
+	err := e.materialize(v)
+	e.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -428,16 +428,24 @@ func crashChain(t *testing.T, n *testenv.Node, chain string, cases []crashCase, 
 		if c.after != nil {
 			c.after(t, n)
 		}
-		var why string
-		row.recovery, why = converge(t, n, cv)
-		if why != "" {
-			t.Errorf("%s: the unarmed run after the crash did not converge: %s", c, why)
-			if row.outcome == "pass" {
-				row.outcome = "FAIL: not converged: " + why
-			}
-		}
+		row.recovery, row.outcome = convergeAfter(t, n, cv, c, "the crash", row.outcome)
 		record(row)
 	}
+}
+
+// convergeAfter runs the unarmed bootstrap that must converge after case c's
+// cut (what names the cut in errors), and returns its time and the case's
+// outcome: unchanged, or failed when an outcome that was a pass did not converge.
+func convergeAfter(t *testing.T, n *testenv.Node, cv convergence, c crashCase, what, outcome string) (time.Duration, string) {
+	t.Helper()
+	took, why := converge(t, n, cv)
+	if why != "" {
+		t.Errorf("%s: the unarmed run after %s did not converge: %s", c, what, why)
+		if outcome == "pass" {
+			outcome = "FAIL: not converged: " + why
+		}
+	}
+	return took, outcome
 }
 
 // converge runs bootstrap unarmed and says what did not converge ("" when

@@ -393,14 +393,7 @@ func powerChain(t *testing.T, n *testenv.Node, chain string, cases []crashCase, 
 			row.outcome = "FAIL: " + why
 			t.Errorf("%s: after the power cut: %s", c, why)
 		}
-		var why string
-		row.recovery, why = converge(t, n, cv)
-		if why != "" {
-			t.Errorf("%s: the unarmed run after the power cut did not converge: %s", c, why)
-			if row.outcome == "pass" {
-				row.outcome = "FAIL: not converged: " + why
-			}
-		}
+		row.recovery, row.outcome = convergeAfter(t, n, cv, c, "the power cut", row.outcome)
 		if note != "" && row.outcome == "pass" {
 			row.outcome = "pass (at the cut: " + note + ")"
 		}
