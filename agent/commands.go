@@ -35,6 +35,7 @@ func (e ExitError) Unwrap() error { return e.Err }
 func Bootstrap(ctx context.Context, o Options) error {
 	leanOneShotCPU()
 	log := o.log()
+	log.Debug("bootstrap started")
 	n, err := LoadNode(ctx, o, needIdentity)
 	if err != nil {
 		return err

@@ -170,7 +170,7 @@ func doctorNode(ctx context.Context, o Options) (*Node, error) {
 	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if awsCfg, err := cloud.LoadConfig(lctx); err == nil {
-		n.AWS = &awsCfg
+		n.AWS, n.IMDS = &awsCfg, cloud.NewIMDS(awsCfg)
 		if url := n.Config.Spec.Cluster.StateStore; url != "" {
 			n.Store, _ = cloud.NewStateStore(cloud.NewS3(awsCfg), url)
 		}

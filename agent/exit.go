@@ -85,7 +85,7 @@ func newExitRunner(o Options, n *Node, steps []exitStep) *exitRunner {
 		x.drainTimeout = d
 	}
 	if n.AWS != nil {
-		x.imds = cloud.NewIMDS(*n.AWS)
+		x.imds = n.metadata()
 	}
 	// Masters drain with the add-on credentials; a worker with its kubelet's,
 	// which the Node authorizer and NodeRestriction limit to this node and its

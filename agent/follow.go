@@ -188,7 +188,7 @@ func (f *follower) poll(ctx context.Context) bool {
 		f.log.Warn("kept config inputs unreadable; reading them afresh", "err", err)
 		saved = nil
 	}
-	in, store, err := readInputs(ctx, f.o, cur.AWS, errors.New("AWS is not configured"), saved, true)
+	in, store, err := readInputs(ctx, f.o, cur.AWS, cur.IMDS, errors.New("AWS is not configured"), saved, true)
 	if err != nil {
 		// Transient (IMDS, S3): the node keeps its config; the next poll retries.
 		f.m.configPolls.WithLabelValues("error").Inc()

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 
 	"github.com/nodeagent/nodeagent/bootstrap"
 	"github.com/nodeagent/nodeagent/cloud"
@@ -108,7 +109,7 @@ func saveInputs(o Options, in *configInputs) error {
 // readNodeDoc reads the node's own document: the --config file (or stdin) when
 // given; else, when follow is set (the daemon), the source bootstrap last used
 // (a --config file's kept copy, or user-data); else user-data.
-func readNodeDoc(ctx context.Context, o Options, awsCfg *aws.Config, awsErr error, saved *configInputs, follow bool) (doc []byte, source string, err error) {
+func readNodeDoc(ctx context.Context, o Options, md cloud.IMDSAPI, awsErr error, saved *configInputs, follow bool) (doc []byte, source string, err error) {
 	switch {
 	case o.ConfigFile == "-":
 		doc, err = io.ReadAll(io.LimitReader(o.Stdin, 1<<20))
@@ -121,10 +122,10 @@ func readNodeDoc(ctx context.Context, o Options, awsCfg *aws.Config, awsErr erro
 		// the file itself may be gone) until the next bootstrap says otherwise.
 		return saved.Node, saved.NodeSource, nil
 	}
-	if awsCfg == nil {
+	if md == nil {
 		return nil, "", fmt.Errorf("no --config given and AWS is not configured: %w", awsErr)
 	}
-	raw, err := cloud.FetchUserData(ctx, cloud.NewIMDS(*awsCfg))
+	raw, err := cloud.FetchUserData(ctx, md)
 	if err == nil {
 		raw, err = config.ExtractUserData(raw)
 	}
@@ -165,9 +166,16 @@ func shortHash(b []byte) string {
 }
 
 // readInputs reads every raw input afresh (cluster.yaml conditionally) and
-// returns them with the state store they name.
-func readInputs(ctx context.Context, o Options, awsCfg *aws.Config, awsErr error, saved *configInputs, follow bool) (*configInputs, *cloud.StateStore, error) {
-	doc, source, err := readNodeDoc(ctx, o, awsCfg, awsErr, saved, follow)
+// returns them with the state store they name. md, the IMDS client, is set
+// when awsCfg is.
+func readInputs(ctx context.Context, o Options, awsCfg *aws.Config, md *imds.Client, awsErr error, saved *configInputs, follow bool) (*configInputs, *cloud.StateStore, error) {
+	var mdAPI cloud.IMDSAPI // a nil *imds.Client is not a nil interface
+	if awsCfg != nil && md != nil {
+		mdAPI = md
+	} else if awsCfg != nil {
+		mdAPI = cloud.NewIMDS(*awsCfg)
+	}
+	doc, source, err := readNodeDoc(ctx, o, mdAPI, awsErr, saved, follow)
 	if err != nil {
 		return nil, nil, err
 	}

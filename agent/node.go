@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"sigs.k8s.io/yaml"
 
 	"github.com/nodeagent/nodeagent/bootstrap"
@@ -72,7 +73,10 @@ type Node struct {
 	Labels map[string]string
 	// AWS is nil when no AWS configuration could be loaded (plan, bake or config
 	// check on a machine that is not an instance).
-	AWS   *aws.Config
+	AWS *aws.Config
+	// IMDS is the run's one metadata client (set with AWS): its IMDSv2 token is
+	// fetched once and kept for every read (user-data, identity, lifecycle).
+	IMDS  *imds.Client
 	Store *cloud.StateStore
 	// Inputs are the raw inputs Config was derived from.
 	Inputs *configInputs
@@ -115,10 +119,17 @@ func LoadNode(ctx context.Context, o Options, mode loadMode) (*Node, error) {
 // of the inputs (the daemon starts on the config the node last took).
 func loadNode(ctx context.Context, o Options, mode loadMode, preset []byte) (*Node, error) {
 	n := &Node{}
+	log := o.log()
+	step := time.Now()
+	took := func(msg string) { // the load's own timings, for profiling a run
+		log.Debug(msg, "took", time.Since(step).Round(10*time.Microsecond))
+		step = time.Now()
+	}
 	awsCfg, awsErr := cloud.LoadConfig(ctx)
 	if awsErr == nil {
-		n.AWS = &awsCfg
+		n.AWS, n.IMDS = &awsCfg, cloud.NewIMDS(awsCfg)
 	}
+	took("AWS config loaded")
 	saved, err := loadInputs(o)
 	if err != nil {
 		o.log().Warn("kept config inputs unreadable; reading them afresh", "err", err)
@@ -136,15 +147,29 @@ func loadNode(ctx context.Context, o Options, mode loadMode, preset []byte) (*No
 				return nil, fmt.Errorf("spec.cluster.stateStore: %w", err)
 			}
 		}
-	} else if in, store, err = readInputs(ctx, o, n.AWS, awsErr, saved, mode == followInputs); err != nil {
-		return nil, err
-	}
-	if n.AWS != nil {
-		idCtx, cancel := context.WithTimeout(ctx, identityTimeout(mode))
-		n.Identity, err = cloud.FetchIdentity(idCtx, cloud.NewIMDS(*n.AWS))
-		cancel()
+		n.Identity, err = learnIdentity(ctx, n, awsErr, mode)
+		took("instance identity learned")
 	} else {
-		err = awsErr
+		// The identity is learned while the inputs are read: neither needs the
+		// other. Inputs that cannot be read end the wait for the identity.
+		idCtx, cancel := context.WithCancel(ctx)
+		var idErr error
+		idDone := make(chan struct{})
+		go func() {
+			defer close(idDone)
+			n.Identity, idErr = learnIdentity(idCtx, n, awsErr, mode)
+		}()
+		in, store, err = readInputs(ctx, o, n.AWS, n.IMDS, awsErr, saved, mode == followInputs)
+		if err != nil {
+			cancel()
+		}
+		<-idDone
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		took("config inputs read and instance identity learned")
+		err = idErr
 	}
 	if err != nil {
 		if mode != identityIfAvailable {
@@ -157,6 +182,24 @@ func loadNode(ctx context.Context, o Options, mode loadMode, preset []byte) (*No
 		return n.deriveFrom(preset, in, store)
 	}
 	return n.derive(in, store)
+}
+
+// learnIdentity reads the instance identity from IMDS, within the mode's deadline.
+func learnIdentity(ctx context.Context, n *Node, awsErr error, mode loadMode) (cloud.Identity, error) {
+	if n.AWS == nil {
+		return cloud.Identity{}, awsErr
+	}
+	idCtx, cancel := context.WithTimeout(ctx, identityTimeout(mode))
+	defer cancel()
+	return cloud.FetchIdentity(idCtx, n.metadata())
+}
+
+// metadata is the node's IMDS client (n.AWS must be set).
+func (n *Node) metadata() *imds.Client {
+	if n.IMDS != nil {
+		return n.IMDS
+	}
+	return cloud.NewIMDS(*n.AWS)
 }
 
 // derive is the node with the effective config of in: the node's document
@@ -181,7 +224,7 @@ func (n *Node) withConfig(cfg *config.NodeConfig, err error, in *configInputs, s
 	if err != nil {
 		return nil, err
 	}
-	out := &Node{Config: cfg, ConfigHash: hashConfig(cfg), Identity: n.Identity, AWS: n.AWS, Store: store, Inputs: in}
+	out := &Node{Config: cfg, ConfigHash: hashConfig(cfg), Identity: n.Identity, AWS: n.AWS, IMDS: n.IMDS, Store: store, Inputs: in}
 	out.Name = out.Identity.Hostname
 	if h := cfg.Spec.Host.Hostname; h != "" {
 		out.Name = h

@@ -31,7 +31,7 @@ func bootWarm(ctx context.Context, n *Node, ps *phaseSet, runner *bootstrap.Runn
 	if n.AWS == nil {
 		return false, nil
 	}
-	md := cloud.NewIMDS(*n.AWS)
+	md := n.metadata()
 	target, err := cloud.TargetLifecycleState(ctx, md)
 	if err != nil {
 		return false, fmt.Errorf("is this instance in a warm pool: %w", err)

@@ -341,7 +341,9 @@ func (s StateStore) Update(fn func(*State)) (*State, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode state: %w", err)
 	}
-	if err := fsutil.WriteFileAtomic(s.Path(), append(b, '\n'), 0o644); err != nil {
+	// An update that changed nothing (a no-op run's config record) costs no
+	// write and no fsync.
+	if _, err := fsutil.WriteFileIfChanged(s.Path(), append(b, '\n'), 0o644); err != nil {
 		return nil, err
 	}
 	return st, nil

@@ -4,10 +4,12 @@ package e2e
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -35,7 +37,7 @@ func BenchmarkBootstrap(b *testing.B) {
 			b.Fatalf("bake: %v exit %d\n%s", err, r.Code, r.Stderr)
 		}
 		b.StartTimer()
-		r, err := n.Run(ctx, "bootstrap")
+		r, err := n.RunMeasured(ctx, "bootstrap")
 		b.StopTimer()
 		if err != nil || r.Code != 0 {
 			b.Fatalf("bootstrap: %v exit %d\n%s", err, r.Code, r.Stderr)
@@ -43,9 +45,34 @@ func BenchmarkBootstrap(b *testing.B) {
 		// Let the daemon bootstrap started finish its first reconcile, so the no-op
 		// run does not wait for its lock.
 		waitDaemon(b, n)
-		noop, err := n.Run(ctx, "bootstrap")
+		noop, err := n.RunMeasured(ctx, "bootstrap")
 		if err != nil || noop.Code != 0 {
 			b.Fatalf("no-op bootstrap: %v exit %d", err, noop.Code)
+		}
+		// Where a no-op run's time goes outside the phases: a run at debug
+		// level logs the config load's steps; the machines share the host's
+		// clock, so each line is placed from the run's start.
+		dbg, err := n.RunMeasured(ctx, "bootstrap", "--log-level", "debug")
+		if err != nil || dbg.Code != 0 {
+			b.Fatalf("no-op bootstrap --log-level debug: %v exit %d", err, dbg.Code)
+		}
+		printTimeline("no-op re-run (debug log)", dbg)
+		// The process's own start: exec, the runtime and every package's init.
+		var ver []testenv.Result
+		for range 5 {
+			v, err := n.RunMeasured(ctx, "version")
+			if err != nil || v.Code != 0 {
+				b.Fatalf("version: %v exit %d", err, v.Code)
+			}
+			ver = append(ver, v)
+		}
+		slices.SortFunc(ver, func(x, y testenv.Result) int { return cmp.Compare(x.Wall, y.Wall) })
+		fmt.Printf("FIGURE process start (nodeagent version in the machine, median of 5): %.0f ms wall, %.0f ms CPU, %.1f MiB peak RSS (the agent's own, GNU time)\n",
+			float64(ver[2].Wall)/1e6, float64(ver[2].CPU)/1e6, float64(ver[2].MaxRSS)/(1<<20))
+		if f := os.Getenv("NODEAGENT_BENCH_NOOP_LOG"); f != "" {
+			if err := os.WriteFile(f, fmt.Appendf(nil, "start=%s wall=%s cpu=%s\n%s", noop.Start.Format(time.RFC3339Nano), noop.Wall, noop.CPU, noop.Stderr), 0o644); err != nil {
+				b.Fatal(err)
+			}
 		}
 		printPhaseFigures("boot", r.Stderr)
 		printPhaseFigures("no-op re-run", noop.Stderr)
@@ -92,6 +119,30 @@ func printPhaseFigures(what string, stderr []byte) {
 			fmt.Printf("FIGURE %s phase %-18s %8s wall %8s CPU\n", what, m[1], m[2], m[3])
 		}
 	}
+}
+
+// logLine matches an agent log line's time, message and a debug step's "took".
+var logLine = regexp.MustCompile(`^time=(\S+) level=\S+ msg=("[^"]*"|\S+)(?:.* took=(\S+))?`)
+
+// printTimeline prints when each of a run's log lines was written, from the
+// run's start, and the process's exit.
+func printTimeline(what string, r testenv.Result) {
+	for _, line := range strings.Split(string(r.Stderr), "\n") {
+		m := logLine.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		at, err := time.Parse(time.RFC3339Nano, m[1])
+		if err != nil {
+			continue
+		}
+		took := ""
+		if m[3] != "" {
+			took = " (took " + m[3] + ")"
+		}
+		fmt.Printf("FIGURE %s +%4d ms %s%s\n", what, at.Sub(r.Start).Milliseconds(), strings.Trim(m[2], `"`), took)
+	}
+	fmt.Printf("FIGURE %s +%4d ms exited (%.0f ms CPU)\n", what, r.Wall.Milliseconds(), float64(r.CPU)/1e6)
 }
 
 // phaseWall is one phase's wall time from a bootstrap's log.

@@ -6,10 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"sigs.k8s.io/yaml"
@@ -104,34 +105,79 @@ func BootNodeWithBinds(ctx context.Context, e *Env, inst awsemu.Instance, agentB
 type Result struct {
 	Stdout, Stderr []byte
 	Code           int
-	Wall           time.Duration
-	// CPU is user + system time of the agent and every process it waited for;
-	// MaxRSS its peak resident set (the largest of them), in bytes.
-	CPU    time.Duration
+	// Start is when the run was started (the machines share the host's clock,
+	// so the agent's log timestamps can be set against it).
+	Start time.Time
+	Wall  time.Duration
+	// CPU is user + system time of the agent and every process it waited for.
+	CPU time.Duration
+	// MaxRSS is the peak resident set of the agent (or the largest process it
+	// waited for), in bytes; set by RunMeasured only. The rusage of a child that
+	// Go started is no measure of it: Go starts children with CLONE_VM|CLONE_VFORK,
+	// and the kernel records the parent's peak as the child's at its exec, so
+	// the child's ru_maxrss is at least the test process's own peak.
 	MaxRSS int64
 }
 
 // Run runs `nodeagent args...` inside the node; err is set only when it could
 // not run at all (a non-zero exit is Result.Code).
 func (n *Node) Run(ctx context.Context, args ...string) (Result, error) {
+	return n.run(ctx, nil, args...)
+}
+
+func (n *Node) run(ctx context.Context, wrap func(*exec.Cmd), args ...string) (Result, error) {
 	var o, e bytes.Buffer
 	cmd := n.M.Command(ctx, n.Env, append([]string{AgentPath}, args...)...)
+	if wrap != nil {
+		wrap(cmd)
+	}
 	cmd.Stdout, cmd.Stderr = &o, &e
 	start := time.Now()
 	err := cmd.Run()
-	r := Result{Wall: time.Since(start), Code: -1}
+	r := Result{Start: start, Wall: time.Since(start), Code: -1}
 	if ps := cmd.ProcessState; ps != nil {
 		r.Code = ps.ExitCode()
 		r.CPU = ps.UserTime() + ps.SystemTime()
-		if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
-			r.MaxRSS = ru.Maxrss * 1024
-		}
 	}
 	r.Stdout, r.Stderr = o.Bytes(), e.Bytes()
 	var exit *exec.ExitError
 	if err != nil && !errors.As(err, &exit) {
 		return r, fmt.Errorf("run agent in %s: %w", n.InstanceID, err)
 	}
+	return r, nil
+}
+
+// RunMeasured is Run that also records the agent's own peak resident set
+// (Result.MaxRSS). GNU time (Debian's `time`) starts the agent by fork, not by
+// Go's vfork, and reports only its child's ru_maxrss: nsenter's and the
+// agent's, never the test process's (see Result.MaxRSS).
+func (n *Node) RunMeasured(ctx context.Context, args ...string) (Result, error) {
+	timeBin, err := exec.LookPath("/usr/bin/time")
+	if err != nil {
+		return Result{Code: -1}, fmt.Errorf("measure the agent's peak RSS: GNU time (Debian package time): %w", err)
+	}
+	out, err := os.CreateTemp("", "nodeagent-rss-")
+	if err != nil {
+		return Result{Code: -1}, fmt.Errorf("measure the agent's peak RSS: %w", err)
+	}
+	out.Close()
+	defer os.Remove(out.Name())
+	r, err := n.run(ctx, func(cmd *exec.Cmd) {
+		cmd.Args = append([]string{"time", "-q", "-f", "%M", "-o", out.Name(), cmd.Path}, cmd.Args[1:]...)
+		cmd.Path = timeBin
+	}, args...)
+	if err != nil {
+		return r, err
+	}
+	b, err := os.ReadFile(out.Name())
+	if err != nil {
+		return r, fmt.Errorf("measure the agent's peak RSS: %w", err)
+	}
+	kib, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return r, fmt.Errorf("measure the agent's peak RSS: GNU time wrote %q: %w", b, err)
+	}
+	r.MaxRSS = kib << 10
 	return r, nil
 }
 
