@@ -336,9 +336,20 @@ func redoAt(at func(string) string, globs ...string) func(*testing.T, *testenv.N
 // (one of list, the node's config), and with uncached its verified copy in
 // the asset cache too.
 func removeAsset(list []config.Asset, name string, uncached bool) func(*testing.T, *testenv.Node) {
+	return removeAssetAt(nil, list, name, uncached)
+}
+
+// removeAssetAt is removeAsset on a node some of whose directories are on a
+// disk of their own (at: where the host sees a path of the machine; nil for
+// the machine's root directory).
+func removeAssetAt(at func(string) string, list []config.Asset, name string, uncached bool) func(*testing.T, *testenv.Node) {
 	return func(t *testing.T, n *testenv.Node) {
 		t.Helper()
 		quiesce(t, n)
+		where := at
+		if where == nil {
+			where = n.M.Path
+		}
 		i := slices.IndexFunc(list, func(a config.Asset) bool { return a.Name == name && a.Archive == nil })
 		if i < 0 {
 			t.Fatalf("the node's config has no plain asset %s", name)
@@ -348,7 +359,7 @@ func removeAsset(list []config.Asset, name string, uncached bool) func(*testing.
 			paths = append(paths, filepath.Join(assets.DefaultCacheDir, strings.ToLower(list[i].SHA256)))
 		}
 		for _, p := range paths {
-			if err := os.Remove(n.M.Path(p)); err != nil {
+			if err := os.Remove(where(p)); err != nil {
 				t.Fatal(err)
 			}
 		}

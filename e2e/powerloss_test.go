@@ -31,12 +31,15 @@ type nodeDisk struct {
 }
 
 // diskDirs are the agent's directories on the node disk: its state, the
-// cluster's configuration and PKI, kubelet's certificates.
-var diskDirs = map[string]string{"nodeagent": "/var/lib/nodeagent", "kubernetes": "/etc/kubernetes", "kubelet-pki": "/var/lib/kubelet/pki"}
+// cluster's configuration and PKI, kubelet's certificates, and the asset cache
+// its downloads write into.
+var diskDirs = map[string]string{"nodeagent": "/var/lib/nodeagent", "kubernetes": "/etc/kubernetes", "kubelet-pki": "/var/lib/kubelet/pki",
+	"asset-cache": "/var/cache/nodeagent"}
 
 func newNodeDisk(t *testing.T) *nodeDisk {
 	t.Helper()
-	return newDisk(t, "256M", diskDirs)
+	// Room for a worker's cached assets (kubelet, containerd, runc, CNI).
+	return newDisk(t, "768M", diskDirs)
 }
 
 // newDisk makes a disk of size holding dirs (directory on the disk → where
@@ -215,8 +218,11 @@ func TestCrashSweepPowerLoss(t *testing.T) {
 		cases := []crashCase{
 			{failpoint: "fsutilBeforeRename", match: "state.json"},
 			{failpoint: "bootstrapBetweenPhases", match: "host-prep", before: quiesce},
+			// runc fetched again: neither installed nor cached; the cut loses
+			// the download's unsynced chunks.
+			{failpoint: "assetsMidDownload", match: "runc", before: removeAssetAt(at, env.Assets, "runc", true)},
 			// runc installed again from the cache.
-			{failpoint: "assetsBeforeInstall", match: "runc", before: removeAsset(env.Assets, "runc", false)},
+			{failpoint: "assetsBeforeInstall", match: "runc", before: removeAssetAt(at, env.Assets, "runc", false)},
 			{failpoint: "bootstrapBetweenPhases", match: "images", before: quiesce},
 			{failpoint: "pkiAfterKeyBeforeCert", match: "kubelet-client", before: redoAt(at, "/var/lib/kubelet/pki/kubelet-client.*")},
 			{failpoint: "bootstrapBetweenPhases", match: "pki", before: quiesce},
