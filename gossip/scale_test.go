@@ -836,11 +836,13 @@ func waitForScale(t testing.TB, timeout time.Duration, what string, cond func() 
 func waitForScaleEvery(t testing.TB, poll, timeout time.Duration, what string, cond func() error, since time.Time, onFail ...func()) time.Duration {
 	t.Helper()
 	var err error
-	for time.Since(since) < timeout {
-		if err = cond(); err == nil {
-			return time.Since(since)
-		}
-		time.Sleep(poll)
+	ctx, cancel := context.WithDeadline(context.Background(), since.Add(timeout))
+	defer cancel()
+	if wait.PollUntilContextCancel(ctx, poll, true, func(context.Context) (bool, error) {
+		err = cond()
+		return err == nil, nil
+	}) == nil {
+		return time.Since(since)
 	}
 	for _, f := range onFail {
 		f()
