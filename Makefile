@@ -29,6 +29,7 @@ e2e-parts:
 	hack/rootfs-packer.sh >/dev/null
 	hack/build-k8s.sh >/dev/null
 	hack/build-etcd.sh >/dev/null
+	ETCD_PROGRAM=etcdutl hack/build-etcd.sh >/dev/null
 	hack/build-coredns.sh >/dev/null
 	hack/docker.sh >/dev/null
 	$(GO) run ./hack/images -out /var/cache/nodeagent-e2e/images >/dev/null

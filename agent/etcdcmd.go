@@ -187,7 +187,7 @@ func EtcdBackupNow(ctx context.Context, o Options, w io.Writer, cluster string) 
 		return err
 	}
 	defer cli.Close()
-	p, info, err := etcdbackup.Take(ctx, cli, endpoint, o.Root.Path(m.MountPoint), cluster, m.Member, time.Now())
+	p, info, err := etcdbackup.Take(ctx, etcdutlFor(o, e.n), cli, endpoint, o.Root.Path(m.MountPoint), cluster, m.Member, time.Now())
 	if err != nil {
 		return err
 	}
@@ -216,7 +216,7 @@ func EtcdRestore(ctx context.Context, o Options, w io.Writer, cluster, which str
 		return err
 	}
 	defer os.RemoveAll(scratch)
-	cmd, refused, err := e.store.RequestRestore(ctx, cluster, which, m.Member, scratch, time.Now())
+	cmd, refused, err := e.store.RequestRestore(ctx, etcdutlFor(o, e.n), cluster, which, m.Member, scratch, time.Now())
 	for _, r := range refused {
 		fmt.Fprintf(w, "refused: %v\n", r)
 	}

@@ -221,7 +221,7 @@ func (k *etcdKeeper) cluster(ctx context.Context, m bootstrap.EtcdMemberFact, cs
 	var res etcdbackup.Result
 	if herr == nil {
 		t := &etcdbackup.Taker{Store: k.store, Cluster: m.Cluster, Member: m.Member, Endpoint: endpoint,
-			Schedule: k.schedule, Retention: k.retention, Scratch: k.o.Root.Path(m.MountPoint), Log: k.log}
+			Schedule: k.schedule, Retention: k.retention, Scratch: k.o.Root.Path(m.MountPoint), Tool: etcdutlFor(k.o, k.n), Log: k.log}
 		res, err = t.Tick(ctx, cli, time.Now())
 	} else {
 		var lerr error
@@ -284,7 +284,7 @@ func (k *etcdKeeper) followRestore(ctx context.Context, m bootstrap.EtcdMemberFa
 		return fmt.Errorf("etcd %s: the local member did not stop: %w", m.Cluster, err)
 	}
 	step := etcdbackup.Step{Store: k.store, Command: *cmd, Member: m.Member, PeerURL: k.peerURL(m.Cluster, m.Member),
-		Volume: volume, Scratch: volume}
+		Volume: volume, Scratch: volume, Tool: etcdutlFor(k.o, k.n)}
 	kept, err := step.Apply(ctx, time.Now())
 	if err != nil {
 		return fmt.Errorf("etcd %s: restore %s: %w", m.Cluster, cmd.ID, err)

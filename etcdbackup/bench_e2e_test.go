@@ -44,7 +44,7 @@ func benchBackup(b *testing.B, mb int) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		start := time.Now()
-		tk := &Taker{Store: l.store, Cluster: "main", Member: "a", Endpoint: a.clientURL(), Scratch: b.TempDir()}
+		tk := &Taker{Store: l.store, Cluster: "main", Member: "a", Endpoint: a.clientURL(), Scratch: b.TempDir(), Tool: l.tool}
 		res, err := tk.Tick(ctx, cli, time.Now().Add(time.Duration(i)*2*time.Hour))
 		if err != nil || res.Taken == nil {
 			b.Fatalf("backup: %+v %v", res, err)
@@ -54,12 +54,12 @@ func benchBackup(b *testing.B, mb int) {
 			mb, humanMB(res.Taken.Size), took.Round(10*time.Millisecond))
 
 		start = time.Now()
-		cmd, _, err := l.store.RequestRestore(ctx, "main", "latest", "a", b.TempDir(), time.Now())
+		cmd, _, err := l.store.RequestRestore(ctx, l.tool, "main", "latest", "a", b.TempDir(), time.Now())
 		if err != nil {
 			b.Fatal(err)
 		}
 		l.stop(a)
-		if _, err := (Step{Store: l.store, Command: cmd, Member: "a", PeerURL: a.peerURL(), Volume: a.volume, Scratch: b.TempDir()}).Apply(ctx, time.Now()); err != nil {
+		if _, err := (Step{Store: l.store, Command: cmd, Member: "a", PeerURL: a.peerURL(), Volume: a.volume, Scratch: b.TempDir(), Tool: l.tool}).Apply(ctx, time.Now()); err != nil {
 			b.Fatal(err)
 		}
 		l.start(a, etcd.JoinPlan{State: etcd.StateNew, InitialCluster: []string{"a=" + a.peerURL()}}, cmd.Token)

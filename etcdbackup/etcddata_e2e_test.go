@@ -57,7 +57,7 @@ func TestEtcdNeverLosesData(t *testing.T) {
 
 	ctx := context.Background()
 	leader := l.leader(all)
-	taker := &Taker{Store: l.store, Cluster: "main", Member: leader.name, Endpoint: leader.clientURL(), Scratch: t.TempDir()}
+	taker := &Taker{Store: l.store, Cluster: "main", Member: leader.name, Endpoint: leader.clientURL(), Scratch: t.TempDir(), Tool: l.tool}
 
 	t.Run("the leader takes a verified backup; the others do not", func(t *testing.T) {
 		for _, m := range l.members {
@@ -228,7 +228,7 @@ func TestEtcdNeverLosesData(t *testing.T) {
 	t.Run("after losing two of three members a restore serves the backup's keys", func(t *testing.T) {
 		l.stop(b)
 		l.stop(c)
-		cmd, refused, err := l.store.RequestRestore(ctx, "main", "latest", "a", t.TempDir(), time.Now())
+		cmd, refused, err := l.store.RequestRestore(ctx, l.tool, "main", "latest", "a", t.TempDir(), time.Now())
 		if err != nil || len(refused) != 0 {
 			t.Fatalf("request: %v (refused %v)", err, refused)
 		}
@@ -241,7 +241,7 @@ func TestEtcdNeverLosesData(t *testing.T) {
 			}
 		}
 		step := func(m *member) Step {
-			return Step{Store: l.store, Command: cmd, Member: m.name, PeerURL: m.peerURL(), Volume: m.volume, Scratch: t.TempDir()}
+			return Step{Store: l.store, Command: cmd, Member: m.name, PeerURL: m.peerURL(), Volume: m.volume, Scratch: t.TempDir(), Tool: l.tool}
 		}
 		// b cannot go ahead before a has restored.
 		if _, err := step(b).Apply(ctx, time.Now()); err == nil || !strings.Contains(err.Error(), "waiting for member a") {

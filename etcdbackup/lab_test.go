@@ -26,7 +26,10 @@ import (
 	"github.com/nodeagent/nodeagent/pki"
 )
 
-var etcdBin = flag.String("etcd", "/var/cache/nodeagent-e2e/etcd-v3.5.35", "real etcd server binary (hack/build-etcd.sh)")
+var (
+	etcdBin    = flag.String("etcd", "/var/cache/nodeagent-e2e/etcd-v3.5.35", "real etcd server binary (hack/build-etcd.sh)")
+	etcdutlBin = flag.String("etcdutl", "/var/cache/nodeagent-e2e/etcdutl-v3.5.35", "etcdutl of the same etcd version (ETCD_PROGRAM=etcdutl hack/build-etcd.sh)")
+)
 
 const (
 	labCluster = "lab.k8s.local"
@@ -57,6 +60,7 @@ type lab struct {
 	members []*member
 	emu     *awsemu.Running
 	store   *Store
+	tool    SnapshotTool // etcd's own etcdutl, run as a program
 }
 
 func newLab(t testing.TB) *lab {
@@ -67,11 +71,14 @@ func newLab(t testing.TB) *lab {
 	if _, err := os.Stat(*etcdBin); err != nil {
 		t.Fatalf("real etcd binary missing (make e2e-parts builds it with hack/build-etcd.sh): %v", err)
 	}
+	if _, err := os.Stat(*etcdutlBin); err != nil {
+		t.Fatalf("real etcdutl binary missing (make e2e-parts builds it with ETCD_PROGRAM=etcdutl hack/build-etcd.sh): %v", err)
+	}
 	caCert, caKey, err := pki.GenerateCA("etcd-lab-ca", 24*time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &lab{t: t}
+	l := &lab{t: t, tool: Etcdutl{Bin: Path(*etcdutlBin)}}
 	names := []string{"a", "b", "c"}
 	for i, n := range names {
 		m := &member{name: n, ip: fmt.Sprintf("127.0.0.%d", 11+i), root: fsutil.Root(t.TempDir())}

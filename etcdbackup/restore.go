@@ -93,6 +93,7 @@ type Step struct {
 	PeerURL string // this member's peer URL
 	Volume  string // the mounted volume; etcd's data is in Volume/data
 	Scratch string // where the snapshot is downloaded
+	Tool    SnapshotTool
 }
 
 // Apply carries out this member's part of a restore, after the caller stopped
@@ -122,10 +123,10 @@ func (st Step) Apply(ctx context.Context, now time.Time) (kept string, err error
 			return "", err
 		}
 		defer os.Remove(snap)
-		if _, err := Verify(snap); err != nil {
+		if _, err := Verify(ctx, st.Tool, snap); err != nil {
 			return "", err
 		}
-		kept, err = RestoreDataDir(snap, dataDir, st.Member, []string{st.Member + "=" + st.PeerURL}, c.Token, now)
+		kept, err = RestoreDataDir(ctx, st.Tool, snap, dataDir, st.Member, []string{st.Member + "=" + st.PeerURL}, c.Token, now)
 		if err != nil {
 			return kept, err
 		}

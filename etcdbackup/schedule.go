@@ -26,7 +26,9 @@ type Taker struct {
 	Retention Retention
 	// Scratch is a directory for the snapshot file while it is uploaded.
 	Scratch string
-	Log     *slog.Logger
+	// Tool checks each snapshot before it is stored (etcd's own etcdutl).
+	Tool SnapshotTool
+	Log  *slog.Logger
 }
 
 // Result says what one tick did.
@@ -69,7 +71,7 @@ func (t *Taker) Tick(ctx context.Context, cli *clientv3.Client, now time.Time) (
 		return res, nil
 	}
 	start := time.Now()
-	p, info, err := Take(ctx, cli, t.Endpoint, t.Scratch, t.Cluster, t.Member, now)
+	p, info, err := Take(ctx, t.Tool, cli, t.Endpoint, t.Scratch, t.Cluster, t.Member, now)
 	if err != nil {
 		return res, fmt.Errorf("etcd %s: %w", t.Cluster, err)
 	}

@@ -17,14 +17,12 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/etcdutl/v3/snapshot"
-	"go.uber.org/zap"
 )
 
 // Take streams a snapshot from the member at endpoint (client/v3 Snapshot) into
-// a file in dir and verifies it (etcd's own integrity check of the database and
-// the SHA-256 the stream ends with). The file's info is returned for Upload.
-func Take(ctx context.Context, cli *clientv3.Client, endpoint, dir, cluster, member string, now time.Time) (string, Info, error) {
+// a file in dir and verifies it (etcd's own integrity check of the database, by
+// tool). The file's info is returned for Upload.
+func Take(ctx context.Context, tool SnapshotTool, cli *clientv3.Client, endpoint, dir, cluster, member string, now time.Time) (string, Info, error) {
 	st, err := cli.Status(ctx, endpoint)
 	if err != nil {
 		return "", Info{}, fmt.Errorf("status of %s: %w", endpoint, err)
@@ -47,7 +45,7 @@ func Take(ctx context.Context, cli *clientv3.Client, endpoint, dir, cluster, mem
 		os.Remove(p)
 		return "", Info{}, fmt.Errorf("snapshot of %s: %w", endpoint, err)
 	}
-	ds, err := Verify(p)
+	ds, err := Verify(ctx, tool, p)
 	if err != nil {
 		os.Remove(p)
 		return "", Info{}, err
@@ -65,8 +63,8 @@ func Take(ctx context.Context, cli *clientv3.Client, endpoint, dir, cluster, mem
 
 // Verify checks a snapshot file as etcd's restore would read it: the database's
 // own integrity check, and its revision and key count.
-func Verify(p string) (snapshot.Status, error) {
-	ds, err := snapshot.NewV3(zap.NewNop()).Status(p)
+func Verify(ctx context.Context, tool SnapshotTool, p string) (Status, error) {
+	ds, err := tool.Status(ctx, p)
 	if err != nil {
 		return ds, fmt.Errorf("snapshot %s fails verification: %w", p, err)
 	}
@@ -78,7 +76,7 @@ func Verify(p string) (snapshot.Status, error) {
 // What dataDir held is kept: renamed to <dataDir>.before-restore-<time>, never
 // deleted. The restore is written beside it first and renamed into place, so a
 // failure leaves the old data where it was.
-func RestoreDataDir(snapshotPath, dataDir, name string, initialCluster []string, token string, now time.Time) (kept string, err error) {
+func RestoreDataDir(ctx context.Context, tool SnapshotTool, snapshotPath, dataDir, name string, initialCluster []string, token string, now time.Time) (kept string, err error) {
 	peerURL := ""
 	for _, m := range initialCluster {
 		if n, u, ok := strings.Cut(m, "="); ok && n == name {
@@ -93,9 +91,9 @@ func RestoreDataDir(snapshotPath, dataDir, name string, initialCluster []string,
 	if err := os.RemoveAll(fresh); err != nil { // a partial restore of ours from an earlier attempt
 		return "", err
 	}
-	if err := snapshot.NewV3(zap.NewNop()).Restore(snapshot.RestoreConfig{
-		SnapshotPath: snapshotPath, Name: name, OutputDataDir: fresh, PeerURLs: []string{peerURL},
-		InitialCluster: strings.Join(initialCluster, ","), InitialClusterToken: token,
+	if err := tool.Restore(ctx, RestoreConfig{
+		Snapshot: snapshotPath, Name: name, DataDir: fresh, PeerURL: peerURL,
+		InitialCluster: strings.Join(initialCluster, ","), Token: token,
 	}); err != nil {
 		os.RemoveAll(fresh)
 		return "", fmt.Errorf("restore %s into %s: %w", snapshotPath, fresh, err)
@@ -131,7 +129,7 @@ type RestoreCommand struct {
 
 // RequestRestore resolves which ("latest" or a time) to a complete backup that
 // verifies, and writes the command object every master follows.
-func (s *Store) RequestRestore(ctx context.Context, cluster, which, member, scratch string, now time.Time) (RestoreCommand, []error, error) {
+func (s *Store) RequestRestore(ctx context.Context, tool SnapshotTool, cluster, which, member, scratch string, now time.Time) (RestoreCommand, []error, error) {
 	if member == "" {
 		return RestoreCommand{}, nil, errors.New("restore: no member named to restore the backup")
 	}
@@ -141,7 +139,7 @@ func (s *Store) RequestRestore(ctx context.Context, cluster, which, member, scra
 		return RestoreCommand{}, refused, err
 	}
 	defer os.Remove(dst)
-	if _, err := Verify(dst); err != nil {
+	if _, err := Verify(ctx, tool, dst); err != nil {
 		return RestoreCommand{}, refused, fmt.Errorf("backup %s: %w", b.Name(), err)
 	}
 	id := now.UTC().Format("20060102T150405Z")

@@ -123,7 +123,7 @@ type inputs struct {
 	nodeName     string
 	nodeIP       net.IP
 	controlPlane bool
-	etcdVersion  string
+	etcdImage    string
 	etcd         []etcdInput
 	// conntrackMaxPerCore is spec.kubeProxy.conntrackMaxPerCore ("": kube-proxy's default).
 	conntrackMaxPerCore string
@@ -195,12 +195,9 @@ func resolve(o Options) (*inputs, error) {
 			errs = append(errs, err)
 		}
 		in.etcd = etcd
-		in.etcdVersion = config.DefaultEtcdVersion
-		if s.Etcd != nil && s.Etcd.Version != "" {
-			in.etcdVersion = s.Etcd.Version
-		}
-		if !imageTag().MatchString(in.etcdVersion) {
-			bad("spec.etcd.version %q is not usable as an image tag (e.g. 3.5.16-0)", in.etcdVersion)
+		in.etcdImage = EtcdImage(s)
+		if _, tag, _ := strings.Cut(strings.TrimPrefix(in.etcdImage, in.registry+"/"), ":"); !imageTag().MatchString(tag) {
+			bad("spec.etcd.version %q is not usable as an image tag (e.g. 3.5.16-0)", s.Etcd.Version)
 		}
 	}
 	if len(errs) > 0 {
@@ -331,6 +328,17 @@ func checkMember(m EtcdMember) error {
 
 func (in *inputs) image(name, tag string) string { return in.registry + "/" + name + ":" + tag }
 
+// EtcdImage is the image the etcd static pods run: spec.images.registry's
+// etcd at spec.etcd.version (or their defaults). Its etcdutl checks and
+// restores that etcd's snapshots.
+func EtcdImage(s config.Spec) string {
+	v := config.DefaultEtcdVersion
+	if s.Etcd != nil && s.Etcd.Version != "" {
+		v = s.Etcd.Version
+	}
+	return strings.TrimSuffix(orDefault(s.Images.Registry, config.DefaultRegistry), "/") + "/etcd:" + v
+}
+
 func (in *inputs) etcdPod(e etcdInput) *corev1.Pod {
 	host := func(member string) string { return config.EtcdMemberHost(e.Cluster, member, in.clusterName) }
 	peers := make([]string, len(e.Members))
@@ -375,7 +383,7 @@ func (in *inputs) etcdPod(e etcdInput) *corev1.Pod {
 	name := EtcdPodName(e.Cluster)
 	c := corev1.Container{
 		Name:      "etcd",
-		Image:     in.image("etcd", in.etcdVersion),
+		Image:     in.etcdImage,
 		Command:   cmd,
 		Resources: requests(cpu, "100Mi"),
 		Ports: []corev1.ContainerPort{

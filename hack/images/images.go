@@ -82,6 +82,16 @@ func componentImage(ref, bin, name string) (imagearchive.Image, error) {
 	return binaryImage(ref, bin, "/usr/local/bin", name)
 }
 
+// etcdImage is etcd and, beside it as in etcd's release images, etcdutl of the
+// same version: nodeagent runs the image's etcdutl to check snapshots and to
+// restore them.
+func etcdImage(ref, etcd, etcdutl string) (imagearchive.Image, error) {
+	if err := staticBinary(etcdutl); err != nil {
+		return imagearchive.Image{}, fmt.Errorf("image %s: %w", ref, err)
+	}
+	return binaryImage(ref, etcd, "/usr/local/bin", "etcd", imagearchive.HostFile(etcdutl, "/usr/local/bin/etcdutl", 0o755))
+}
+
 // kubeProxyImage is kube-proxy plus the netfilter tools it runs in iptables mode.
 func kubeProxyImage(ref, bin string) (imagearchive.Image, error) {
 	tools, err := netfilterTools()

@@ -38,7 +38,7 @@ tarball per image, loadable with ` + "`ctr -n k8s.io images import FILE`" + ` (n
 
   pause                    registry.k8s.io/pause:3.10   /pause (built from hack/images/pause)
   hello                    nodeagent.test/hello:1       /usr/local/bin/hello: answers its pod IP on :8080
-  etcd                     registry.k8s.io/etcd:TAG     /usr/local/bin/etcd (from -etcd)
+  etcd                     registry.k8s.io/etcd:TAG     /usr/local/bin/etcd and etcdutl (from -etcd, -etcdutl)
   kube-apiserver,
   kube-controller-manager,
   kube-scheduler           registry.k8s.io/NAME:VERSION /usr/local/bin/NAME (from -k8s-dir)
@@ -55,7 +55,7 @@ Flags:
 `
 
 type options struct {
-	out, k8sDir, k8sVersion, etcd, etcdTag, registry, pauseTag, helloRef string
+	out, k8sDir, k8sVersion, etcd, etcdutl, etcdTag, registry, pauseTag, helloRef string
 	coredns, corednsTag, dnsprobeRef                                     string
 	only                                                                 []string
 	log                                                                  *slog.Logger
@@ -68,6 +68,7 @@ func main() {
 	flag.StringVar(&o.k8sDir, "k8s-dir", cache+"/k8s-v1.34.4", "directory holding static kube-apiserver, kube-controller-manager, kube-scheduler and kube-proxy")
 	flag.StringVar(&o.k8sVersion, "k8s-version", "v1.34.4", "tag of the Kubernetes images")
 	flag.StringVar(&o.etcd, "etcd", cache+"/etcd-v3.5.35", "static etcd binary")
+	flag.StringVar(&o.etcdutl, "etcdutl", cache+"/etcdutl-v3.5.35", "static etcdutl binary of the same etcd version (the agent runs it for snapshot checks and restores)")
 	flag.StringVar(&o.etcdTag, "etcd-tag", "3.5.35-0", "tag of the etcd image")
 	flag.StringVar(&o.registry, "registry", "registry.k8s.io", "registry part of the Kubernetes, etcd and pause references")
 	flag.StringVar(&o.pauseTag, "pause-tag", "3.10", "tag of the pause image")
@@ -188,8 +189,8 @@ func assemble(ctx context.Context, o options, name string) (string, imagearchive
 		return ref, img, hint(err, "hack/build-coredns.sh builds it; or pass -coredns FILE")
 	case "etcd":
 		ref := o.registry + "/etcd:" + o.etcdTag
-		img, err := componentImage(ref, o.etcd, "etcd")
-		return ref, img, hint(err, "hack/build-etcd.sh builds it; or pass -etcd FILE")
+		img, err := etcdImage(ref, o.etcd, o.etcdutl)
+		return ref, img, hint(err, "hack/build-etcd.sh builds etcd, ETCD_PROGRAM=etcdutl hack/build-etcd.sh etcdutl; or pass -etcd FILE -etcdutl FILE")
 	}
 	ref := o.registry + "/" + name + ":" + o.k8sVersion
 	bin := filepath.Join(o.k8sDir, name)
