@@ -56,9 +56,9 @@ Flags:
 
 type options struct {
 	out, k8sDir, k8sVersion, etcd, etcdutl, etcdTag, registry, pauseTag, helloRef string
-	coredns, corednsTag, dnsprobeRef                                     string
-	only                                                                 []string
-	log                                                                  *slog.Logger
+	coredns, corednsTag, dnsprobeRef                                              string
+	only                                                                          []string
+	log                                                                           *slog.Logger
 }
 
 func main() {
