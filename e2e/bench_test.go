@@ -94,8 +94,33 @@ func BenchmarkBootstrap(b *testing.B) {
 			}
 		}
 		fmt.Printf("FIGURE no-op re-run: %.0f ms wall, %.0f ms CPU   target <= 100 ms wall and CPU\n", float64(noop.Wall)/1e6, float64(noop.CPU)/1e6)
+		// NODEAGENT_BENCH_NOOP_GOGC=100,400 compares no-op runs (median of 7)
+		// under each GOGC given in the environment (which wins over the agent's
+		// own choice); "-" is the agent's own.
+		if v := os.Getenv("NODEAGENT_BENCH_NOOP_GOGC"); v != "" {
+			base := n.Env
+			for _, g := range strings.Split(v, ",") {
+				n.Env = base
+				if g != "-" {
+					n.Env = append(slices.Clone(base), "GOGC="+g)
+				}
+				var runs []testenv.Result
+				for range 7 {
+					r, err := n.RunMeasured(ctx, "bootstrap")
+					if err != nil || r.Code != 0 {
+						b.Fatalf("no-op bootstrap GOGC=%s: %v exit %d", g, err, r.Code)
+					}
+					runs = append(runs, r)
+				}
+				slices.SortFunc(runs, func(x, y testenv.Result) int { return cmp.Compare(x.Wall, y.Wall) })
+				fmt.Printf("FIGURE no-op re-run GOGC=%s (median of 7 by wall): %.0f ms wall, %.0f ms CPU, %.1f MiB peak RSS\n",
+					g, float64(runs[3].Wall)/1e6, float64(runs[3].CPU)/1e6, float64(runs[3].MaxRSS)/(1<<20))
+			}
+			n.Env = base
+		}
 		rss, anon, file, cpu := daemonIdle(ctx, b, n, 10*time.Second)
 		fmt.Printf("FIGURE daemon idle (nodeagent run on the booted worker): %.1f MiB RSS (%.1f anonymous, %.1f of the binary's pages), %.3f %% of a core over 10 s   target <= 25 MiB RSS\n", rss, anon, file, cpu)
+		printDaemonMappings(ctx, b, n)
 		b.ReportMetric(r.Wall.Seconds(), "bootstrap-wall-s")
 		b.ReportMetric(r.CPU.Seconds(), "bootstrap-cpu-s")
 		b.ReportMetric(float64(r.MaxRSS)/(1<<20), "peak-rss-MiB")
@@ -182,6 +207,48 @@ func unitStartDuration(ctx context.Context, b *testing.B, n *testenv.Node, unit 
 	}
 	// systemctl prints the properties in its own order: the larger is the entry.
 	return time.Duration(max(us[0], us[1])-min(us[0], us[1])) * time.Microsecond
+}
+
+// printDaemonMappings prints where the idle daemon's resident pages are, by
+// mapping (/proc/PID/smaps): the binary's code, read-only data and writable
+// data, and its anonymous memory (the Go heap, stacks and the runtime's own).
+func printDaemonMappings(ctx context.Context, b *testing.B, n *testenv.Node) {
+	b.Helper()
+	out, stderr, err := n.M.Exec(ctx, nil, "sh", "-c",
+		"p=$(systemctl show -p MainPID --value nodeagent.service); cat /proc/$p/smaps")
+	if err != nil {
+		b.Fatalf("daemon smaps: %v %s", err, stderr)
+	}
+	kib := map[string]float64{}
+	var order []string
+	cur := ""
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) >= 5 && strings.Contains(f[0], "-") && len(f[1]) == 4:
+			// A mapping's header: range perms offset dev inode [path].
+			what := "anonymous " + f[1]
+			if len(f) >= 6 {
+				what = f[5] + " " + f[1]
+				if strings.HasSuffix(f[5], "/nodeagent") {
+					what = "nodeagent " + f[1]
+				}
+			}
+			cur = what
+			if _, ok := kib[cur]; !ok {
+				order = append(order, cur)
+			}
+			kib[cur] += 0
+		case len(f) == 3 && f[0] == "Rss:" && cur != "":
+			v, _ := strconv.ParseFloat(f[1], 64)
+			kib[cur] += v
+		}
+	}
+	for _, k := range order {
+		if kib[k] >= 256 {
+			fmt.Printf("FIGURE daemon idle mapping %-28s %6.1f MiB resident\n", k, kib[k]/1024)
+		}
+	}
 }
 
 // daemonIdle returns the RSS (MiB) of nodeagent.service's process, its
