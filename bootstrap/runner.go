@@ -3,8 +3,8 @@ package bootstrap
 import (
 	"context"
 	"errors"
-
 	"log/slog"
+	"reflect"
 	"strings"
 	"sync"
 	"time"
@@ -72,56 +72,65 @@ func (r *Runner) RunHeld(ctx context.Context, phases []Phase) error {
 	}
 
 	// Each phase's outcome is written together with the next phase's start (or,
-	// after the last, the run's end): a converged run writes the state file once
-	// per phase, not twice.
+	// after the last, the run's end). A phase that found nothing to do, learned
+	// nothing and warns of nothing is not written on its own: its record goes
+	// with the next write. A converged run writes the state file twice (its
+	// start and its end) instead of once per phase; a crash in between leaves
+	// the record of the last phase that changed something, and the next run
+	// checks every phase again anyway.
 	started := start
 	finished := false
+	lag := &lagging{}
 	for i, p := range phases {
-		ps := r.runPhase(ctx, p, &facts, log, started)
+		before := facts.Clone()
+		ps := r.runPhase(ctx, p, &facts, log, started, lag)
 		if r.Observe != nil {
 			r.Observe(ps)
 		}
 		started = now()
-		_, werr := r.Store.Update(func(st *State) {
-			if cur := st.Phase(ps.Name); cur != nil {
-				*cur = ps
-			}
-			st.Facts = facts.Clone()
-			if rep, ok := p.(Reporter); ok {
-				rep.Report(st)
-			}
-			if ps.State == PhaseFailed || ps.State == PhaseWaiting {
-				st.Error = "phase " + ps.Name + ": " + firstLine(ps.Error)
+		lag.add(p, ps)
+		last := i+1 == len(phases)
+		quiet := ps.State == PhaseDone && !ps.Changed && len(ps.Warnings) == 0 && reflect.DeepEqual(before, facts)
+		if !quiet || last {
+			_, werr := r.Store.Update(func(st *State) {
+				lag.apply(st)
+				st.Facts = facts.Clone()
+				if ps.State == PhaseFailed || ps.State == PhaseWaiting {
+					st.Error = "phase " + ps.Name + ": " + firstLine(ps.Error)
+					st.FinishedAt = now()
+					if r.RecordBoot {
+						st.Boot = st.bootRecord(string(ps.State))
+					}
+					return
+				}
+				if !last {
+					if next := st.Phase(phases[i+1].Name()); next != nil {
+						*next = PhaseStatus{Name: next.Name, State: PhaseRunning, Started: started}
+					}
+					return
+				}
 				st.FinishedAt = now()
 				if r.RecordBoot {
-					st.Boot = st.bootRecord(string(ps.State))
+					st.Boot = st.bootRecord(string(PhaseDone))
 				}
-				return
+				finished = true
+			})
+			if werr == nil {
+				lag.written()
 			}
-			if i+1 < len(phases) {
-				if next := st.Phase(phases[i+1].Name()); next != nil {
-					*next = PhaseStatus{Name: next.Name, State: PhaseRunning, Started: started}
-				}
-				return
+			if werr != nil && (ps.State == PhaseFailed || ps.State == PhaseWaiting) {
+				// The phase's own error is what the run returns; the record's is logged.
+				log.Error("record phase outcome", "phase", ps.Name, "err", werr)
 			}
-			st.FinishedAt = now()
-			if r.RecordBoot {
-				st.Boot = st.bootRecord(string(PhaseDone))
+			switch ps.State {
+			case PhaseFailed:
+				return &PhaseError{Phase: ps.Name, Message: ps.Error}
+			case PhaseWaiting:
+				return &PhaseError{Phase: ps.Name, Message: ps.Error, Waiting: true}
 			}
-			finished = true
-		})
-		if werr != nil && (ps.State == PhaseFailed || ps.State == PhaseWaiting) {
-			// The phase's own error is what the run returns; the record's is logged.
-			log.Error("record phase outcome", "phase", ps.Name, "err", werr)
-		}
-		switch ps.State {
-		case PhaseFailed:
-			return &PhaseError{Phase: ps.Name, Message: ps.Error}
-		case PhaseWaiting:
-			return &PhaseError{Phase: ps.Name, Message: ps.Error, Waiting: true}
-		}
-		if werr != nil {
-			return werr
+			if werr != nil {
+				return werr
+			}
 		}
 		// gofail: var bootstrapBetweenPhases string
 		// failpointCrash("bootstrapBetweenPhases", bootstrapBetweenPhases, ps.Name)
@@ -141,7 +150,56 @@ func (r *Runner) RunHeld(ctx context.Context, phases []Phase) error {
 
 // runPhase runs one phase, recorded as running since started (by the caller,
 // in the same write as the phase before it).
-func (r *Runner) runPhase(ctx context.Context, p Phase, facts *Facts, log *slog.Logger, started time.Time) PhaseStatus {
+// lagging holds the outcomes of quiet phases (done, nothing changed, nothing
+// learned, no warnings) that RunHeld has not written yet: they go with the next
+// write of the state file, whoever makes it.
+type lagging struct {
+	mu   sync.Mutex
+	recs []lagged
+}
+
+type lagged struct {
+	p  Phase
+	ps PhaseStatus
+}
+
+func (l *lagging) add(p Phase, ps PhaseStatus) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.recs = append(l.recs, lagged{p, ps})
+}
+
+func (l *lagging) pending() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.recs) > 0
+}
+
+// apply writes the lagging outcomes into st (inside a StateStore.Update).
+func (l *lagging) apply(st *State) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, o := range l.recs {
+		if cur := st.Phase(o.ps.Name); cur != nil {
+			*cur = o.ps
+		}
+		if rep, ok := o.p.(Reporter); ok {
+			rep.Report(st)
+		}
+	}
+}
+
+// written forgets the outcomes an Update that applied them has stored.
+func (l *lagging) written() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.recs = nil
+}
+
+// runPhase runs one phase. Before the phase acts or reports progress, the
+// outcomes lag holds are written, with this phase as the running one, so that
+// status shows what the node is doing while it changes something.
+func (r *Runner) runPhase(ctx context.Context, p Phase, facts *Facts, log *slog.Logger, started time.Time, lag *lagging) PhaseStatus {
 	now := r.clock()
 	ps := PhaseStatus{Name: p.Name(), State: PhaseRunning, Started: started}
 	cpu0 := processCPU()
@@ -150,6 +208,13 @@ func (r *Runner) runPhase(ctx context.Context, p Phase, facts *Facts, log *slog.
 		progressMu   sync.Mutex // a phase may report from several goroutines
 		lastProgress string
 	)
+	// catchUp writes what lags and marks this phase running (inside an Update).
+	catchUp := func(st *State) {
+		lag.apply(st)
+		if cur := st.Phase(ps.Name); cur != nil && cur.State != PhaseRunning {
+			*cur = PhaseStatus{Name: ps.Name, State: PhaseRunning, Started: ps.Started}
+		}
+	}
 	ctx = withProgress(ctx, func(msg string) {
 		progressMu.Lock()
 		defer progressMu.Unlock()
@@ -158,11 +223,14 @@ func (r *Runner) runPhase(ctx context.Context, p Phase, facts *Facts, log *slog.
 		}
 		lastProgress = msg
 		if _, err := r.Store.Update(func(st *State) {
+			catchUp(st)
 			if cur := st.Phase(ps.Name); cur != nil && cur.State == PhaseRunning {
 				cur.Progress = msg
 			}
 		}); err != nil {
 			log.Warn("record progress", "err", err)
+		} else {
+			lag.written()
 		}
 	})
 	fail := func(step string, err error) PhaseStatus {
@@ -192,6 +260,15 @@ func (r *Runner) runPhase(ctx context.Context, p Phase, facts *Facts, log *slog.
 		ps.Changed = true
 		ps.Changes = changes
 		log.Info("phase acting", "changes", len(changes))
+		if lag.pending() {
+			progressMu.Lock()
+			if _, err := r.Store.Update(catchUp); err != nil {
+				log.Warn("record the phases before this one", "err", err)
+			} else {
+				lag.written()
+			}
+			progressMu.Unlock()
+		}
 		if err := p.Act(ctx); err != nil {
 			return fail("act", err)
 		}

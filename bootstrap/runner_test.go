@@ -3,6 +3,7 @@ package bootstrap
 import (
 	"context"
 	"errors"
+	"os"
 	"strings"
 	"testing"
 )
@@ -162,5 +163,91 @@ func TestBootTimelineIsKept(t *testing.T) {
 	st, _ = store.Load()
 	if !st.Boot.StartedAt.Equal(first.StartedAt) || st.StartedAt.Equal(first.StartedAt) {
 		t.Errorf("a reconcile run replaced the boot's timeline: %+v", st.Boot)
+	}
+}
+
+// watchPhase is a filePhase that, when it acts, records what the state file
+// says at that moment and the file's identity (every write renames a new file
+// into place).
+type watchPhase struct {
+	filePhase
+	store StateStore
+	seen  *State
+}
+
+func (p *watchPhase) Act(ctx context.Context) error {
+	st, err := p.store.Load()
+	if err != nil {
+		return err
+	}
+	p.seen = st
+	return p.filePhase.Act(ctx)
+}
+
+// A converged run writes the state file at its start and its end, not once per
+// phase; when a later phase has something to do, the phases before it are
+// recorded done, and it running, before it acts.
+func TestQuietPhasesAreRecordedWithTheNextWrite(t *testing.T) {
+	store := StateStore{Dir: t.TempDir()}
+	var a, b, c, d string
+	phases := []Phase{
+		&filePhase{name: "a", have: &a, want: "A"},
+		&filePhase{name: "b", have: &b, want: "B"},
+		&filePhase{name: "c", have: &c, want: "C"},
+		&filePhase{name: "d", have: &d, want: "D"},
+	}
+	r := &Runner{Store: store}
+	if err := r.Run(context.Background(), phases); err != nil {
+		t.Fatal(err)
+	}
+	// Count the writes over a converged run: every write changes the file
+	// (timestamps, records), so each phase's end sees which version is there.
+	version := func() string {
+		b, err := os.ReadFile(store.Path())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	seen := map[string]bool{version(): true}
+	r.Observe = func(PhaseStatus) { seen[version()] = true }
+	if err := r.Run(context.Background(), phases); err != nil {
+		t.Fatal(err)
+	}
+	seen[version()] = true
+	// Versions seen: the one before the run, the run's start, and its end.
+	if writes := len(seen) - 1; writes != 2 {
+		t.Errorf("a converged run of 4 phases wrote the state file %d times, want 2 (its start and its end)", writes)
+	}
+	st, err := store.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.AllDone() || st.FinishedAt.IsZero() {
+		t.Fatalf("after a converged run: %+v", st)
+	}
+	for _, ps := range st.Phases {
+		if ps.Changed || ps.Started.IsZero() {
+			t.Errorf("phase %s recorded %+v", ps.Name, ps)
+		}
+	}
+
+	// Drift in c: a and b are on record as done, c as running, when c acts.
+	c = "drifted"
+	w := &watchPhase{filePhase: filePhase{name: "c", have: &c, want: "C"}, store: store}
+	phases[2] = w
+	if err := r.Run(context.Background(), phases); err != nil {
+		t.Fatal(err)
+	}
+	if w.seen == nil {
+		t.Fatal("c did not act")
+	}
+	for name, want := range map[string]PhaseState{"a": PhaseDone, "b": PhaseDone, "c": PhaseRunning, "d": PhasePending} {
+		if got := w.seen.Phase(name).State; got != want {
+			t.Errorf("while c acts, phase %s is on record as %s, want %s", name, got, want)
+		}
+	}
+	if st, err := store.Load(); err != nil || !st.AllDone() || !st.Phase("c").Changed || st.Phase("b").Changed {
+		t.Errorf("after the repair: %+v %v", st, err)
 	}
 }

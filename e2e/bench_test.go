@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/util/wait"
+
 	"github.com/nodeagent/nodeagent/awsemu"
 	"github.com/nodeagent/nodeagent/internal/testenv"
 )
@@ -117,6 +119,17 @@ func BenchmarkBootstrap(b *testing.B) {
 					g, float64(runs[3].Wall)/1e6, float64(runs[3].CPU)/1e6, float64(runs[3].MaxRSS)/(1<<20))
 			}
 			n.Env = base
+		}
+		// NODEAGENT_BENCH_HOLD=FILE keeps the booted worker until FILE is gone,
+		// to profile it by hand (its machine name is printed).
+		if hold := os.Getenv("NODEAGENT_BENCH_HOLD"); hold != "" {
+			fmt.Printf("HOLD machine %s (leader PID %d, agent env %q) until %s is removed\n", n.M.Name, n.M.Leader, n.Env, hold)
+			if err := wait.PollUntilContextTimeout(ctx, time.Second, time.Hour, true, func(context.Context) (bool, error) {
+				_, err := os.Stat(hold)
+				return os.IsNotExist(err), nil
+			}); err != nil {
+				b.Fatalf("hold: %v", err)
+			}
 		}
 		rss, anon, file, cpu := daemonIdle(ctx, b, n, 10*time.Second)
 		fmt.Printf("FIGURE daemon idle (nodeagent run on the booted worker): %.1f MiB RSS (%.1f anonymous, %.1f of the binary's pages), %.3f %% of a core over 10 s   target <= 25 MiB RSS\n", rss, anon, file, cpu)
