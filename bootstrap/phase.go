@@ -47,6 +47,14 @@ type Reporter interface {
 	Report(st *State)
 }
 
+// RecordReader is implemented by phases that read the outcomes of the phases
+// before them from the state file (readiness: every phase done). The runner
+// writes the outcomes it holds back (see Runner.RunHeld) before such a phase
+// runs.
+type RecordReader interface {
+	ReadsRecord()
+}
+
 // WaitError is how a phase says it cannot finish yet because it waits on
 // something outside this node (a master on its peers for etcd quorum), not
 // because something here is broken. The runner records the phase as waiting, not

@@ -74,14 +74,26 @@ func (r *Runner) RunHeld(ctx context.Context, phases []Phase) error {
 	// Each phase's outcome is written together with the next phase's start (or,
 	// after the last, the run's end). A phase that found nothing to do, learned
 	// nothing and warns of nothing is not written on its own: its record goes
-	// with the next write. A converged run writes the state file twice (its
-	// start and its end) instead of once per phase; a crash in between leaves
-	// the record of the last phase that changed something, and the next run
-	// checks every phase again anyway.
+	// with the next write, or before a phase that reads the record
+	// (RecordReader). A converged run writes the state file two or three times
+	// (its start, before readiness, its end) instead of once per phase; a crash
+	// in between leaves the record of the last phase that changed something,
+	// and the next run checks every phase again anyway.
 	started := start
 	finished := false
 	lag := &lagging{}
 	for i, p := range phases {
+		if _, ok := p.(RecordReader); ok && lag.pending() {
+			if _, err := r.Store.Update(func(st *State) {
+				lag.apply(st)
+				if cur := st.Phase(p.Name()); cur != nil {
+					*cur = PhaseStatus{Name: cur.Name, State: PhaseRunning, Started: started}
+				}
+			}); err != nil {
+				return err
+			}
+			lag.written()
+		}
 		before := facts.Clone()
 		ps := r.runPhase(ctx, p, &facts, log, started, lag)
 		if r.Observe != nil {

@@ -184,17 +184,44 @@ func (p *watchPhase) Act(ctx context.Context) error {
 	return p.filePhase.Act(ctx)
 }
 
+// readerPhase reads the record as readiness does: in Check, every phase
+// before it must be on record as done.
+type readerPhase struct {
+	store  StateStore
+	before []string
+	seen   []PhaseState
+}
+
+func (p *readerPhase) Name() string { return "reader" }
+func (p *readerPhase) ReadsRecord() {}
+func (p *readerPhase) Check(context.Context) ([]Change, error) {
+	st, err := p.store.Load()
+	if err != nil {
+		return nil, err
+	}
+	p.seen = p.seen[:0]
+	for _, n := range p.before {
+		p.seen = append(p.seen, st.Phase(n).State)
+	}
+	return nil, nil
+}
+func (p *readerPhase) Act(context.Context) error    { return nil }
+func (p *readerPhase) Verify(context.Context) error { return nil }
+
 // A converged run writes the state file at its start and its end, not once per
 // phase; when a later phase has something to do, the phases before it are
-// recorded done, and it running, before it acts.
+// recorded done, and it running, before it acts; a phase that reads the record
+// (readiness) finds the phases before it on record.
 func TestQuietPhasesAreRecordedWithTheNextWrite(t *testing.T) {
 	store := StateStore{Dir: t.TempDir()}
 	var a, b, c, d string
+	reader := &readerPhase{store: store, before: []string{"a", "b", "c", "d"}}
 	phases := []Phase{
 		&filePhase{name: "a", have: &a, want: "A"},
 		&filePhase{name: "b", have: &b, want: "B"},
 		&filePhase{name: "c", have: &c, want: "C"},
 		&filePhase{name: "d", have: &d, want: "D"},
+		reader,
 	}
 	r := &Runner{Store: store}
 	if err := r.Run(context.Background(), phases); err != nil {
@@ -215,9 +242,15 @@ func TestQuietPhasesAreRecordedWithTheNextWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	seen[version()] = true
-	// Versions seen: the one before the run, the run's start, and its end.
-	if writes := len(seen) - 1; writes != 2 {
-		t.Errorf("a converged run of 4 phases wrote the state file %d times, want 2 (its start and its end)", writes)
+	// Versions seen: the one before the run, the run's start, the record of
+	// a–d before the reader runs, and the run's end.
+	if writes := len(seen) - 1; writes != 3 {
+		t.Errorf("a converged run of 5 phases wrote the state file %d times, want 3 (its start, before the reader, its end)", writes)
+	}
+	for i, st := range reader.seen {
+		if st != PhaseDone {
+			t.Errorf("the reader found phase %s on record as %s, want done", reader.before[i], st)
+		}
 	}
 	st, err := store.Load()
 	if err != nil {
@@ -242,7 +275,7 @@ func TestQuietPhasesAreRecordedWithTheNextWrite(t *testing.T) {
 	if w.seen == nil {
 		t.Fatal("c did not act")
 	}
-	for name, want := range map[string]PhaseState{"a": PhaseDone, "b": PhaseDone, "c": PhaseRunning, "d": PhasePending} {
+	for name, want := range map[string]PhaseState{"a": PhaseDone, "b": PhaseDone, "c": PhaseRunning, "d": PhasePending, "reader": PhasePending} {
 		if got := w.seen.Phase(name).State; got != want {
 			t.Errorf("while c acts, phase %s is on record as %s, want %s", name, got, want)
 		}

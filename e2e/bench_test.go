@@ -47,10 +47,22 @@ func BenchmarkBootstrap(b *testing.B) {
 		// Let the daemon bootstrap started finish its first reconcile, so the no-op
 		// run does not wait for its lock.
 		waitDaemon(b, n)
-		noop, err := n.RunMeasured(ctx, "bootstrap")
-		if err != nil || noop.Code != 0 {
-			b.Fatalf("no-op bootstrap: %v exit %d", err, noop.Code)
+		// A converged run, seven times: the median by wall time is the figure.
+		var noops []testenv.Result
+		for range 7 {
+			r, err := n.RunMeasured(ctx, "bootstrap")
+			if err != nil || r.Code != 0 {
+				b.Fatalf("no-op bootstrap: %v exit %d", err, r.Code)
+			}
+			noops = append(noops, r)
 		}
+		slices.SortFunc(noops, func(x, y testenv.Result) int { return cmp.Compare(x.Wall, y.Wall) })
+		noop := noops[3]
+		cpus := make([]time.Duration, len(noops))
+		for i, r := range noops {
+			cpus[i] = r.CPU
+		}
+		slices.Sort(cpus)
 		// Where a no-op run's time goes outside the phases: a run at debug
 		// level logs the config load's steps; the machines share the host's
 		// clock, so each line is placed from the run's start.
@@ -69,7 +81,7 @@ func BenchmarkBootstrap(b *testing.B) {
 			ver = append(ver, v)
 		}
 		slices.SortFunc(ver, func(x, y testenv.Result) int { return cmp.Compare(x.Wall, y.Wall) })
-		fmt.Printf("FIGURE process start (nodeagent version in the machine, median of 5): %.0f ms wall, %.0f ms CPU, %.1f MiB peak RSS (the agent's own, GNU time)\n",
+		fmt.Printf("FIGURE process start (nodeagent version in the machine, median of 5): %.0f ms wall, %.0f ms CPU, %.1f MiB peak RSS (the agent's own, measured in the node)\n",
 			float64(ver[2].Wall)/1e6, float64(ver[2].CPU)/1e6, float64(ver[2].MaxRSS)/(1<<20))
 		if f := os.Getenv("NODEAGENT_BENCH_NOOP_LOG"); f != "" {
 			if err := os.WriteFile(f, fmt.Appendf(nil, "start=%s wall=%s cpu=%s\n%s", noop.Start.Format(time.RFC3339Nano), noop.Wall, noop.CPU, noop.Stderr), 0o644); err != nil {
@@ -95,7 +107,8 @@ func BenchmarkBootstrap(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		fmt.Printf("FIGURE no-op re-run: %.0f ms wall, %.0f ms CPU   target <= 100 ms wall and CPU\n", float64(noop.Wall)/1e6, float64(noop.CPU)/1e6)
+		fmt.Printf("FIGURE no-op re-run (the agent's own, measured in the node; median of 7): %.0f ms wall, %.0f ms CPU (wall %.0f–%.0f, CPU %.0f–%.0f)   target <= 100 ms wall and CPU\n",
+			float64(noop.Wall)/1e6, float64(cpus[3])/1e6, float64(noops[0].Wall)/1e6, float64(noops[6].Wall)/1e6, float64(cpus[0])/1e6, float64(cpus[6])/1e6)
 		// NODEAGENT_BENCH_NOOP_GOGC=100,400 compares no-op runs (median of 7)
 		// under each GOGC given in the environment (which wins over the agent's
 		// own choice); "-" is the agent's own.
@@ -138,7 +151,7 @@ func BenchmarkBootstrap(b *testing.B) {
 		b.ReportMetric(r.CPU.Seconds(), "bootstrap-cpu-s")
 		b.ReportMetric(float64(r.MaxRSS)/(1<<20), "peak-rss-MiB")
 		b.ReportMetric(noop.Wall.Seconds(), "noop-wall-s")
-		b.ReportMetric(noop.CPU.Seconds(), "noop-cpu-s")
+		b.ReportMetric(cpus[3].Seconds(), "noop-cpu-s")
 		b.ReportMetric(float64(noop.MaxRSS)/(1<<20), "noop-peak-rss-MiB")
 		b.ReportMetric(n.M.BootDuration.Seconds(), "machine-boot-s")
 		if fi, err := os.Stat(builtAgent); err == nil {
