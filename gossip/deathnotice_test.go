@@ -1,0 +1,144 @@
+package gossip
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"k8s.io/apimachinery/pkg/util/wait"
+)
+
+// startWithAliveFilter starts n with memberlist's alive delegate set to
+// filter: an alive message it refuses is, to that node, a message it never
+// received.
+func (n *testNode) startWithAliveFilter(t *testing.T, seeds []string, filter func(*memberlist.Node) error) {
+	t.Helper()
+	n.cfg.Seeds = StaticSeeds(seeds)
+	a, err := newAgent(n.cfg)
+	if err != nil {
+		t.Fatalf("start %s: %v", n.cfg.NodeName, err)
+	}
+	a.aliveFilter = filter
+	if err := a.start(t.Context()); err != nil {
+		t.Fatalf("start %s: %v", n.cfg.NodeName, err)
+	}
+	n.agent = a
+	n.owner.Cleanup(func() { a.halt() })
+}
+
+// pollUntil polls cond every 20 ms until it returns nil, failing the test
+// with cond's last error after timeout; it returns how long it took.
+func pollUntil(t *testing.T, timeout time.Duration, what string, cond func() error) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var last error
+	err := wait.PollUntilContextTimeout(t.Context(), 20*time.Millisecond, timeout, true, func(context.Context) (bool, error) {
+		last = cond()
+		return last == nil, nil
+	})
+	if err != nil {
+		t.Fatalf("%s: not within %v: %v", what, timeout, errors.Join(err, last))
+	}
+	return time.Since(start)
+}
+
+// goneFrom says whether the agent no longer reports name as a live node: not
+// alive in Members, none of its names in Hosts or in the hosts file.
+func goneFrom(t *testing.T, n *testNode, name string, names []string) error {
+	if m, ok := memberState(n.agent, name); ok && m.State == StateAlive {
+		return fmt.Errorf("%s still reports %s alive (incarnation %d)", n.cfg.NodeName, name, m.Incarnation)
+	}
+	hosts, file := n.agent.Hosts(), readHostsBlock(t, n.hosts)
+	for _, h := range append([]string{name}, names...) {
+		if _, ok := hosts[h]; ok {
+			return fmt.Errorf("%s's Hosts still holds %s", n.cfg.NodeName, h)
+		}
+		if _, ok := file[h]; ok {
+			return fmt.Errorf("%s's hosts file still holds %s", n.cfg.NodeName, h)
+		}
+	}
+	return nil
+}
+
+// TestHardKillKnownDeadByHoldersOfANewerRecord is memberlist's stale
+// incarnation problem (README, "Gossip ring at scale"), made deterministic
+// with four agents. memberlist drops a suspicion or death whose incarnation
+// is older than the receiver's record of the node; a prober suspects with its
+// own view. So a node that heard the victim's last update, when the prober did
+// not, ignores the victim's death until it probes the victim itself: in a
+// ring of N that is up to N probe periods (N=1000: minutes).
+//
+// Here the prober refuses (its alive delegate) the victim's last update, so it
+// holds the victim one record behind; the two holders heard it, and probe
+// nobody (an hour's probe interval: in a large ring their turn to probe the
+// victim is far away). The victim is then killed without a leave. Every live
+// agent must report it gone within a few probe periods plus the suspicion
+// timeout.
+func TestHardKillKnownDeadByHoldersOfANewerRecord(t *testing.T) {
+	key := []byte("0123456789abcdef")
+	api := "api.internal." + testCluster
+	victim := newTestNode(t, 40, key, "ControlPlane", api)
+	prober := newTestNode(t, 41, key, "Node")
+	holders := []*testNode{newTestNode(t, 42, key, "Node"), newTestNode(t, 43, key, "Node")}
+	for _, h := range holders {
+		h.cfg.Tuning = &Tuning{ProbeInterval: time.Hour}
+	}
+	all := append([]*testNode{victim, prober}, holders...)
+	var seeds []string
+	for _, n := range all {
+		seeds = append(seeds, n.addr())
+	}
+	// behind, once set, is the newest record of the victim the prober takes.
+	var behind atomic.Uint64
+	prober.startWithAliveFilter(t, seeds, func(n *memberlist.Node) error {
+		if n.Name != victim.cfg.NodeName || behind.Load() == 0 {
+			return nil
+		}
+		if md, err := decodeMeta(n.Meta, testCluster); err == nil && md.Incarnation > behind.Load() {
+			return fmt.Errorf("test: the prober missed record %d", md.Incarnation)
+		}
+		return nil
+	})
+	for _, n := range []*testNode{victim, holders[0], holders[1]} {
+		n.start(t, seeds)
+	}
+	pollUntil(t, 10*time.Second, "ring converges", allHostsEqual(t, all, expectedHosts(all)))
+
+	// The victim's last update reaches the holders, not the prober.
+	old, _ := memberState(prober.agent, victim.cfg.NodeName)
+	behind.Store(old.Incarnation)
+	victim.agent.SetReady(true)
+	pollUntil(t, 5*time.Second, "the holders hold the victim's newer record", func() error {
+		for _, h := range holders {
+			if m, _ := memberState(h.agent, victim.cfg.NodeName); m.Incarnation <= old.Incarnation {
+				return fmt.Errorf("%s holds the victim at record %d", h.cfg.NodeName, m.Incarnation)
+			}
+		}
+		return nil
+	})
+	if m, _ := memberState(prober.agent, victim.cfg.NodeName); m.Incarnation != old.Incarnation || m.Ready {
+		t.Fatalf("the prober holds the victim at record %d (ready %v), want %d: the premise failed", m.Incarnation, m.Ready, old.Incarnation)
+	}
+
+	if err := victim.agent.halt(); err != nil {
+		t.Fatal(err)
+	}
+	live := []*testNode{prober, holders[0], holders[1]}
+	// Detection by the prober (it probes each of 3 peers in turn: ≤ 3 probe
+	// periods + the probe timeout), the suspicion timeout (1 s at N=4), a few
+	// gossip rounds and a confirmation by the holders (a probe period + two
+	// probe timeouts): ~4.1 s, so 6 s. Without a fix the holders never learn.
+	took := pollUntil(t, 6*time.Second, "the killed node gone on every live agent", func() error {
+		for _, n := range live {
+			if err := goneFrom(t, n, victim.cfg.NodeName, victim.cfg.Names); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	t.Logf("hard-killed node gone on every live agent %v after the kill", took)
+}
