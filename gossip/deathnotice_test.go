@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -124,15 +126,19 @@ func TestHardKillKnownDeadByHoldersOfANewerRecord(t *testing.T) {
 		t.Fatalf("the prober holds the victim at record %d (ready %v), want %d: the premise failed", m.Incarnation, m.Ready, old.Incarnation)
 	}
 
-	if err := victim.agent.halt(); err != nil {
-		t.Fatal(err)
-	}
+	// halt closes the sockets at once, then waits for the agent's loops (the
+	// victim's update may wait up to 5 s for its broadcast): the clock runs
+	// from the call, and the poll does not wait for its return.
+	killed := time.Now()
+	halted := make(chan error, 1)
+	go func() { halted <- victim.agent.halt() }()
 	live := []*testNode{prober, holders[0], holders[1]}
 	// Detection by the prober (it probes each of 3 peers in turn: ≤ 3 probe
-	// periods + the probe timeout), the suspicion timeout (1 s at N=4), a few
-	// gossip rounds and a confirmation by the holders (a probe period + two
-	// probe timeouts): ~4.1 s, so 6 s. Without a fix the holders never learn.
-	took := pollUntil(t, 6*time.Second, "the killed node gone on every live agent", func() error {
+	// periods + the probe timeout), the suspicion timeout (1 s at N=4), a
+	// gossip round and the holders' confirmation (two gossip intervals and
+	// two probe timeouts): ~3.8 s, so 6 s. Without death notices the holders
+	// never learn: they do not probe.
+	pollUntil(t, 6*time.Second-time.Since(killed), "the killed node gone on every live agent", func() error {
 		for _, n := range live {
 			if err := goneFrom(t, n, victim.cfg.NodeName, victim.cfg.Names); err != nil {
 				return err
@@ -140,5 +146,84 @@ func TestHardKillKnownDeadByHoldersOfANewerRecord(t *testing.T) {
 		}
 		return nil
 	})
-	t.Logf("hard-killed node gone on every live agent %v after the kill", took)
+	t.Logf("hard-killed node gone on every live agent %v after the kill", time.Since(killed).Round(time.Millisecond))
+	if err := <-halted; err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range holders {
+		if c := h.agent.DeathNoticeCounts(); c.Confirmed == 0 {
+			t.Errorf("%s's notice counts %+v: it should have confirmed the death by its own ping", h.cfg.NodeName, c)
+		}
+	}
+	if c := prober.agent.DeathNoticeCounts(); c.Sent == 0 {
+		t.Errorf("the prober's notice counts %+v: its memberlist declared the death, it should have sent a notice", c)
+	}
+	if err := allHostsEqual(t, live, expectedHosts(live))(); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("a notice about a node that answers changes nothing", func(t *testing.T) {
+		h := holders[0]
+		before := h.agent.DeathNoticeCounts().Refuted
+		h.agent.handleNotice(notice{Node: prober.cfg.NodeName, Addr: prober.addr(), Incarnation: 1})
+		pollUntil(t, 5*time.Second, "the notice refuted by a ping", func() error {
+			if c := h.agent.DeathNoticeCounts(); c.Refuted == before {
+				return fmt.Errorf("notice counts %+v", c)
+			}
+			return nil
+		})
+		if m, _ := memberState(h.agent, prober.cfg.NodeName); m.State != StateAlive {
+			t.Fatalf("%s reports the live prober %s", h.cfg.NodeName, m.State)
+		}
+		if err := allHostsEqual(t, live, expectedHosts(live))(); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("the victim restarted is alive again everywhere", func(t *testing.T) {
+		victim.start(t, seeds)
+		took := pollUntil(t, 10*time.Second, "the restarted node back on every agent", allHostsEqual(t, all, expectedHosts(all)))
+		t.Logf("restarted node back in every hosts file after %v", took)
+		for _, n := range live {
+			if m, _ := memberState(n.agent, victim.cfg.NodeName); m.State != StateAlive {
+				t.Errorf("%s reports the restarted node %s", n.cfg.NodeName, m.State)
+			}
+		}
+	})
+}
+
+// TestNoticeEncoding: a notice survives its encoding, and what is not one is
+// refused with a reason, not half-read.
+func TestNoticeEncoding(t *testing.T) {
+	in := notice{Node: "node-1", Addr: net.JoinHostPort("10.0.1.7", "3999"), Incarnation: 7}
+	b, err := in.encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := decodeNotice(b)
+	if err != nil || out != in {
+		t.Fatalf("decode(encode(%+v)) = %+v, %v", in, out, err)
+	}
+	encoded := func(n notice) []byte {
+		b, err := n.encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	for name, bad := range map[string][]byte{
+		"empty":           nil,
+		"unknown kind":    append([]byte{'X'}, b[1:]...),
+		"truncated":       b[:len(b)-2],
+		"unknown field":   []byte(`D{"n":"node-1","a":"10.0.0.1:3999","secret":"x"}`),
+		"bad node name":   encoded(notice{Node: "Bad Name", Addr: "10.0.0.1:3999"}),
+		"host name addr":  encoded(notice{Node: "node-1", Addr: "example.com:3999"}),
+		"no port":         encoded(notice{Node: "node-1", Addr: "10.0.0.1"}),
+		"name too long":   encoded(notice{Node: string(slices.Repeat([]byte("a"), 300)), Addr: "10.0.0.1:3999"}),
+		"trailing values": append(slices.Clone(b), []byte(`{}`)...),
+	} {
+		if n, err := decodeNotice(bad); err == nil {
+			t.Errorf("%s: decoded as %+v", name, n)
+		}
+	}
 }
