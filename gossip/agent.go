@@ -188,7 +188,7 @@ func newAgent(c Config) (*Agent, error) {
 			RetransmitMult: tune.RetransmitMult,
 		},
 		seen:     map[string]seenNotice{},
-		checking: map[string]bool{},
+		checking: map[string]*nodeCheck{},
 		slots:    make(chan struct{}, maxNoticeChecks),
 	}
 	if c.Keyring != nil {
@@ -701,7 +701,7 @@ type events Agent
 func (e *events) NotifyJoin(n *memberlist.Node) {
 	a := (*Agent)(e)
 	a.events[EventJoin].Add(1)
-	a.observe(n, StateAlive)
+	a.observeJoin(n)
 	a.log.Debug("gossip member joined", "node", n.Name, "addr", n.Addr.String())
 }
 
@@ -727,6 +727,28 @@ func (e *events) NotifyLeave(n *memberlist.Node) {
 // decode (a newer agent, a corrupt peer) leaves Role and Names empty, so nothing
 // unsafe reaches the hosts file.
 func (a *Agent) observe(n *memberlist.Node, state string) viewMember {
+	return a.record(n, state, false)
+}
+
+// observeJoin records a node memberlist holds alive again after a death. A
+// node back at the address it died at may be a resurrection: a push/pull
+// from a peer that never heard of the death (it holds a newer incarnation,
+// see deathnotice.go) makes memberlist accept the dead node as alive, with
+// the record that peer held, until its next probe of it fails. So such a
+// node stays dead in the view until it answers a ping; one that does (a
+// refuted false death, a restart at the same address) is alive after one
+// round trip. A node back at a new address (an instance replaced) is alive at
+// once.
+func (a *Agent) observeJoin(n *memberlist.Node) {
+	v := a.record(n, StateAlive, true)
+	if v.override {
+		a.log.Debug("gossip member back at the address it died at: held dead until it answers a ping",
+			"node", n.Name, "addr", n.Addr.String(), "incarnation", v.Incarnation)
+		a.startCheck(n.Name, nil)
+	}
+}
+
+func (a *Agent) record(n *memberlist.Node, state string, join bool) viewMember {
 	v := viewMember{
 		Member: Member{Name: n.Name, IP: append(net.IP(nil), n.Addr...), State: state},
 		port:   int(n.Port),
@@ -753,13 +775,21 @@ func (a *Agent) observe(n *memberlist.Node, state string) viewMember {
 			}
 		}
 	}
+	kick := false
 	if old, ok := a.view[n.Name]; ok {
 		v.lastSeen, v.rtt = old.lastSeen, old.rtt
+		kick = old.override // its check watches the override
+		if join && old.State == StateDead && old.IP.Equal(v.IP) && old.port == v.port {
+			v.State, v.override = StateDead, true
+		}
 	}
 	stored := v // the view's copy changes under a.mu (pinger); v is returned
 	a.view[n.Name] = &stored
 	a.viewSize.Store(int64(len(a.view)))
 	a.mu.Unlock()
+	if kick {
+		a.kickCheck(n.Name)
+	}
 	a.signalHosts()
 	return v
 }
@@ -789,5 +819,6 @@ func (p *pinger) NotifyPingComplete(other *memberlist.Node, rtt time.Duration, _
 	if revived {
 		a.log.Debug("gossip member alive again", "node", other.Name, "why", "it answered our probe")
 		a.signalHosts()
+		a.kickCheck(other.Name)
 	}
 }

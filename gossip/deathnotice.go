@@ -211,46 +211,121 @@ func (a *Agent) handleNotice(n notice) {
 	v, ok := a.view[n.Node]
 	held := ok && v.State == StateAlive && viewAddr(v) == n.Addr
 	a.mu.Unlock()
-	if !held {
-		return
+	if held {
+		a.startCheck(n.Node, &n)
 	}
-	a.notices.mu.Lock()
-	defer a.notices.mu.Unlock()
-	if a.notices.closed || a.notices.checking[n.Node] {
-		return // stopping, or a check of this node is under way
-	}
-	a.notices.checking[n.Node] = true
-	a.wg.Add(1) // under notices.mu: halt sets closed before it waits
-	go a.checkNotice(n)
 }
 
 func viewAddr(v *viewMember) string { return net.JoinHostPort(v.IP.String(), fmt.Sprint(v.port)) }
 
-// checkNotice confirms a notice about a node this agent holds alive: a probe
-// period later, if still held alive, by pings; then, while overriding
-// memberlist, pings it every recheckEvery until memberlist agrees or it
-// answers.
-func (a *Agent) checkNotice(n notice) {
-	defer a.wg.Done()
-	defer func() {
-		a.notices.mu.Lock()
-		delete(a.notices.checking, n.Node)
-		a.notices.mu.Unlock()
-	}()
-	if !a.sleep(a.tune.dilate(noticeGrace * a.tune.GossipInterval)) {
+// nodeCheck is the one check of a node at a time: a notice to confirm, and
+// an override to watch.
+type nodeCheck struct {
+	kick    chan struct{} // wakes the check: a notice, or an event about the node
+	pending *notice       // the latest notice not yet confirmed
+}
+
+// startCheck hands a notice (nil: only an override to watch) to the node's
+// check, starting one unless it runs already.
+func (a *Agent) startCheck(node string, n *notice) {
+	a.notices.mu.Lock()
+	defer a.notices.mu.Unlock()
+	if a.notices.closed {
 		return
+	}
+	c, running := a.notices.checking[node]
+	if !running {
+		c = &nodeCheck{kick: make(chan struct{}, 1)}
+		a.notices.checking[node] = c
+	}
+	if n != nil {
+		c.pending = n
+	}
+	if running {
+		select {
+		case c.kick <- struct{}{}:
+		default:
+		}
+		return
+	}
+	a.wg.Add(1) // under notices.mu: halt sets closed before it waits
+	go a.runCheck(node, c)
+}
+
+// kickCheck wakes a node's check, if one runs: the view's entry changed.
+func (a *Agent) kickCheck(node string) {
+	a.notices.mu.Lock()
+	defer a.notices.mu.Unlock()
+	if c, ok := a.notices.checking[node]; ok {
+		select {
+		case c.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// runCheck confirms a node's notices and watches its override. A notice
+// about a node still held alive a moment later (time for memberlist's own
+// dead message) is confirmed by pings: no answer, and the view holds the node
+// dead against memberlist. While it does, the node is pinged every few probe
+// periods and at every kick, until memberlist agrees (an event replaces the
+// entry) or the node answers (then it is alive again).
+func (a *Agent) runCheck(node string, c *nodeCheck) {
+	defer a.wg.Done()
+	recheck := a.tune.dilate(recheckEveryProbes * a.tune.ProbeInterval)
+	for {
+		a.notices.mu.Lock()
+		n := c.pending
+		c.pending = nil
+		a.notices.mu.Unlock()
+		if n != nil && !a.confirmNotice(*n) {
+			return // stopping
+		}
+		if addr, ok := a.overridden(node); ok {
+			if a.pingNode(node, addr) {
+				a.revive(node, addr, "it answered our ping")
+			}
+		}
+		a.notices.mu.Lock()
+		if _, ok := a.overridden(node); !ok && c.pending == nil {
+			delete(a.notices.checking, node)
+			a.notices.mu.Unlock()
+			return
+		}
+		a.notices.mu.Unlock()
+		t := time.NewTimer(recheck)
+		select {
+		case <-a.stop:
+			t.Stop()
+			return
+		case <-c.kick:
+			t.Stop()
+		case <-t.C:
+		}
+	}
+}
+
+// confirmNotice pings the node of a notice if the view still holds it alive
+// at the notice's address after a grace period, and holds it dead on no
+// answer. It reports false when the agent stops.
+func (a *Agent) confirmNotice(n notice) bool {
+	if !a.sleep(a.tune.dilate(noticeGrace * a.tune.GossipInterval)) {
+		return false
+	}
+	if !a.heldAliveAt(n.Node, n.Addr) {
+		return true // memberlist got there first, or the node moved
 	}
 	select {
 	case a.notices.slots <- struct{}{}:
 	case <-a.stop:
-		return
+		return false
 	}
-	answered := a.pingNode(n)
+	answered := a.pingNode(n.Node, n.Addr)
 	<-a.notices.slots
 	if answered {
 		a.notices.refuted.Add(1)
 		a.log.Debug("gossip death notice refuted", "node", n.Node, "addr", n.Addr, "why", "it answered our ping")
-		return
+		return true
 	}
 	a.mu.Lock()
 	v, ok := a.view[n.Node]
@@ -260,48 +335,58 @@ func (a *Agent) checkNotice(n notice) {
 	}
 	a.mu.Unlock()
 	if !override {
-		return // memberlist got there first
+		return true // memberlist got there first
 	}
 	a.notices.confirmed.Add(1)
 	a.log.Debug("gossip member dead by notice", "node", n.Node, "addr", n.Addr, "incarnation", n.Incarnation,
 		"why", "a peer's memberlist declared it dead, ours still holds it alive, and it did not answer our pings")
 	a.signalHosts()
+	return true
+}
 
-	for {
-		if !a.sleep(a.tune.dilate(recheckEveryProbes * a.tune.ProbeInterval)) {
-			return
-		}
-		a.mu.Lock()
-		v, ok := a.view[n.Node]
-		still := ok && v.override
-		a.mu.Unlock()
-		if !still {
-			return // memberlist declared it dead, or an event brought it back
-		}
-		if !a.pingNode(n) {
-			continue
-		}
-		a.mu.Lock()
-		if v, ok := a.view[n.Node]; ok && v.override {
-			v.State, v.override, v.at = StateAlive, false, time.Now()
-		}
-		a.mu.Unlock()
-		a.log.Debug("gossip member alive again", "node", n.Node, "addr", n.Addr, "why", "it answered our ping")
+func (a *Agent) heldAliveAt(node, addr string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	v, ok := a.view[node]
+	return ok && v.State == StateAlive && viewAddr(v) == addr
+}
+
+// overridden is the address of a node the view holds dead against
+// memberlist.
+func (a *Agent) overridden(node string) (string, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if v, ok := a.view[node]; ok && v.override {
+		return viewAddr(v), true
+	}
+	return "", false
+}
+
+// revive ends an override: the node at addr showed it is alive.
+func (a *Agent) revive(node, addr, why string) {
+	a.mu.Lock()
+	v, ok := a.view[node]
+	revived := ok && v.override && viewAddr(v) == addr
+	if revived {
+		v.State, v.override, v.at = StateAlive, false, time.Now()
+	}
+	a.mu.Unlock()
+	if revived {
+		a.log.Debug("gossip member alive again", "node", node, "addr", addr, "why", why)
 		a.signalHosts()
-		return
 	}
 }
 
-// pingNode pings n's node at its address, up to noticePingTries times,
-// reporting whether it answered.
-func (a *Agent) pingNode(n notice) bool {
-	ap, err := parseAddrPort(n.Addr)
+// pingNode pings node at addr, up to noticePingTries times, reporting
+// whether it answered.
+func (a *Agent) pingNode(node, addr string) bool {
+	ap, err := parseAddrPort(addr)
 	if err != nil {
 		return false
 	}
-	addr := net.UDPAddrFromAddrPort(ap)
+	to := net.UDPAddrFromAddrPort(ap)
 	for range noticePingTries {
-		if _, err := a.ml.Ping(n.Node, addr); err == nil {
+		if _, err := a.ml.Ping(node, to); err == nil {
 			return true
 		}
 		select {

@@ -162,6 +162,44 @@ func TestHardKillKnownDeadByHoldersOfANewerRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	t.Run("a push/pull from a holder does not bring the dead node back", func(t *testing.T) {
+		// The prober takes every record again, then makes a full-state
+		// exchange with a holder, whose memberlist still holds the victim
+		// alive at the newer record: memberlist resurrects it. The agent must
+		// go on reporting it dead (its ping goes unanswered) until memberlist
+		// kills it again, now at the newer record, which the holders' own
+		// memberlists then accept too.
+		behind.Store(0)
+		deaths := func(n *testNode) uint64 { return n.agent.EventCounts()[EventDead] }
+		before := map[*testNode]uint64{}
+		for _, n := range live {
+			before[n] = deaths(n)
+		}
+		if _, err := prober.agent.ml.Join([]string{holders[0].addr()}); err != nil {
+			t.Fatalf("push/pull with a holder: %v", err)
+		}
+		if err := goneFrom(t, prober, victim.cfg.NodeName, victim.cfg.Names); err != nil {
+			t.Fatalf("right after the exchange: %v", err)
+		}
+		took := pollUntil(t, 6*time.Second, "every memberlist agrees the victim is dead", func() error {
+			if err := goneFrom(t, prober, victim.cfg.NodeName, victim.cfg.Names); err != nil {
+				t.Fatalf("the resurrected node came back: %v", err)
+			}
+			for _, n := range live {
+				if deaths(n) == before[n] {
+					return fmt.Errorf("%s's memberlist has not declared the victim dead again", n.cfg.NodeName)
+				}
+			}
+			return nil
+		})
+		t.Logf("every memberlist holds the victim dead %v after the exchange", took)
+		for _, n := range live {
+			if err := goneFrom(t, n, victim.cfg.NodeName, victim.cfg.Names); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+
 	t.Run("a notice about a node that answers changes nothing", func(t *testing.T) {
 		h := holders[0]
 		before := h.agent.DeathNoticeCounts().Refuted

@@ -188,8 +188,8 @@ type noticeState struct {
 	mu       sync.Mutex
 	closed   bool // set by halt: no new checks
 	seen     map[string]seenNotice
-	checking map[string]bool
-	slots    chan struct{} // bounds the pings in flight
+	checking map[string]*nodeCheck // the running checks, by node
+	slots    chan struct{}         // bounds the pings in flight
 
 	sent, relayed, confirmed, refuted, dropped atomic.Uint64
 }
