@@ -22,25 +22,31 @@ import (
 // So when this agent's memberlist declares a peer dead (not left), the agent
 // gossips a notice, as a user broadcast: the node's name, address and the
 // record it saw (the incarnation in its metadata). Every agent relays a notice
-// the first time it hears it, as memberlist relays its own messages. An agent
-// that still holds the node alive a probe period later (time for memberlist's
-// own dead message to arrive) pings it itself, memberlist's Ping at the
-// node's address with the probe timeout, twice. No answer: the agent reports
-// the node dead in its own view (Members, Hosts, the hosts file, metrics)
-// although its memberlist still holds it alive; an answer: the notice is
-// ignored. Its memberlist agrees within N probe periods (its own probe of the
-// node fails), which ends the override; until then the agent pings the node
-// again every recheckEvery, and any sign of life (an answered ping or probe, a
-// newer alive message with changed metadata, a rejoin) makes it alive again,
-// so a blip never hides a live node for good.
+// the first time it hears it, as memberlist relays its own messages; a notice
+// rides the same packets as memberlist's dead message, after it, so a node
+// that accepts the dead message has the node dead before the notice is read.
+// An agent that still holds the node alive a moment later (two gossip
+// intervals) pings it itself, memberlist's Ping at the node's address with
+// the probe timeout, twice. No answer: the agent reports the node dead in its
+// own view (Members, Hosts, the hosts file, metrics) although its memberlist
+// still holds it alive; an answer: the notice is ignored. Its memberlist
+// agrees within N probe periods (its own probe of the node fails), which ends
+// the override; until then the agent pings the node again every few probe
+// periods, and any sign of life (an answered ping or probe, a newer alive
+// message with changed metadata) makes it alive again, so a blip never hides
+// a live node for good.
 //
 // Why not let memberlist repair it: memberlist's only public repair is a
 // push/pull, and a push/pull from a holder of the newer record to a node that
 // holds the node dead brings it back to life there (aliveNode accepts the
 // higher incarnation): the whole ring would see the dead node rejoin and die
-// again, names and all. The ping costs one small packet per holder; a notice is
-// ~60 bytes relayed like any gossip message. A notice carries a node's name and
-// address, which every member already has, and nothing secret.
+// again, names and all, until someone probes it. That resurrection still
+// happens inside memberlist (a holder's memberlist keeps the node alive until
+// it probes it), so the agent also guards its view against it: a node back at
+// the very address it died at is held dead until it answers a ping
+// (observeJoin). A notice costs ~60 bytes relayed like any gossip message,
+// and a ping per holder. It carries a node's name and address, which every
+// member already has, and nothing secret.
 
 // notice is one death notice on the wire.
 type notice struct {
