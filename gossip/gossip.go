@@ -70,6 +70,10 @@ type Member struct {
 	Role string `json:"role"`
 	// State is alive, dead or left. memberlist does not tell its users about
 	// suspicion, so a suspect member reads alive until it is declared dead.
+	// Dead is also a member this agent's memberlist still holds alive that a
+	// peer's memberlist declared dead and that did not answer this agent's
+	// ping, and one memberlist brought back at the address it died at that has
+	// not answered one yet (deathnotice.go).
 	State string   `json:"state"`
 	Ready bool     `json:"ready"`
 	Names []string `json:"names,omitempty"`
