@@ -182,6 +182,15 @@ func newAgent(c Config) (*Agent, error) {
 		hostsChanged: make(chan struct{}, 1),
 		stop:         make(chan struct{}),
 	}
+	a.notices = noticeState{
+		queue: &memberlist.TransmitLimitedQueue{
+			NumNodes:       func() int { return int(max(1, a.viewSize.Load())) },
+			RetransmitMult: tune.RetransmitMult,
+		},
+		seen:     map[string]seenNotice{},
+		checking: map[string]*nodeCheck{},
+		slots:    make(chan struct{}, maxNoticeChecks),
+	}
 	if c.Keyring != nil {
 		for _, k := range c.Keyring.Keys {
 			a.keyGens = append(a.keyGens, k.Generation)
@@ -203,6 +212,10 @@ type viewMember struct {
 	keyGens  []uint64  // the key generations the member accepts
 	at       time.Time // of the last state change
 	lastSeen time.Time // of the last answered probe by this agent
+	// override: dead by a confirmed death notice while memberlist still
+	// holds the member alive (deathnotice.go); the next event about the
+	// member, or an answered probe, ends it.
+	override bool
 	rtt      time.Duration
 }
 
@@ -250,6 +263,9 @@ func (a *Agent) start(ctx context.Context) error {
 	mc.Delegate = (*delegate)(a)
 	mc.Events = (*events)(a)
 	mc.Ping = (*pinger)(a)
+	if a.aliveFilter != nil {
+		mc.Alive = aliveFilter(a.aliveFilter)
+	}
 	d := a.tune.dilate
 	mc.ProbeInterval = d(a.tune.ProbeInterval)
 	mc.ProbeTimeout = d(a.tune.ProbeTimeout)
@@ -646,8 +662,8 @@ func withPort(seed string, port int) string {
 	return net.JoinHostPort(seed, strconv.Itoa(port))
 }
 
-// delegate hands memberlist this node's metadata; the ring carries no other
-// user state.
+// delegate hands memberlist this node's metadata and carries the death
+// notices (deathnotice.go); the ring has no other user state.
 type delegate Agent
 
 func (d *delegate) NodeMeta(limit int) []byte {
@@ -660,10 +676,23 @@ func (d *delegate) NodeMeta(limit int) []byte {
 	return append([]byte(nil), a.meta...)
 }
 
-func (d *delegate) NotifyMsg([]byte)                           {}
-func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
-func (d *delegate) LocalState(join bool) []byte                { return nil }
-func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
+func (d *delegate) NotifyMsg(b []byte) {
+	a := (*Agent)(d)
+	n, err := decodeNotice(b)
+	if err != nil {
+		a.notices.dropped.Add(1)
+		a.log.Debug("gossip user message dropped", "err", err)
+		return
+	}
+	a.handleNotice(n)
+}
+
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
+	return (*Agent)(d).notices.queue.GetBroadcasts(overhead, limit)
+}
+
+func (d *delegate) LocalState(join bool) []byte            { return nil }
+func (d *delegate) MergeRemoteState(buf []byte, join bool) {}
 
 // events keeps a.view and triggers hosts rewrites. memberlist calls these with
 // its node lock held: they copy what they need and never call back into it.
@@ -672,7 +701,7 @@ type events Agent
 func (e *events) NotifyJoin(n *memberlist.Node) {
 	a := (*Agent)(e)
 	a.events[EventJoin].Add(1)
-	a.observe(n, StateAlive)
+	a.observeJoin(n)
 	a.log.Debug("gossip member joined", "node", n.Name, "addr", n.Addr.String())
 }
 
@@ -691,12 +720,35 @@ func (e *events) NotifyLeave(n *memberlist.Node) {
 		a.events[EventDead].Add(1)
 	}
 	a.log.Info("gossip member gone", "node", n.Name, "addr", n.Addr.String(), "state", v.State)
+	a.noticeDeath(v)
 }
 
 // observe records a node's address, metadata and state. Metadata it cannot
 // decode (a newer agent, a corrupt peer) leaves Role and Names empty, so nothing
 // unsafe reaches the hosts file.
 func (a *Agent) observe(n *memberlist.Node, state string) viewMember {
+	return a.record(n, state, false)
+}
+
+// observeJoin records a node memberlist holds alive again after a death. A
+// node back at the address it died at may be a resurrection: a push/pull
+// from a peer that never heard of the death (it holds a newer incarnation,
+// see deathnotice.go) makes memberlist accept the dead node as alive, with
+// the record that peer held, until its next probe of it fails. So such a
+// node stays dead in the view until it answers a ping; one that does (a
+// refuted false death, a restart at the same address) is alive after one
+// round trip. A node back at a new address (an instance replaced) is alive at
+// once.
+func (a *Agent) observeJoin(n *memberlist.Node) {
+	v := a.record(n, StateAlive, true)
+	if v.override {
+		a.log.Debug("gossip member back at the address it died at: held dead until it answers a ping",
+			"node", n.Name, "addr", n.Addr.String(), "incarnation", v.Incarnation)
+		a.startCheck(n.Name, nil)
+	}
+}
+
+func (a *Agent) record(n *memberlist.Node, state string, join bool) viewMember {
 	v := viewMember{
 		Member: Member{Name: n.Name, IP: append(net.IP(nil), n.Addr...), State: state},
 		port:   int(n.Port),
@@ -723,15 +775,29 @@ func (a *Agent) observe(n *memberlist.Node, state string) viewMember {
 			}
 		}
 	}
+	kick := false
 	if old, ok := a.view[n.Name]; ok {
 		v.lastSeen, v.rtt = old.lastSeen, old.rtt
+		kick = old.override // its check watches the override
+		if join && old.State == StateDead && old.IP.Equal(v.IP) && old.port == v.port {
+			v.State, v.override = StateDead, true
+		}
 	}
 	stored := v // the view's copy changes under a.mu (pinger); v is returned
 	a.view[n.Name] = &stored
+	a.viewSize.Store(int64(len(a.view)))
 	a.mu.Unlock()
+	if kick {
+		a.kickCheck(n.Name)
+	}
 	a.signalHosts()
 	return v
 }
+
+// aliveFilter is memberlist's alive delegate from a function.
+type aliveFilter func(*memberlist.Node) error
+
+func (f aliveFilter) NotifyAlive(n *memberlist.Node) error { return f(n) }
 
 // pinger notes when this agent's probes are answered, for Member.LastSeen.
 type pinger Agent
@@ -741,8 +807,18 @@ func (p *pinger) AckPayload() []byte { return nil }
 func (p *pinger) NotifyPingComplete(other *memberlist.Node, rtt time.Duration, _ []byte) {
 	a := (*Agent)(p)
 	a.mu.Lock()
-	if v, ok := a.view[other.Name]; ok {
+	v, ok := a.view[other.Name]
+	revived := ok && v.override
+	if ok {
 		v.lastSeen, v.rtt = time.Now(), rtt
+		if revived { // dead by a notice, but it answers memberlist's probe
+			v.State, v.override, v.at = StateAlive, false, v.lastSeen
+		}
 	}
 	a.mu.Unlock()
+	if revived {
+		a.log.Debug("gossip member alive again", "node", other.Name, "why", "it answered our probe")
+		a.signalHosts()
+		a.kickCheck(other.Name)
+	}
 }

@@ -70,6 +70,10 @@ type Member struct {
 	Role string `json:"role"`
 	// State is alive, dead or left. memberlist does not tell its users about
 	// suspicion, so a suspect member reads alive until it is declared dead.
+	// Dead is also a member this agent's memberlist still holds alive that a
+	// peer's memberlist declared dead and that did not answer this agent's
+	// ping, and one memberlist brought back at the address it died at that has
+	// not answered one yet (deathnotice.go).
 	State string   `json:"state"`
 	Ready bool     `json:"ready"`
 	Names []string `json:"names,omitempty"`
@@ -165,11 +169,38 @@ type Agent struct {
 	// ring's size history for /metrics.
 	events [numEventKinds]atomic.Uint64
 
+	// notices are the death notices (deathnotice.go).
+	notices noticeState
+	// viewSize is len(view), for the notice queue's retransmit count.
+	viewSize atomic.Int64
+
+	// aliveFilter, when set before start, is memberlist's alive delegate:
+	// an alive message it refuses is, to this node, never received. Tests
+	// use it to lose one update on one node; nil on a real node.
+	aliveFilter func(*memberlist.Node) error
+
 	metaChanged  chan struct{}
 	hostsChanged chan struct{}
 	stop         chan struct{}
 	stopOnce     sync.Once
 	wg           sync.WaitGroup
+}
+
+// noticeState is the agent's side of the death notices.
+type noticeState struct {
+	queue    *memberlist.TransmitLimitedQueue
+	mu       sync.Mutex
+	closed   bool // set by halt: no new checks
+	seen     map[string]seenNotice
+	checking map[string]*nodeCheck // the running checks, by node
+	slots    chan struct{}         // bounds the pings in flight
+
+	sent, relayed, confirmed, refuted, dropped atomic.Uint64
+}
+
+type seenNotice struct {
+	n  notice
+	at time.Time
 }
 
 // Start validates c, binds the ring's sockets and starts joining seeds in the
@@ -355,6 +386,9 @@ func (a *Agent) Shutdown() error {
 func (a *Agent) halt() error {
 	var err error
 	a.stopOnce.Do(func() {
+		a.notices.mu.Lock()
+		a.notices.closed = true
+		a.notices.mu.Unlock()
 		close(a.stop)
 		a.lw.stopping.Store(true)
 		if serr := a.ml.Shutdown(); serr != nil {
