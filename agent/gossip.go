@@ -327,14 +327,15 @@ func (g *gossipRunner) collector() prometheus.Collector {
 		"Gossip ring events seen by this node: join, update (metadata), dead, left.", []string{"event"}, nil)
 	notices := prometheus.NewDesc("nodeagent_gossip_death_notices_total",
 		"Gossip death notices handled by this node: sent (its memberlist declared a peer dead), relayed, "+
-			"confirmed (a peer it held alive did not answer its ping), refuted (it answered), dropped.", []string{"result"}, nil)
+			"confirmed (a peer it held alive did not answer its ping), refuted (it answered), dropped, "+
+			"self-refuted (a notice about this node, answered by re-announcing it).", []string{"result"}, nil)
 	return collectorFunc{descs: []*prometheus.Desc{desc, events, notices}, collect: func(ch chan<- prometheus.Metric) {
 		for i, c := range g.agent.EventCounts() {
 			ch <- prometheus.MustNewConstMetric(events, prometheus.CounterValue, float64(c), gossip.EventNames[i])
 		}
 		n := g.agent.DeathNoticeCounts()
 		for result, c := range map[string]uint64{"sent": n.Sent, "relayed": n.Relayed, "confirmed": n.Confirmed,
-			"refuted": n.Refuted, "dropped": n.Dropped} {
+			"refuted": n.Refuted, "dropped": n.Dropped, "self-refuted": n.SelfRefuted} {
 			ch <- prometheus.MustNewConstMetric(notices, prometheus.CounterValue, float64(c), result)
 		}
 		counts := map[string]int{}

@@ -189,8 +189,8 @@ spec:
 	if err != nil || got != 4 {
 		t.Fatalf("member event series = %d, %v; want join, update, dead, left", got, err)
 	}
-	if got, err := testutil.GatherAndCount(reg, "nodeagent_gossip_death_notices_total"); err != nil || got != 5 {
-		t.Fatalf("death notice series = %d, %v; want sent, relayed, confirmed, refuted, dropped", got, err)
+	if got, err := testutil.GatherAndCount(reg, "nodeagent_gossip_death_notices_total"); err != nil || got != 6 {
+		t.Fatalf("death notice series = %d, %v; want sent, relayed, confirmed, refuted, dropped, self-refuted", got, err)
 	}
 	if v := eventCount(t, reg, "join"); v < 1 {
 		t.Errorf("joins seen by the worker = %v, want at least the master", v)

@@ -137,13 +137,16 @@ type DeathNoticeCounts struct {
 	Refuted uint64 `json:"refuted"`
 	// Dropped: notices that could not be read, or arrived past the limits.
 	Dropped uint64 `json:"dropped"`
+	// SelfRefuted: notices about this very node, which it answered by
+	// re-announcing itself with a newer incarnation.
+	SelfRefuted uint64 `json:"selfRefuted"`
 }
 
 // DeathNoticeCounts reports the death notices this agent has handled.
 func (a *Agent) DeathNoticeCounts() DeathNoticeCounts {
 	return DeathNoticeCounts{
 		Sent: a.notices.sent.Load(), Relayed: a.notices.relayed.Load(), Confirmed: a.notices.confirmed.Load(),
-		Refuted: a.notices.refuted.Load(), Dropped: a.notices.dropped.Load(),
+		Refuted: a.notices.refuted.Load(), Dropped: a.notices.dropped.Load(), SelfRefuted: a.notices.selfRefuted.Load(),
 	}
 }
 
@@ -203,8 +206,28 @@ func (a *Agent) noticeDeath(v viewMember) {
 // blocks: memberlist calls it from its packet handler.
 func (a *Agent) handleNotice(n notice) {
 	if n.Node == a.cfg.NodeName {
-		// Our own death, told by a node with an old record: memberlist
-		// refutes it on its own; our agent is alive.
+		// Peers hold this node dead. memberlist refutes a death it hears about
+		// itself, but a node that did not hear it (a CPU stall ate the dead
+		// message, and gossip to the dead has ended) stays dead to the ring
+		// until a push/pull brings it the news: minutes in a large ring.
+		// Re-announcing with a newer incarnation (UpdateNode, as metaLoop
+		// does) is memberlist's own refutation: alive beats dead at a newer
+		// incarnation, everywhere. Once per notice (firstHeard).
+		// The record version goes up too, so that every agent sees a newer
+		// record of this node, and a holder of it dead revives it (after its
+		// ping is answered: observeJoin).
+		if a.firstHeard(n) {
+			a.mu.Lock()
+			err := a.encodeLocked()
+			a.mu.Unlock()
+			if err != nil { // cannot happen: the version does not change the size
+				a.log.Error("encode gossip metadata", "err", err)
+			}
+			a.notices.selfRefuted.Add(1)
+			a.log.Debug("gossip death notice about this node: re-announcing it", "incarnation", n.Incarnation,
+				"why", "peers declared this node dead; it is alive")
+			a.signalMeta()
+		}
 		return
 	}
 	if !a.firstHeard(n) {

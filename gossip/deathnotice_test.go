@@ -231,6 +231,43 @@ func TestHardKillKnownDeadByHoldersOfANewerRecord(t *testing.T) {
 	})
 }
 
+// A notice about this very node — peers hold it dead, and its memberlist
+// never heard so (a stall ate the dead message) — is answered by
+// re-announcing the node with a newer record, once per notice: every agent
+// then holds the newer record.
+func TestANoticeAboutItselfReannouncesTheNode(t *testing.T) {
+	key := []byte("0123456789abcdef")
+	nodes := []*testNode{newTestNode(t, 50, key, "Node"), newTestNode(t, 51, key, "Node"), newTestNode(t, 52, key, "Node")}
+	var seeds []string
+	for _, n := range nodes {
+		seeds = append(seeds, n.addr())
+	}
+	for _, n := range nodes {
+		n.start(t, seeds)
+	}
+	pollUntil(t, 10*time.Second, "ring converges", allHostsEqual(t, nodes, expectedHosts(nodes)))
+	self := nodes[2]
+	old, _ := memberState(nodes[0].agent, self.cfg.NodeName)
+
+	n := notice{Node: self.cfg.NodeName, Addr: self.addr(), Incarnation: old.Incarnation}
+	self.agent.handleNotice(n)
+	self.agent.handleNotice(n) // the same notice again, relayed by another peer
+	pollUntil(t, 5*time.Second, "every agent holds a newer record of the node", func() error {
+		for _, o := range nodes[:2] {
+			if m, _ := memberState(o.agent, self.cfg.NodeName); m.Incarnation <= old.Incarnation || m.State != StateAlive {
+				return fmt.Errorf("%s holds %s at record %d (%s), want > %d", o.cfg.NodeName, self.cfg.NodeName, m.Incarnation, m.State, old.Incarnation)
+			}
+		}
+		return nil
+	})
+	if c := self.agent.DeathNoticeCounts(); c.SelfRefuted != 1 || c.Relayed != 0 {
+		t.Errorf("notice counts %+v: want one re-announcement and no relay of a notice about itself", c)
+	}
+	if err := allHostsEqual(t, nodes, expectedHosts(nodes))(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestNoticeEncoding: a notice survives its encoding, and what is not one is
 // refused with a reason, not half-read.
 func TestNoticeEncoding(t *testing.T) {

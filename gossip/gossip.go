@@ -195,7 +195,7 @@ type noticeState struct {
 	checking map[string]*nodeCheck // the running checks, by node
 	slots    chan struct{}         // bounds the pings in flight
 
-	sent, relayed, confirmed, refuted, dropped atomic.Uint64
+	sent, relayed, confirmed, refuted, dropped, selfRefuted atomic.Uint64
 }
 
 type seenNotice struct {
