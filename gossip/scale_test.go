@@ -11,6 +11,7 @@ import (
 	"reflect"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -507,6 +508,36 @@ func totalQueued(agents []*Agent) (sum int) {
 	return sum
 }
 
+// windowProfile writes a CPU profile of the steady-state window alone to
+// $GOSSIP_WINDOW_CPUPROFILE-<name>.pprof when that is set (the ring runs in a
+// child process, whose window the parent's -cpuprofile cannot see).
+func windowProfile(t testing.TB, name string) (stop func()) {
+	base := os.Getenv("GOSSIP_WINDOW_CPUPROFILE")
+	if base == "" {
+		return func() {}
+	}
+	f, err := os.Create(base + "-" + name + ".pprof")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// switches is the process's voluntary and involuntary context switches.
+func switches() int64 {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return ru.Nvcsw + ru.Nivcsw
+}
+
 func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
@@ -674,12 +705,22 @@ func runScale(t testing.TB, sz scaleSize) {
 	t.Logf("N=%d re-gossip queues: %d messages queued at convergence, waited %v; %.0f B per agent sent meanwhile%s",
 		n, queuedAtConverge, drain.Round(time.Second), regossipBytes, undrained)
 	sent0 := totalSent()
+	stopProfile := windowProfile(t, fmt.Sprintf("N%d-k%g", n, k))
+	sw0 := switches()
 	cpu0, t0 := cpuTime(), time.Now()
 	// The measuring window (not a wait for a condition): bytes and CPU are
 	// counted over it, at least four probe periods so every agent's probes are in.
 	time.Sleep(max(*scaleWindow, 4*period))
 	sent1 := totalSent()
 	cpu1, el := cpuTime(), time.Since(t0)
+	stopProfile()
+	// Context switches over the window, projected like CPU (×k): where the
+	// projected CPU exceeds the undilated one, they show whether each event
+	// costs more when events are sparse (a thread woken per event instead of
+	// several events per wake-up).
+	sw := switches() - sw0
+	t.Logf("N=%d k=%g over the window: %.0f context switches a second, projected %.0f (%.1f per agent)", n, k,
+		float64(sw)/el.Seconds(), float64(sw)/el.Seconds()*k, float64(sw)/el.Seconds()*k/float64(n))
 	bps := float64(sent1-sent0) / float64(n) / el.Seconds()
 	cpuPct := 100 * float64(cpu1-cpu0) / float64(n) / float64(el)
 	t.Logf("N=%d steady state over %v: %.0f B/s sent per agent, CPU %.3f%% of a core per agent (%.0f%% total)",
