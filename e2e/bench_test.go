@@ -48,15 +48,7 @@ func BenchmarkBootstrap(b *testing.B) {
 		// run does not wait for its lock.
 		waitDaemon(b, n)
 		// A converged run, seven times: the median by wall time is the figure.
-		var noops []testenv.Result
-		for range 7 {
-			r, err := n.RunMeasured(ctx, "bootstrap")
-			if err != nil || r.Code != 0 {
-				b.Fatalf("no-op bootstrap: %v exit %d", err, r.Code)
-			}
-			noops = append(noops, r)
-		}
-		slices.SortFunc(noops, func(x, y testenv.Result) int { return cmp.Compare(x.Wall, y.Wall) })
+		noops := runSorted(ctx, b, n, 7, "bootstrap")
 		noop := noops[3]
 		cpus := make([]time.Duration, len(noops))
 		for i, r := range noops {
@@ -72,15 +64,7 @@ func BenchmarkBootstrap(b *testing.B) {
 		}
 		printTimeline("no-op re-run (debug log)", dbg)
 		// The process's own start: exec, the runtime and every package's init.
-		var ver []testenv.Result
-		for range 5 {
-			v, err := n.RunMeasured(ctx, "version")
-			if err != nil || v.Code != 0 {
-				b.Fatalf("version: %v exit %d", err, v.Code)
-			}
-			ver = append(ver, v)
-		}
-		slices.SortFunc(ver, func(x, y testenv.Result) int { return cmp.Compare(x.Wall, y.Wall) })
+		ver := runSorted(ctx, b, n, 5, "version")
 		fmt.Printf("FIGURE process start (nodeagent version in the machine, median of 5): %.0f ms wall, %.0f ms CPU, %.1f MiB peak RSS (the agent's own, measured in the node)\n",
 			float64(ver[2].Wall)/1e6, float64(ver[2].CPU)/1e6, float64(ver[2].MaxRSS)/(1<<20))
 		if f := os.Getenv("NODEAGENT_BENCH_NOOP_LOG"); f != "" {
@@ -119,15 +103,7 @@ func BenchmarkBootstrap(b *testing.B) {
 				if g != "-" {
 					n.Env = append(slices.Clone(base), "GOGC="+g)
 				}
-				var runs []testenv.Result
-				for range 7 {
-					r, err := n.RunMeasured(ctx, "bootstrap")
-					if err != nil || r.Code != 0 {
-						b.Fatalf("no-op bootstrap GOGC=%s: %v exit %d", g, err, r.Code)
-					}
-					runs = append(runs, r)
-				}
-				slices.SortFunc(runs, func(x, y testenv.Result) int { return cmp.Compare(x.Wall, y.Wall) })
+				runs := runSorted(ctx, b, n, 7, "bootstrap")
 				fmt.Printf("FIGURE no-op re-run GOGC=%s (median of 7 by wall): %.0f ms wall, %.0f ms CPU, %.1f MiB peak RSS\n",
 					g, float64(runs[3].Wall)/1e6, float64(runs[3].CPU)/1e6, float64(runs[3].MaxRSS)/(1<<20))
 			}
@@ -233,6 +209,23 @@ func unitStartDuration(ctx context.Context, b *testing.B, n *testenv.Node, unit 
 	}
 	// systemctl prints the properties in its own order: the larger is the entry.
 	return time.Duration(max(us[0], us[1])-min(us[0], us[1])) * time.Microsecond
+}
+
+// runSorted runs `nodeagent args...` count times in the node, each measured
+// (RunMeasured), and returns the runs sorted by wall time; a run that fails
+// fails the bench.
+func runSorted(ctx context.Context, b *testing.B, n *testenv.Node, count int, args ...string) []testenv.Result {
+	b.Helper()
+	var runs []testenv.Result
+	for range count {
+		r, err := n.RunMeasured(ctx, args...)
+		if err != nil || r.Code != 0 {
+			b.Fatalf("%v: %v exit %d (env %q)\n%s", args, err, r.Code, n.Env, r.Stderr)
+		}
+		runs = append(runs, r)
+	}
+	slices.SortFunc(runs, func(x, y testenv.Result) int { return cmp.Compare(x.Wall, y.Wall) })
+	return runs
 }
 
 // printDaemonMappings prints where the idle daemon's resident pages are, by
