@@ -112,7 +112,7 @@ func BenchmarkBootstrap(b *testing.B) {
 		// NODEAGENT_BENCH_HOLD=FILE keeps the booted worker until FILE is gone,
 		// to profile it by hand (its machine name is printed).
 		if hold := os.Getenv("NODEAGENT_BENCH_HOLD"); hold != "" {
-			fmt.Printf("HOLD machine %s (leader PID %d, agent env %q) until %s is removed\n", n.M.Name, n.M.Leader, n.Env, hold)
+			fmt.Printf("HOLD machine %s (leader PID %d) until %s is removed\n", n.M.Name, n.M.Leader, hold)
 			if err := wait.PollUntilContextTimeout(ctx, time.Second, time.Hour, true, func(context.Context) (bool, error) {
 				_, err := os.Stat(hold)
 				return os.IsNotExist(err), nil
@@ -220,7 +220,7 @@ func runSorted(ctx context.Context, b *testing.B, n *testenv.Node, count int, ar
 	for range count {
 		r, err := n.RunMeasured(ctx, args...)
 		if err != nil || r.Code != 0 {
-			b.Fatalf("%v: %v exit %d (env %q)\n%s", args, err, r.Code, n.Env, r.Stderr)
+			b.Fatalf("%v: %v exit %d\n%s", args, err, r.Code, r.Stderr)
 		}
 		runs = append(runs, r)
 	}
