@@ -160,8 +160,6 @@ func (r *Runner) RunHeld(ctx context.Context, phases []Phase) error {
 	return err
 }
 
-// runPhase runs one phase, recorded as running since started (by the caller,
-// in the same write as the phase before it).
 // lagging holds the outcomes of quiet phases (done, nothing changed, nothing
 // learned, no warnings) that RunHeld has not written yet: they go with the next
 // write of the state file, whoever makes it.
@@ -208,9 +206,11 @@ func (l *lagging) written() {
 	l.recs = nil
 }
 
-// runPhase runs one phase. Before the phase acts or reports progress, the
-// outcomes lag holds are written, with this phase as the running one, so that
-// status shows what the node is doing while it changes something.
+// runPhase runs one phase, recorded as running since started (by the caller,
+// in the same write as the phase before it, or not yet when that phase was
+// quiet). Before the phase acts or reports progress, the outcomes lag holds are
+// written, with this phase as the running one, so that status shows what the
+// node is doing while it changes something.
 func (r *Runner) runPhase(ctx context.Context, p Phase, facts *Facts, log *slog.Logger, started time.Time, lag *lagging) PhaseStatus {
 	now := r.clock()
 	ps := PhaseStatus{Name: p.Name(), State: PhaseRunning, Started: started}
