@@ -186,6 +186,20 @@ func TestCheckAfterAttachOnly(t *testing.T) {
 	if len(vs.Volumes) != 1 || !reflect.DeepEqual(vs.Volumes[0], want) {
 		t.Errorf("report = %+v, want %+v", vs.Volumes, want)
 	}
+
+	// A later run (the daemon's reconcile) finds the volume mounted and
+	// formats nothing; the record still says this node formatted it.
+	again := newPhase(t, c, n, bothEtcd[:1])
+	if _, err := converge(context.Background(), again); err != nil {
+		t.Fatal(err)
+	}
+	if cl := again.Claims(); len(cl) != 1 || cl[0].Formatted {
+		t.Fatalf("the later run's claims = %+v, want vol-0m1 not formatted by it", cl)
+	}
+	again.Report(&vs)
+	if len(vs.Volumes) != 1 || !reflect.DeepEqual(vs.Volumes[0], want) {
+		t.Errorf("report after a later run = %+v, want %+v (formatted at boot stays on record)", vs.Volumes, want)
+	}
 }
 
 func assertChanges(t *testing.T, changes []bootstrap.Change, want []string) {

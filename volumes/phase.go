@@ -323,18 +323,26 @@ func (p *ClaimPhase) verifyCluster(ctx context.Context, etcdCluster string) erro
 func (p *ClaimPhase) Report(st *bootstrap.State) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	st.Volumes = st.Volumes[:0]
+	// Formatted is history: a run that finds the volume mounted (the daemon's
+	// reconcile, a re-run) did not format it, but the boot that did must stay
+	// on record.
+	formatted := map[string]bool{}
+	for _, v := range st.Volumes {
+		formatted[v.ID] = v.Formatted
+	}
+	var vols []bootstrap.VolumeStatus
 	for _, ec := range p.o.EtcdClusters {
 		pr := p.progress[ec.Name]
 		if pr == nil {
 			continue
 		}
 		c := pr.claim
-		st.Volumes = append(st.Volumes, bootstrap.VolumeStatus{
+		vols = append(vols, bootstrap.VolumeStatus{
 			ID: c.VolumeID, EtcdCluster: c.EtcdCluster, Member: c.Member, Members: append([]string(nil), c.Members...),
-			Device: c.Device, MountPoint: c.MountPoint, Formatted: c.Formatted, State: string(pr.state),
+			Device: c.Device, MountPoint: c.MountPoint, Formatted: c.Formatted || formatted[c.VolumeID], State: string(pr.state),
 		})
 	}
+	st.Volumes = vols
 }
 
 // Warnings implements bootstrap.Warner: volumes skipped for bad tags.
