@@ -100,6 +100,9 @@ func Run(ctx context.Context, o Options, ro RunOptions) error {
 	api.exit = exit.byHand
 	apiErr := make(chan error, 1)
 	go func() { apiErr <- api.serve(ctx, ro.Socket) }()
+	// Start-up is over (config, phases, gossip, status API): its pages of the
+	// binary need not stay mapped.
+	trimStartupPages(log)
 
 	if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
 		log.Warn("sd_notify failed", "err", err)

@@ -1,8 +1,11 @@
 package agent
 
 import (
+	"log/slog"
 	"os"
 	"runtime/debug"
+
+	"github.com/nodeagent/nodeagent/internal/workingset"
 )
 
 // daemonGCPercent is the daemon's GOGC: a long-lived process that idles between
@@ -38,3 +41,18 @@ func leanOneShotCPU() {
 // background scavenger gets to it: the daemon then idles at its live heap.
 // Once a reconcile (a minute by default), it costs one collection of a small heap.
 func releaseMemory() { debug.FreeOSMemory() }
+
+// trimStartupPages drops the pages of the binary that the daemon's start
+// mapped (every package's init, the config's parsing, the phases' set-up) and
+// has the kernel map its code page by page from then on (internal/workingset):
+// the daemon then idles with the part of its binary that its loops run. A
+// failure costs memory, not function: it is logged and the daemon goes on.
+func trimStartupPages(log *slog.Logger) {
+	res, err := workingset.Trim()
+	if err != nil {
+		log.Warn("could not trim the start-up's pages of the binary; the daemon keeps them mapped", "err", err)
+		return
+	}
+	log.Debug("trimmed the start-up's pages of the binary",
+		"mappings", len(res.Mappings), "resident_before_kib", res.ResidentBefore>>10, "resident_after_kib", res.ResidentAfter>>10)
+}
