@@ -610,7 +610,9 @@ func runScale(t testing.TB, sz scaleSize) {
 	}
 	t.Cleanup(stopAll)
 
-	stalls := watchStalls(t)
+	// The watch's own wake-ups are dilated like every other timer: undilated
+	// they would be a fixed cost that the projection multiplies by k.
+	stalls := watchStalls(t, dil(20*time.Millisecond))
 	startCPU, firstStart := cpuTime(), time.Now()
 	traceDone := make(chan struct{})
 	if *scaleTrace {
@@ -820,8 +822,8 @@ func explainAlive(t testing.TB, agents []*Agent, victim int, name string) {
 	}
 }
 
-// stallWatch measures how late a goroutine that sleeps 20 ms at a time wakes
-// up: how long the process was kept off the CPU (by its own N agents, the
+// stallWatch measures how late a goroutine that sleeps a tick at a time wakes
+// up (20 ms of protocol time: 20 ms × k): how long the process was kept off the CPU (by its own N agents, the
 // collector or other work on the machine). A dilated run is valid only while
 // its stalls stay well below the dilated probe timeout: longer, and probes time
 // out for want of CPU, not of the protocol, so false deaths and slow formation
@@ -831,12 +833,11 @@ type stallWatch struct {
 	longest time.Duration
 }
 
-func watchStalls(t testing.TB) *stallWatch {
+func watchStalls(t testing.TB, tick time.Duration) *stallWatch {
 	w := &stallWatch{}
 	done := make(chan struct{})
 	t.Cleanup(func() { close(done) })
 	go func() {
-		const tick = 20 * time.Millisecond
 		for {
 			before := time.Now()
 			select {
