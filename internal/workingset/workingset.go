@@ -117,25 +117,15 @@ func readOnlyMappingsOf(maps []byte, dev, ino uint64) ([]Mapping, error) {
 		if i != ino {
 			continue
 		}
-		maj, min, ok := strings.Cut(f[3], ":")
+		ma, mi, ok := hexPair(f[3], ":", 32)
 		if !ok {
-			return nil, fmt.Errorf("mappings: device in %q", sc.Text())
-		}
-		ma, err1 := strconv.ParseUint(maj, 16, 32)
-		mi, err2 := strconv.ParseUint(min, 16, 32)
-		if err1 != nil || err2 != nil {
 			return nil, fmt.Errorf("mappings: device in %q", sc.Text())
 		}
 		if unix.Mkdev(uint32(ma), uint32(mi)) != dev {
 			continue
 		}
-		lo, hi, ok := strings.Cut(f[0], "-")
-		if !ok {
-			return nil, fmt.Errorf("mappings: range in %q", sc.Text())
-		}
-		start, err1 := strconv.ParseUint(lo, 16, 64)
-		end, err2 := strconv.ParseUint(hi, 16, 64)
-		if err1 != nil || err2 != nil || end <= start {
+		start, end, ok := hexPair(f[0], "-", 64)
+		if !ok || end <= start {
 			return nil, fmt.Errorf("mappings: range in %q", sc.Text())
 		}
 		out = append(out, Mapping{Start: uintptr(start), End: uintptr(end), Perms: perms})
@@ -144,6 +134,17 @@ func readOnlyMappingsOf(maps []byte, dev, ino uint64) ([]Mapping, error) {
 		return nil, fmt.Errorf("mappings: %w", err)
 	}
 	return out, nil
+}
+
+// hexPair reads "a<sep>b", two hexadecimal numbers of at most bits bits.
+func hexPair(s, sep string, bits int) (a, b uint64, ok bool) {
+	x, y, ok := strings.Cut(s, sep)
+	if !ok {
+		return 0, 0, false
+	}
+	a, err1 := strconv.ParseUint(x, 16, bits)
+	b, err2 := strconv.ParseUint(y, 16, bits)
+	return a, b, err1 == nil && err2 == nil
 }
 
 // residentFile is the process's file-backed resident bytes (RssFile in
