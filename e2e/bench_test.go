@@ -7,9 +7,6 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"regexp"
 	"slices"
@@ -275,35 +272,19 @@ func printDaemonMappings(ctx context.Context, b *testing.B, n *testenv.Node) {
 }
 
 // printDaemonGoMemory prints what the idle daemon's anonymous memory holds, by
-// the Go runtime's own account (its /metrics on the status API's socket,
-// reached from the host through the machine's root).
+// the Go runtime's own account (its /metrics on the status API's socket).
 func printDaemonGoMemory(ctx context.Context, b *testing.B, n *testenv.Node) {
 	b.Helper()
-	sock := fmt.Sprintf("/proc/%d/root/run/nodeagent/nodeagent.sock", n.M.Leader)
-	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-		},
-	}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://nodeagent/metrics", nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		b.Fatalf("daemon metrics: %v", err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		b.Fatalf("daemon metrics: %v %s", err, resp.Status)
-	}
+	body := daemonGet(b, n, "/metrics")
 	v := map[string]float64{}
-	for _, line := range strings.Split(string(body), "\n") {
+	for _, line := range strings.Split(body, "\n") {
 		f := strings.Fields(line)
 		if len(f) == 2 && strings.HasPrefix(f[0], "go_") {
 			v[f[0]], _ = strconv.ParseFloat(f[1], 64)
 		}
+	}
+	if _, ok := v["go_memstats_sys_bytes"]; !ok {
+		b.Fatalf("daemon metrics: no Go memory figures in\n%s", body)
 	}
 	mib := func(k string) float64 { return v[k] / (1 << 20) }
 	fmt.Printf("FIGURE daemon idle Go memory: heap in use %.1f MiB (live objects %.1f), idle heap kept %.1f, stacks %.1f, the runtime's own %.1f (all obtained from the OS %.1f); goroutines %.0f\n",

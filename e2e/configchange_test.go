@@ -6,8 +6,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"strings"
 	"testing"
@@ -211,13 +209,7 @@ func invocations(t *testing.T, n *testenv.Node) map[string]string {
 
 // daemonMetrics returns a reader of the daemon's /metrics.
 func daemonMetrics(t *testing.T, n *testenv.Node) func() string {
-	socket := fmt.Sprintf("/proc/%d/root/run/nodeagent/nodeagent.sock", n.M.Leader)
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
-		},
-	}}
+	client := daemonClient(n)
 	return func() string {
 		resp, err := client.Get("http://nodeagent/metrics")
 		if err != nil {

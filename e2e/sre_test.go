@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -277,15 +276,9 @@ func readArchive(t *testing.T, path string) map[string]string {
 }
 
 // daemonGet asks the node's daemon over its root-only socket.
-func daemonGet(t *testing.T, n *testenv.Node, path string) string {
+func daemonGet(t testing.TB, n *testenv.Node, path string) string {
 	t.Helper()
-	socket := fmt.Sprintf("/proc/%d/root/run/nodeagent/nodeagent.sock", n.M.Leader)
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
-		},
-	}}
+	client := daemonClient(n)
 	resp, err := client.Get("http://nodeagent" + path)
 	if err != nil {
 		t.Fatal(err)

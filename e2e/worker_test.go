@@ -439,15 +439,7 @@ func kubeletHealthy() error {
 // reconcile, which waits for bootstrap's run to end (one run at a time).
 func waitDaemon(t testing.TB, n *testenv.Node) {
 	t.Helper()
-	// nodeagent.service (the daemon) serves the root-only unix socket; reach it
-	// through the machine's root as seen from the host.
-	socket := fmt.Sprintf("/proc/%d/root/run/nodeagent/nodeagent.sock", n.M.Leader)
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
-		},
-	}}
+	client := daemonClient(n)
 	var body string
 	deadline := time.Now().Add(60 * time.Second)
 	for {
@@ -491,4 +483,17 @@ func waitDaemon(t testing.TB, n *testenv.Node) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
+}
+
+// daemonClient talks to the node's daemon (nodeagent.service) over its
+// root-only unix socket, reached through the machine's root as seen from the
+// host; any host name in a URL will do.
+func daemonClient(n *testenv.Node) *http.Client {
+	socket := fmt.Sprintf("/proc/%d/root/run/nodeagent/nodeagent.sock", n.M.Leader)
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+	}}
 }

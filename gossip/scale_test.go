@@ -822,9 +822,9 @@ func explainAlive(t testing.TB, agents []*Agent, victim int, name string) {
 	}
 }
 
-// stallWatch measures how late a goroutine that sleeps a tick at a time wakes
-// up (20 ms of protocol time: 20 ms × k): how long the process was kept off the CPU (by its own N agents, the
-// collector or other work on the machine). A dilated run is valid only while
+// stallWatch measures how late a goroutine that sleeps a tick at a time (20 ms
+// of protocol time: 20 ms × k) wakes up: how long the process was kept off the
+// CPU (by its own N agents, the collector or other work on the machine). A dilated run is valid only while
 // its stalls stay well below the dilated probe timeout: longer, and probes time
 // out for want of CPU, not of the protocol, so false deaths and slow formation
 // measure this machine rather than the ring.
