@@ -3,6 +3,7 @@ package gossip
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseScaleSize(t *testing.T) {
@@ -36,7 +37,7 @@ func TestParseScaleSize(t *testing.T) {
 
 func scaleRun(converge float64, cpuBound bool) ringRun {
 	return ringRun{cpuBound: cpuBound, figures: map[string]float64{
-		"converge-s": converge, "join-s": 0.4, "ready-s": 0.5, "dead-known-s": 3, "B/s/agent": 490, "cpu%/agent": 0.05,
+		"converge-s": converge, "join-s": 0.4, "ready-s": 0.5, "dead-known-s": 3, "B/s/agent": 490, "cpu%/agent": 0.05, "cpu-agents%/agent": 0.04,
 	}}
 }
 
@@ -69,7 +70,49 @@ func TestCompareDilationGivesAVerdictPerFigure(t *testing.T) {
 		!strings.Contains(l, "started 50 per (dilated) second in both") {
 		t.Errorf("k=4 line: %s", l)
 	}
-	if l := lines[1]; !strings.Contains(l, "converge 1.00s / 0.50s (-50%, NOT within 20 %)") || !strings.Contains(l, "1 of 6 figures NOT within 20 %") {
+	if l := lines[1]; !strings.Contains(l, "converge 1.00s / 0.50s (-50%, NOT within 20 %)") || !strings.Contains(l, "1 of 7 figures NOT within 20 %") {
 		t.Errorf("k=8 line: %s", l)
+	}
+}
+
+func TestParseScaleLineTakesTheCollectorOutOfTheAgentsCPU(t *testing.T) {
+	line := "SCALE N=2000 k=64 converge=1.68s join=520ms ready=620ms fail=4.78s steady=492B/s/agent cpu=0.457%/agent cpu-gc=0.400%/agent window=2m8s regossip=15s regossip-bytes=2767KB/agent queued-at-converge=3988394 stall=6.198s batch=200 start=9m53.557s"
+	m, ok := parseScaleLine(line)
+	if !ok {
+		t.Fatalf("parseScaleLine did not read every figure: %v", m)
+	}
+	want := map[string]float64{"converge-s": 1.68, "join-s": 0.52, "ready-s": 0.62, "dead-known-s": 4.78, "B/s/agent": 492,
+		"cpu%/agent": 0.457, "cpu-gc%/agent": 0.4, "regossip-s": 15, "stall-s": 6.198}
+	for unit, v := range want {
+		if got := m[unit]; got < v-1e-9 || got > v+1e-9 {
+			t.Errorf("%s = %v, want %v", unit, got, v)
+		}
+	}
+	if got := m["cpu-agents%/agent"]; got < 0.057-1e-9 || got > 0.057+1e-9 {
+		t.Errorf("the agents' CPU = %v, want the total less the collector's, 0.057", got)
+	}
+	if _, ok := parseScaleLine(strings.Replace(line, " cpu-gc=0.400%/agent", "", 1)); ok {
+		t.Error("a line without the collector's share was read as whole")
+	}
+}
+
+func TestStartOffsetsSpreadEachBatchOverOnePhase(t *testing.T) {
+	const second, phase = 1000 * time.Millisecond, 200 * time.Millisecond
+	offs := startOffsets(25, 10, second, phase)
+	if len(offs) != 25 {
+		t.Fatalf("%d offsets for 25 agents", len(offs))
+	}
+	for i, d := range offs {
+		batchStart := time.Duration(i/10) * second
+		if d < batchStart || d >= batchStart+phase {
+			t.Errorf("agent %d starts at %v, want within [%v, %v)", i, d, batchStart, batchStart+phase)
+		}
+		if i > 0 && d < offs[i-1] {
+			t.Errorf("agent %d starts at %v, before agent %d (%v)", i, d, i-1, offs[i-1])
+		}
+	}
+	once := startOffsets(100, 0, second, phase)
+	if spread := once[99] - once[0]; spread >= phase || spread < phase/2 {
+		t.Errorf("all at once: starts spread over %v, want most of one phase (%v)", spread, phase)
 	}
 }

@@ -5,12 +5,15 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"maps"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"reflect"
 	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -31,6 +34,7 @@ var (
 	scaleNoForm   = flag.Bool("scale.noformation", false, "skip the formation exchanges (formation), to compare")
 	scaleRepeat   = flag.Int("scale.repeat", 1, "runs of each size; each figure's median (over the runs not CPU-BOUND, if any) is reported and compared, the worst printed beside it")
 	scaleWindow   = flag.Duration("scale.window", 30*time.Second, "steady-state measuring window")
+	scaleProtoWin = flag.Bool("scale.protocolwindow", false, "make -scale.window protocol time (k times as long in real time), so that a dilated run's window holds as many probe rounds and collections as the undilated one's")
 	scaleBatch    = flag.Int("scale.batch", 0, "start agents in batches of this many, 1s (dilated) apart (0: all at once); N@B in -scale.n sets it for one size")
 	scaleTrace    = flag.Bool("scale.trace", false, "print the ring's convergence every 500ms while it forms")
 	scaleFormOnly = flag.Bool("scale.formonly", false, "stop each run once the ring has formed: print a FORMED line with the convergence time and CPU (for studying the formation; no SCALE line)")
@@ -291,6 +295,7 @@ var compareFigures = []struct{ unit, name, format string }{
 	{"dead-known-s", "dead", "%.2fs"},
 	{"B/s/agent", "bytes", "%.0fB/s"},
 	{"cpu%/agent", "cpu", "%.3f%%"},
+	{"cpu-agents%/agent", "cpu outside the collector", "%.3f%%"},
 }
 
 // compareDilation sets each dilated ring beside the undilated run of the same
@@ -423,7 +428,7 @@ func parseScaleLine(line string) (map[string]float64, bool) {
 		return nil, false
 	}
 	units := map[string]string{"converge": "converge-s", "join": "join-s", "ready": "ready-s", "fail": "dead-known-s",
-		"steady": "B/s/agent", "cpu": "cpu%/agent", "regossip": "regossip-s", "stall": "stall-s"}
+		"steady": "B/s/agent", "cpu": "cpu%/agent", "cpu-gc": "cpu-gc%/agent", "regossip": "regossip-s", "stall": "stall-s"}
 	out := map[string]float64{}
 	for _, f := range strings.Fields(line)[1:] {
 		k, v, _ := strings.Cut(f, "=")
@@ -438,7 +443,13 @@ func parseScaleLine(line string) (map[string]float64, bool) {
 			out[unit] = x
 		}
 	}
-	return out, len(out) == len(units)
+	if len(out) != len(units) {
+		return out, false
+	}
+	// The agents' own CPU: what is left once the shared heap's collections
+	// are taken out (see collectorCPU).
+	out["cpu-agents%/agent"] = out["cpu%/agent"] - out["cpu-gc%/agent"]
+	return out, true
 }
 
 func raiseNoFile(t testing.TB) {
@@ -531,6 +542,40 @@ func windowProfile(t testing.TB, name string) (stop func()) {
 	}
 }
 
+// startOffsets is when each of n agents starts, from the first start: batch
+// after batch every batchEvery (batch 0: all in one), each agent of a batch at
+// a uniformly random moment within phase of its batch's start, in order.
+func startOffsets(n, batch int, batchEvery, phase time.Duration) []time.Duration {
+	if batch <= 0 {
+		batch = n
+	}
+	out := make([]time.Duration, n)
+	for i := range out {
+		out[i] = time.Duration(i/batch)*batchEvery + rand.N(phase)
+	}
+	for b := 0; b < n; b += batch {
+		slices.Sort(out[b:min(b+batch, n)])
+	}
+	return out
+}
+
+// collectorCPU is the CPU the Go runtime has spent collecting and returning
+// memory (runtime/metrics' gc and scavenge classes; the runtime's estimates).
+// In the ring's process that work is over one heap shared by N agents: a
+// collection marks every agent's state, and the periodic one (every two
+// minutes of real time, whatever k) does not dilate.
+func collectorCPU() time.Duration {
+	samples := []metrics.Sample{{Name: "/cpu/classes/gc/total:cpu-seconds"}, {Name: "/cpu/classes/scavenge/total:cpu-seconds"}}
+	metrics.Read(samples)
+	var sum float64
+	for _, s := range samples {
+		if s.Value.Kind() == metrics.KindFloat64 {
+			sum += s.Value.Float64()
+		}
+	}
+	return time.Duration(sum * float64(time.Second))
+}
+
 // switches is the process's voluntary and involuntary context switches.
 func switches() int64 {
 	var ru syscall.Rusage
@@ -570,7 +615,8 @@ func runScale(t testing.TB, sz scaleSize) {
 	poll := dil(20 * time.Millisecond)
 	key := []byte("0123456789abcdef")
 	cluster := "scale.k8s.local"
-	cfgs := make([]Config, n+1) // the last one joins later
+	const newcomers = 3
+	cfgs := make([]Config, n+newcomers) // the last ones join later, one at a time
 	var seeds []string
 	wantNames := 0
 	for i := range cfgs {
@@ -595,7 +641,7 @@ func runScale(t testing.TB, sz scaleSize) {
 		}
 	}
 	// Every agent gets every address, as EC2Seeds would list every instance.
-	agents := make([]*Agent, 0, n+1)
+	agents := make([]*Agent, 0, n+newcomers)
 	var agentsMu sync.Mutex // agents grows while traceConvergence reads it
 	var stopOnce sync.Once
 	stopAll := func() {
@@ -618,7 +664,19 @@ func runScale(t testing.TB, sz scaleSize) {
 	if *scaleTrace {
 		go traceConvergence(&agents, &agentsMu, firstStart, traceDone)
 	}
+	// memberlist's tickers tick from the moment it is created (its random
+	// stagger only delays the first tick read, v0.5.x state.go), so agents
+	// created in the same instant gossip in lockstep, and news waits a whole
+	// interval at every hop. Creating N agents takes the same real time at every
+	// k, which spreads the phases over a gossip interval undilated but not at
+	// k=32. Booting nodes have independent phases: each agent here starts at a
+	// random moment within one (dilated) gossip interval of its batch's start
+	// (all at once: of the first start).
+	offsets := startOffsets(n, sz.batch, dil(time.Second), dil(tune.withDefaults().GossipInterval))
 	for i := range n {
+		if d := time.Until(firstStart.Add(offsets[i])); d > 0 {
+			time.Sleep(d)
+		}
 		cfgs[i].Seeds = StaticSeeds(seeds)
 		a, err := Start(t.Context(), cfgs[i])
 		if err != nil {
@@ -627,9 +685,6 @@ func runScale(t testing.TB, sz scaleSize) {
 		agentsMu.Lock()
 		agents = append(agents, a)
 		agentsMu.Unlock()
-		if sz.batch > 0 && (i+1)%sz.batch == 0 && i+1 < n {
-			time.Sleep(dil(time.Second))
-		}
 	}
 	started := time.Now()
 	startSpan := started.Sub(firstStart)
@@ -709,12 +764,18 @@ func runScale(t testing.TB, sz scaleSize) {
 	sent0 := totalSent()
 	stopProfile := windowProfile(t, fmt.Sprintf("N%d-k%g", n, k))
 	sw0 := switches()
-	cpu0, t0 := cpuTime(), time.Now()
+	cpu0, gc0, t0 := cpuTime(), collectorCPU(), time.Now()
 	// The measuring window (not a wait for a condition): bytes and CPU are
 	// counted over it, at least four probe periods so every agent's probes are in.
-	time.Sleep(max(*scaleWindow, 4*period))
+	// A window of real time holds k times fewer rounds (and collections, which
+	// come whole or not at all) when dilated: -scale.protocolwindow evens that out.
+	window := *scaleWindow
+	if *scaleProtoWin {
+		window = dil(window)
+	}
+	time.Sleep(max(window, 4*period))
 	sent1 := totalSent()
-	cpu1, el := cpuTime(), time.Since(t0)
+	cpu1, gc1, el := cpuTime(), collectorCPU(), time.Since(t0)
 	stopProfile()
 	// Context switches over the window, projected like CPU (×k): where the
 	// projected CPU exceeds the undilated one, they show whether each event
@@ -725,44 +786,76 @@ func runScale(t testing.TB, sz scaleSize) {
 		float64(sw)/el.Seconds(), float64(sw)/el.Seconds()*k, float64(sw)/el.Seconds()*k/float64(n))
 	bps := float64(sent1-sent0) / float64(n) / el.Seconds()
 	cpuPct := 100 * float64(cpu1-cpu0) / float64(n) / float64(el)
-	t.Logf("N=%d steady state over %v: %.0f B/s sent per agent, CPU %.3f%% of a core per agent (%.0f%% total)",
-		n, el.Round(time.Second), bps, cpuPct, cpuPct*float64(n))
+	gcPct := 100 * float64(gc1-gc0) / float64(n) / float64(el)
+	t.Logf("N=%d steady state over %v: %.0f B/s sent per agent, CPU %.3f%% of a core per agent (%.1f%% total, of which the collector and scavenger %.1f%%)",
+		n, el.Round(time.Second), bps, cpuPct, cpuPct*float64(n), gcPct*float64(n))
 
-	// A new node joins: its records everywhere.
-	last := cfgs[n]
-	last.Seeds = StaticSeeds(seeds)
-	t1 := time.Now()
-	newcomer, err := Start(t.Context(), last)
-	if err != nil {
-		t.Fatal(err)
-	}
-	agents = append(agents, newcomer)
+	// New nodes join, one at a time: each one's records everywhere. As with
+	// readiness below, the figure is the median of three: one join alone is a
+	// few gossip rounds and moves by a round from run to run.
 	// An event not seen by all within three times the 5 s target is a
 	// failure to explain, not a figure to wait for (dilated, a minute of
 	// protocol time is half an hour at k=32).
 	eventWait := dil(15 * time.Second)
-	join := waitForScaleEvery(t, poll, eventWait, "newcomer known by all", func() error {
-		for i, a := range agents {
-			if v, ok := a.memberView(last.NodeName); !ok || v.State != StateAlive {
-				return fmt.Errorf("agent %d does not know the newcomer", i)
-			}
+	var joins []time.Duration
+	for _, c := range cfgs[n:] {
+		c.Seeds = StaticSeeds(seeds)
+		t1 := time.Now()
+		newcomer, err := Start(t.Context(), c)
+		if err != nil {
+			t.Fatal(err)
 		}
-		return nil
-	}, t1)
-	t.Logf("N=%d join of one node known by all: %v", n, join)
+		agentsMu.Lock()
+		agents = append(agents, newcomer)
+		agentsMu.Unlock()
+		// When each agent first had it, to tell how the news spread (the
+		// poll's resolution): the quartiles, projected.
+		learned := map[*Agent]time.Duration{}
+		joins = append(joins, waitForScaleEvery(t, poll, eventWait, "newcomer "+c.NodeName+" known by all", func() error {
+			var err error
+			for i, a := range agents {
+				if _, done := learned[a]; done {
+					continue
+				}
+				if v, ok := a.memberView(c.NodeName); ok && v.State == StateAlive {
+					learned[a] = time.Since(t1)
+				} else if err == nil {
+					err = fmt.Errorf("agent %d does not know the newcomer", i)
+				}
+			}
+			return err
+		}, t1))
+		spread := slices.Sorted(maps.Values(learned))
+		q := func(f float64) time.Duration {
+			return time.Duration(float64(spread[int(f*float64(len(spread)-1))]) / k).Round(time.Millisecond)
+		}
+		t.Logf("N=%d newcomer %s known (projected) by a quarter of the ring after %v, half %v, three quarters %v, all %v",
+			n, c.NodeName, q(0.25), q(0.5), q(0.75), q(1))
+	}
+	slices.Sort(joins)
+	join := joins[len(joins)/2]
+	t.Logf("N=%d joins of one node known by all: %v (median %v)", n, joins, join)
 
-	// A readiness change.
-	t2 := time.Now()
-	agents[0].SetReady(true)
-	ready := waitForScaleEvery(t, poll, eventWait, "ready flag everywhere", func() error {
-		for i, a := range agents {
-			if v, _ := a.memberView(cfgs[0].NodeName); !v.Ready {
-				return fmt.Errorf("agent %d has node 0 not ready", i)
+	// Readiness changes: ready, not ready, ready again. Each is known by all
+	// a whole number of gossip rounds after it is made, so one change alone
+	// moves by a round (a quarter of the figure) from run to run; the figure
+	// is the median of the three.
+	var readies []time.Duration
+	for _, want := range []bool{true, false, true} {
+		t2 := time.Now()
+		agents[0].SetReady(want)
+		readies = append(readies, waitForScaleEvery(t, poll, eventWait, fmt.Sprintf("ready=%v everywhere", want), func() error {
+			for i, a := range agents {
+				if v, _ := a.memberView(cfgs[0].NodeName); v.Ready != want {
+					return fmt.Errorf("agent %d has node 0 ready=%v", i, v.Ready)
+				}
 			}
-		}
-		return nil
-	}, t2)
-	t.Logf("N=%d SetReady seen by all: %v", n, ready)
+			return nil
+		}, t2))
+	}
+	slices.Sort(readies)
+	ready := readies[len(readies)/2]
+	t.Logf("N=%d readiness changes seen by all: %v (median %v)", n, readies, ready)
 
 	// A crash: no leave message.
 	victim := n / 2
@@ -792,8 +885,8 @@ func runScale(t testing.TB, sz scaleSize) {
 	if bound != "" {
 		bound = " CPU-BOUND"
 	}
-	fmt.Printf("SCALE N=%d k=%g converge=%v join=%v ready=%v fail=%v steady=%.0fB/s/agent cpu=%.3f%%/agent window=%v regossip=%v regossip-bytes=%.0fKB/agent queued-at-converge=%d stall=%v batch=%d start=%v%s%s\n",
-		n, k, real(converge), real(join), real(ready), real(fail), bps*k, cpuPct*k, el.Round(time.Second),
+	fmt.Printf("SCALE N=%d k=%g converge=%v join=%v ready=%v fail=%v steady=%.0fB/s/agent cpu=%.3f%%/agent cpu-gc=%.3f%%/agent window=%v regossip=%v regossip-bytes=%.0fKB/agent queued-at-converge=%d stall=%v batch=%d start=%v%s%s\n",
+		n, k, real(converge), real(join), real(ready), real(fail), bps*k, cpuPct*k, gcPct*k, el.Round(time.Second),
 		real(drain), regossipBytes/1000, queuedAtConverge, stalls.max().Round(time.Millisecond), sz.batch, startSpan.Round(time.Millisecond), undrained, bound)
 	// The parent process reports these figures from this line (runScaleInNetns).
 }

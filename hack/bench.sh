@@ -66,15 +66,18 @@ gossip_ring() {
     grep -E '^SCALE|^DILATED|^COMPARE|^Benchmark|not within|^(ok|FAIL)' |
     awk '{print} /^SCALE / {printf "FIGURE gossip %s %s: %s %s %s %s %s %s (after the formation'"'"'s re-gossip: %s %s%s%s)   targets (N=1000) <= 5s each, <= 2000B/s, <= 1%%\n", $2, $3, $4, $5, $6, $7, $8, $9, $11, $12, (/UNDRAINED/ ? ", UNDRAINED" : ""), (/CPU-BOUND/ ? ", CPU-BOUND" : "")}' || true
 }
-gossip_ring -scale.n "${GOSSIP_N:-100,100/4,300@10,300/4@10}" -scale.repeat "${GOSSIP_REPEAT:-3}"
+#    The window is protocol time here (-scale.protocolwindow: 80 s real at k=4), so both runs
+#    of a pair count bytes and CPU over the same rounds and as many collections.
+gossip_ring -scale.n "${GOSSIP_N:-100,100/4,300@10,300/4@10}" -scale.repeat "${GOSSIP_REPEAT:-3}" -scale.protocolwindow
 # 2. All at once, dilated only: N=300 at k=4 and N=1000 at k=32 (k=8 and 16 stalled for
 #    40-50 s while N=1000 formed). One run each (N=1000/32 took ~9 min at stop 11; stop
 #    12's re-run had a killed node still held alive by some agents: see README).
 gossip_ring -scale.n "${GOSSIP_SCALE_N:-300/4,1000/32}"
-# 3. N=2000 (opt-in: ~16 GB and ~36 min): GOSSIP_2000=2000/64@200 hack/bench.sh starts 200 a
-#    (dilated) second, as at stop 13; all at once (2000/64) does not fit this machine.
+# 3. N=2000 (opt-in: ~14 GB and ~40 min): GOSSIP_2000=2000/64@200 hack/bench.sh starts 200 a
+#    (dilated) second; all at once (2000/64) does not fit this machine. Its re-gossip took 16 min
+#    to drain on 1 Dec (15 s projected), longer than the default wait, hence -scale.drainmax.
 if [ -n "${GOSSIP_2000:-}" ]; then
-  gossip_ring -scale.n "$GOSSIP_2000" -scale.memlimit $((16 << 30))
+  gossip_ring -scale.n "$GOSSIP_2000" -scale.memlimit $((16 << 30)) -scale.drainmax 45m
 fi
 # Its formation alone (a few minutes): GOSSIP_FORM=2000/64 hack/bench.sh.
 if [ -n "${GOSSIP_FORM:-}" ]; then
