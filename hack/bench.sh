@@ -57,9 +57,10 @@ echo "== gossip ring at scale (in-process agents; N/k = every timer dilated k ti
 #    CPU-BOUND) side by side with the difference and a verdict per figure (within 20 %).
 #    N=300 undilated fits two cores started 10 a second (N@B; not at once, nor 50 a
 #    second: its re-gossip then kept both cores busy and never drained), so the pair runs
-#    300@10 and 300/4@10 (~1 and ~3.5 min a run). CPU per agent projects within ~25 % since
-#    the bench's own stall watch is dilated too (README); BenchmarkRingProcesses below
-#    measures a node's CPU for real.
+#    300@10 and 300/4@10 (~1 and ~3.5 min a run). Every agent starts at a random moment within
+#    one (dilated) gossip interval, as booting nodes do (memberlist's own tickers would otherwise
+#    run in lockstep: README). CPU per agent does not project (sparse events each cost a thread
+#    wake-up of their own); BenchmarkRingProcesses below measures a node's CPU for real.
 gossip_ring() {
   flock /tmp/nodeagent-e2e.lock go test -count=1 -run '^$' -bench '^BenchmarkRing$' -benchtime 1x -timeout 90m ./gossip/ \
     -scale.window "${GOSSIP_WINDOW:-20s}" "$@" |
