@@ -665,7 +665,7 @@ func runScale(t testing.TB, sz scaleSize) {
 		go traceConvergence(&agents, &agentsMu, firstStart, traceDone)
 	}
 	// memberlist's tickers tick from the moment it is created (its random
-	// stagger only delays the first tick read, v0.5.x state.go), so agents
+	// stagger only delays the first tick read, v0.7.0 state.go), so agents
 	// created in the same instant gossip in lockstep, and news waits a whole
 	// interval at every hop. Creating N agents takes the same real time at every
 	// k, which spreads the phases over a gossip interval undilated but not at
