@@ -674,6 +674,8 @@ func runScale(t testing.TB, sz scaleSize) {
 	// (all at once: of the first start).
 	offsets := startOffsets(n, sz.batch, dil(time.Second), dil(tune.withDefaults().GossipInterval))
 	for i := range n {
+		// A launch schedule, not a wait for a condition: the agent starts at its
+		// offset (at once if starting the ones before it took longer).
 		if d := time.Until(firstStart.Add(offsets[i])); d > 0 {
 			time.Sleep(d)
 		}
