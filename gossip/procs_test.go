@@ -2,6 +2,7 @@ package gossip
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -10,138 +11,408 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/procfs"
 
 	"github.com/nodeagent/nodeagent/internal/netns"
 )
 
 var (
-	procsN      = flag.Int("procs.n", 200, "agents for BenchmarkRingProcesses, one process and network namespace each (at most 245)")
-	procsDilate = flag.Float64("procs.k", 4, "time dilation of BenchmarkRingProcesses (Tuning.Dilation): N processes forming a ring at full speed starve two cores as N in-process agents do; CPU is projected ×k")
-	procsWindow = flag.Duration("procs.window", 30*time.Second, "steady-state window of BenchmarkRingProcesses")
+	procsSizes   = flag.String("procs.n", "200/4@10", "rings of BenchmarkRingProcesses, comma-separated, each N, N/k, N@B or N/k@B as in -scale.n: N agents, one process and network namespace each; every timer ×k (Tuning.Dilation: N processes forming a ring at full speed starve two cores as N in-process agents do; CPU is projected ×k); B started per (dilated) second, all at once without @B")
+	procsWindow  = flag.Duration("procs.window", 30*time.Second, "one steady-state window of BenchmarkRingProcesses, in real time")
+	procsWindows = flag.Int("procs.windows", 2, "consecutive steady-state windows of BenchmarkRingProcesses: the figures are the last one's; the earlier ones show whether the formation's gossip had drained")
+	procsRepeat  = flag.Int("procs.repeat", 1, "runs of each BenchmarkRingProcesses ring; the figures are medians")
 )
 
 // BenchmarkRingProcesses measures what a node's gossip agent really pays: N
 // agents, each a process of its own (the gossip-only program ./internal/ringnode,
 // built like nodeagent, running the package's real Agent with the daemon's
-// timers, metadata and hosts-file writer) in a network namespace of its own on
-// one bridge, started 10 a second as an Auto Scaling launch would. Once every
-// agent's hosts file lists every node, it reads each process's resident memory
-// (VmRSS, and its parts RssAnon and RssFile) and CPU time (utime+stime) from
-// /proc over -procs.window and prints a PROCS line: mean and worst of each per
-// process. Like BenchmarkRing's N/k, every timer is dilated -procs.k times and
-// CPU and the convergence time are projected back (×k, ÷k); memory is what it
-// is. The whole node daemon, which runs this agent among everything else, is
-// measured by the daemon's own benchmark, not here.
+// timers, metadata and hosts-file writer) in a network namespace of its own,
+// started B a second as an Auto Scaling launch would, each at a random moment
+// within one gossip interval of its batch's start (nodes that boot do not tick
+// in step; see startOffsets). Once every agent's hosts file lists every node
+// and the formation's gossip has had time to drain, it reads each process's
+// resident memory (VmRSS, and its parts RssAnon and RssFile) and CPU time
+// (utime+stime) from /proc over -procs.windows consecutive windows and prints a
+// PROCS line: mean and worst of each per process, over the last window. Like
+// BenchmarkRing's N/k, every timer is dilated k times and CPU and the
+// convergence time are projected back (×k, ÷k); memory is what it is. A ring
+// run both undilated and dilated gets a PROCS-COMPARE line, as BenchmarkRing's
+// COMPARE: here the processes are as sparse as real nodes, so the CPU must
+// project too. A run during which this machine's cores were busy
+// procsBusyLimit of the time is marked CPU-BOUND: its agents waited for CPU,
+// so its times measure the machine, not the ring. The whole node daemon, which
+// runs this agent among everything else, is measured by the daemon's own
+// benchmark, not here.
 //
-//	flock /tmp/nodeagent-e2e.lock go test -run '^$' -bench BenchmarkRingProcesses -benchtime 1x ./gossip/ -procs.n 200
+//	flock /tmp/nodeagent-e2e.lock go test -run '^$' -bench BenchmarkRingProcesses -benchtime 1x ./gossip/ -procs.n 200@10,200/4@10
 func BenchmarkRingProcesses(b *testing.B) {
 	if why := netns.Available(); why != "" {
 		b.Fatal(why)
-	}
-	n, k := *procsN, max(1, *procsDilate)
-	dil := func(d time.Duration) time.Duration { return time.Duration(float64(d) * k) }
-	if n < 2 || n > 245 {
-		b.Fatalf("-procs.n %d: want 2 to 245 (one /24)", n)
 	}
 	exe := buildRingNode(b)
 	st, err := os.Stat(exe)
 	if err != nil {
 		b.Fatal(err)
 	}
-	exeSize := st.Size()
-	for range b.N {
-		lab := netns.New(b, fmt.Sprintf("gp%d", os.Getpid()%1000), "10.98.0", n)
-		var seeds []string
-		for _, node := range lab.Nodes {
-			seeds = append(seeds, node.IP.String())
+	var results []ringResult
+	for _, f := range strings.Split(*procsSizes, ",") {
+		sz, err := parseScaleSize(f, 0)
+		if err != nil {
+			b.Fatalf("-procs.n: %v", err)
 		}
-		dir := b.TempDir()
-		keyFile := writeRingKey(b, dir, []byte("procs-bench-key0"))
-		cmds := make([]*exec.Cmd, n)
-		b.Cleanup(func() {
-			for _, c := range cmds {
-				if c != nil {
-					c.Process.Kill()
-					c.Wait()
+		if sz.n > netns.Max {
+			b.Fatalf("-procs.n %d: a lab holds at most %d nodes", sz.n, netns.Max)
+		}
+		b.Run(sz.String(), func(b *testing.B) {
+			res := ringResult{size: sz}
+			for range b.N {
+				for range max(1, *procsRepeat) {
+					res.runs = append(res.runs, runProcs(b, exe, st.Size(), sz))
 				}
 			}
+			med, used := res.median()
+			b.ReportMetric(med["rss-MiB"], "MiB-RSS/proc")
+			b.ReportMetric(med["anon-MiB"], "MiB-anon/proc")
+			b.ReportMetric(med["file-MiB"], "MiB-file/proc")
+			b.ReportMetric(med["cpu%"], "cpu%/proc")
+			if len(res.runs) > 1 {
+				fmt.Printf("PROCS-MEDIAN %s (%d runs, %s): %s\n", sz, len(res.runs), used, formatProcsFigures(med))
+			}
+			results = append(results, res)
 		})
-		names := make([]string, n)
-		hosts := make([]string, n)
-		start := time.Now()
-		for i := range n {
-			names[i] = fmt.Sprintf("ip-10-98-0-%d", 10+i)
-			hosts[i] = filepath.Join(dir, fmt.Sprintf("hosts-%d", i))
-			if err := os.WriteFile(hosts[i], []byte(hostsPrelude), 0o644); err != nil {
-				b.Fatal(err)
+	}
+	for _, line := range compareRuns("PROCS-COMPARE", procsFigures, results) {
+		fmt.Println(line)
+	}
+	for _, line := range estimateUndilatedCPU(results) {
+		fmt.Println(line)
+	}
+}
+
+// estimateUndilatedCPU gives, for each dilated ring too large to run
+// undilated, the CPU per process it would use undilated. Dilated CPU
+// over-projects (each sparse event costs a thread wake-up of its own; the
+// factor grows with k), so the projection itself is only an upper bound. A
+// smaller ring run both undilated and at the same k measures that factor,
+// and the estimate divides it out: CPU(N, undilated) ≈ CPU(n, undilated) ×
+// CPU(N, k) / CPU(n, k). It assumes the over-projection at one k depends on
+// the events' spacing, not on N.
+func estimateUndilatedCPU(results []ringResult) []string {
+	cpu := func(r ringResult) (float64, bool) {
+		if len(r.runs) == 0 {
+			return 0, false
+		}
+		m, _ := r.median()
+		v, ok := m["cpu%"]
+		return v, ok && v > 0
+	}
+	var lines []string
+	for _, big := range results {
+		bigCPU, ok := cpu(big)
+		if big.size.k == 1 || !ok {
+			continue
+		}
+		for _, ref := range results {
+			refCPU, ok := cpu(ref)
+			if ref.size.k != big.size.k || ref.size.n >= big.size.n || !ok {
+				continue
 			}
-			cmd := lab.Command(context.Background(), i, exe, ringNodeArgs{
-				name: names[i], seeds: seeds, hosts: hosts[i], router: lab.Router.String(), keyFile: keyFile,
-				dilation: k,
-			}.args()...)
-			if err := cmd.Start(); err != nil {
-				b.Fatal(err)
-			}
-			cmds[i] = cmd
-			if (i+1)%10 == 0 && i+1 < n {
-				time.Sleep(dil(time.Second))
+			for _, u := range results {
+				uCPU, ok := cpu(u)
+				if u.size.k != 1 || u.size.n != ref.size.n || !ok {
+					continue
+				}
+				lines = append(lines, fmt.Sprintf("PROCS-ESTIMATE N=%d undilated: cpu per process %.3f%% (= N=%d undilated %.3f%% × N=%d/k=%g %.3f%% ÷ N=%d/k=%g %.3f%%; at k=%g the projection over-states N=%d's CPU %.1f×)",
+					big.size.n, uCPU*bigCPU/refCPU, u.size.n, uCPU, big.size.n, big.size.k, bigCPU, ref.size.n, ref.size.k, refCPU, big.size.k, ref.size.n, refCPU/uCPU))
 			}
 		}
-		lastStart := time.Now()
-		converge := waitForScale(b, dil(3*time.Minute), "every process's hosts file lists every node", func() error {
-			for i, h := range hosts {
-				raw, err := os.ReadFile(h)
-				if err != nil {
-					return err
+	}
+	return lines
+}
+
+// procsBusyLimit is the share of this machine's CPU time in use above which a
+// process ring's run is CPU-BOUND.
+const procsBusyLimit = 0.90
+
+// procsFigures are the figures of a process ring, by unit, as compareRuns sets
+// them side by side.
+var procsFigures = []figure{
+	{"converge-s", "converge", "%.2fs"},
+	{"cpu%", "cpu per process", "%.3f%%"},
+	{"rss-MiB", "RSS per process", "%.1fMiB"},
+	{"anon-MiB", "anonymous RSS per process", "%.1fMiB"},
+}
+
+func formatProcsFigures(m map[string]float64) string {
+	var parts []string
+	for _, f := range procsFigures {
+		parts = append(parts, fmt.Sprintf("%s "+f.format, f.name, m[f.unit]))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// runProcs runs one process ring and returns its figures.
+func runProcs(b *testing.B, exe string, exeSize int64, sz scaleSize) ringRun {
+	n, k := sz.n, sz.k
+	dil := func(d time.Duration) time.Duration { return time.Duration(float64(d) * k) }
+	lab := netns.New(b, fmt.Sprintf("gp%d", os.Getpid()%1000), "10.98.0", n)
+	var seeds []string
+	for _, node := range lab.Nodes {
+		seeds = append(seeds, node.IP.String())
+	}
+	dir := b.TempDir()
+	keyFile := writeRingKey(b, dir, []byte("procs-bench-key0"))
+	cmds := make([]*exec.Cmd, n)
+	defer func() {
+		for _, c := range cmds {
+			if c != nil {
+				if err := c.Process.Kill(); err != nil {
+					b.Logf("stop agent %d: %v", c.Process.Pid, err)
 				}
-				if got := len(parseHostsBlock(raw)); got != n {
-					return fmt.Errorf("agent %d lists %d/%d nodes", i, got, n)
-				}
+				c.Wait() // killed: its exit status says so and nothing else
 			}
-			return nil
-		}, lastStart)
-		b.Logf("%d processes started in %v, converged %v after the last start", n, lastStart.Sub(start).Round(time.Second), converge)
-		// The formation's gossip queues drain, as in BenchmarkRing.
-		time.Sleep(min(dil(20*time.Second), time.Minute))
+		}
+	}()
+	dilation := k
+	if k == 1 {
+		dilation = 0 // the agent's own default
+	}
+	hosts := make([]string, n)
+	offsets := startOffsets(n, sz.batch, dil(time.Second), dil(DefaultTuning().GossipInterval))
+	host0 := readHostCPU(b)
+	start := time.Now()
+	for i := range n {
+		// A directory per agent: the agent replaces its hosts file by a
+		// rename in the file's directory, and a thousand agents renaming in
+		// one directory queue on its lock (seen at N=1000 as agents and the
+		// bench stuck in renameat2 and openat).
+		nodeDir := filepath.Join(dir, fmt.Sprintf("node-%d", i))
+		if err := os.Mkdir(nodeDir, 0o755); err != nil {
+			b.Fatal(err)
+		}
+		hosts[i] = filepath.Join(nodeDir, "hosts")
+		if err := os.WriteFile(hosts[i], []byte(hostsPrelude), 0o644); err != nil {
+			b.Fatal(err)
+		}
+		if i%50 == 0 {
+			checkMemoryLeft(b, i)
+		}
+		// A launch schedule: process i starts offsets[i] after the first.
+		time.Sleep(time.Until(start.Add(offsets[i])))
+		// Each agent runs at nice 10, so that the bench's own work (the
+		// launch schedule, the convergence polls, the /proc reads) is not
+		// queued behind a thousand agents while a large ring forms; the CPU
+		// each agent uses is the same, only its place in the queue changes.
+		cmd := lab.Command(context.Background(), i, "nice", append([]string{"-n", "10", exe}, ringNodeArgs{
+			name: fmt.Sprintf("ip-10-98-%d-%d", (10+i)/256, (10+i)%256), seeds: seeds, hosts: hosts[i],
+			router: lab.Router.String(), keyFile: keyFile, dilation: dilation,
+		}.args()...)...)
+		// An agent dies with the bench, even when the bench is killed: no
+		// orphan ring keeps the machine busy after an interrupted run.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		cmds[i] = cmd
+	}
+	lastStart := time.Now()
+	// Polling N hosts files of N lines is itself work on the shared cores: the
+	// wait rereads only the agents not yet complete, and polls less often on
+	// large rings.
+	poll := 100 * time.Millisecond * time.Duration(max(1, n/250))
+	listed := allListEveryNode(hosts, n)
+	converge := waitForScaleEvery(b, poll, dil(3*time.Minute), "every process's hosts file lists every node", func() error {
+		// A ring that does not fit the cores grows its queues while it
+		// forms: stop before the OOM killer picks an agent.
+		checkMemoryLeft(b, n)
+		return listed()
+	}, lastStart)
+	formBusy := readHostCPU(b).busySince(host0)
+	b.Logf("%d processes started in %v, converged %v after the last start (%v projected; polled every %v); this machine %.0f %% busy meanwhile",
+		n, lastStart.Sub(start).Round(time.Second), converge.Round(time.Millisecond), (converge / time.Duration(k)).Round(10*time.Millisecond), poll, 100*formBusy)
+	// The formation's gossip queues drain, as in BenchmarkRing; the windows
+	// that follow show whether they had.
+	time.Sleep(min(dil(20*time.Second), time.Minute))
+
+	var windows []float64
+	var cpuPct, rss, anon, file []float64
+	var busy float64
+	for w := range max(1, *procsWindows) {
 		cpu0 := make([]time.Duration, n)
 		for i, c := range cmds {
 			cpu0[i], _ = procStat(b, c.Process.Pid)
 		}
-		t0 := time.Now()
+		h0, t0 := readHostCPU(b), time.Now()
+		// The window: CPU is read at both ends of it.
 		time.Sleep(*procsWindow)
 		el := time.Since(t0)
-		cpuPct := make([]float64, n)
-		rss := make([]float64, n)
-		anon := make([]float64, n)
-		file := make([]float64, n)
+		busy = readHostCPU(b).busySince(h0)
+		cpuPct, rss, anon, file = make([]float64, n), make([]float64, n), make([]float64, n), make([]float64, n)
 		for i, c := range cmds {
-			var m procMem
-			var cpu1 time.Duration
-			cpu1, m = procStat(b, c.Process.Pid)
+			cpu1, m := procStat(b, c.Process.Pid)
 			rss[i], anon[i], file[i] = m.RSS, m.Anon, m.File
 			cpuPct[i] = 100 * k * float64(cpu1-cpu0[i]) / float64(el)
 		}
-		mean := func(v []float64) float64 {
-			s := 0.0
-			for _, x := range v {
-				s += x
-			}
-			return s / float64(len(v))
-		}
-		b.ReportMetric(mean(rss), "MiB-RSS/proc")
-		b.ReportMetric(mean(anon), "MiB-anon/proc")
-		b.ReportMetric(mean(file), "MiB-file/proc")
-		b.ReportMetric(mean(cpuPct), "cpu%/proc")
-		// rss is VmRSS: anon (heap, stacks, runtime: what the agent itself
-		// allocates) plus file (the pages of the executable it has touched,
-		// shared by every process of one binary) and shared memory.
-		fmt.Printf("PROCS N=%d k=%g converge=%v rss=%.1fMiB(max %.1f) anon=%.1fMiB(max %.1f) file=%.1fMiB(max %.1f) cpu=%.3f%%(max %.3f) window=%v binary=%.1fMB\n",
-			n, k, (converge / time.Duration(k)).Round(10*time.Millisecond),
-			mean(rss), slices.Max(rss), mean(anon), slices.Max(anon), mean(file), slices.Max(file),
-			mean(cpuPct), slices.Max(cpuPct), el.Round(time.Second), float64(exeSize)/1e6)
+		windows = append(windows, mean(cpuPct))
+		b.Logf("window %d: %.3f %% of a core per process (projected), this machine %.0f %% busy", w+1, mean(cpuPct), 100*busy)
 	}
+	drops := udpReceiveDrops(b, cmds)
+	bound := busy >= procsBusyLimit || formBusy >= procsBusyLimit
+	var ws []string
+	for _, w := range windows {
+		ws = append(ws, fmt.Sprintf("%.3f%%", w))
+	}
+	// rss is VmRSS: anon (heap, stacks, runtime: what the agent itself
+	// allocates) plus file (the pages of the executable it has touched,
+	// shared by every process of one binary) and shared memory.
+	fmt.Printf("PROCS N=%d k=%g converge=%v rss=%.1fMiB(max %.1f) anon=%.1fMiB(max %.1f) file=%.1fMiB(max %.1f) cpu=%.3f%%(max %.3f) windows=%s×%v host-busy=%.0f%%(forming %.0f%%) udp-rcvbuf-drops=%d(in %d namespaces) binary=%.1fMB%s\n",
+		n, k, (converge / time.Duration(k)).Round(10*time.Millisecond),
+		mean(rss), slices.Max(rss), mean(anon), slices.Max(anon), mean(file), slices.Max(file),
+		mean(cpuPct), slices.Max(cpuPct), strings.Join(ws, ","), (*procsWindow).Round(time.Second), 100*busy, 100*formBusy, drops.total, drops.namespaces,
+		float64(exeSize)/1e6, cpuBoundMark(bound))
+	return ringRun{cpuBound: bound, figures: map[string]float64{
+		"converge-s": converge.Seconds() / k,
+		"cpu%":       mean(cpuPct),
+		"rss-MiB":    mean(rss),
+		"anon-MiB":   mean(anon),
+		"file-MiB":   mean(file),
+	}}
+}
+
+func mean(v []float64) float64 {
+	s := 0.0
+	for _, x := range v {
+		s += x
+	}
+	return s / float64(len(v))
+}
+
+// allListEveryNode holds once every hosts file lists n nodes at the same
+// time. Each call rereads only the files that did not yet; once none is left
+// it checks them all again, and any that no longer do are pending again.
+func allListEveryNode(hosts []string, n int) func() error {
+	pending := slices.Clone(hosts)
+	full := false
+	return func() error {
+		var still []string
+		var first error
+		for _, h := range pending {
+			raw, err := os.ReadFile(h)
+			if err != nil {
+				return err
+			}
+			if got := len(parseHostsBlock(raw)); got != n {
+				still = append(still, h)
+				if first == nil {
+					first = fmt.Errorf("%s lists %d/%d nodes", filepath.Base(h), got, n)
+				}
+			}
+		}
+		if len(still) > 0 {
+			pending, full = still, false
+			return fmt.Errorf("%d hosts files incomplete, e.g. %w", len(still), first)
+		}
+		if full {
+			return nil
+		}
+		// Each file was complete when last read: read them all once more.
+		pending, full = slices.Clone(hosts), true
+		return errors.New("every hosts file has been complete once; checking them all again")
+	}
+}
+
+// hostCPU is this machine's CPU time from /proc/stat, in ticks.
+type hostCPU struct{ total, idle int64 }
+
+func readHostCPU(t testing.TB) hostCPU {
+	t.Helper()
+	raw, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, _, _ := strings.Cut(string(raw), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	if len(f) < 5 || f[0] != "cpu" {
+		t.Fatalf("/proc/stat: unexpected first line %q", line)
+	}
+	var h hostCPU
+	for i, v := range f[1:] {
+		x, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			t.Fatalf("/proc/stat: %q: %v", line, err)
+		}
+		if i >= 8 { // guest and guest_nice are already counted in user and nice
+			break
+		}
+		h.total += x
+		if i == 3 || i == 4 { // idle, iowait
+			h.idle += x
+		}
+	}
+	return h
+}
+
+// busySince is the share of every core's time in use between then and h.
+func (h hostCPU) busySince(then hostCPU) float64 {
+	dt := h.total - then.total
+	if dt <= 0 {
+		return 0
+	}
+	return 1 - float64(h.idle-then.idle)/float64(dt)
+}
+
+// checkMemoryLeft stops the run before this machine runs out of memory: the
+// kernel's OOM killer would take an agent, or something else, at random.
+func checkMemoryLeft(t testing.TB, started int) {
+	t.Helper()
+	raw, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "MemAvailable:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				t.Fatalf("/proc/meminfo: %q: %v", line, err)
+			}
+			if kb < 1<<20 {
+				t.Fatalf("only %d MiB of memory left after starting %d agents: this machine holds no more", kb>>10, started)
+			}
+			return
+		}
+	}
+	t.Fatal("/proc/meminfo has no MemAvailable")
+}
+
+// udpDrops counts the UDP datagrams the agents' kernels dropped because a
+// socket's receive buffer was full (Udp RcvbufErrors, per network namespace):
+// gossip lost on the way in, which only retransmission and push/pull repair.
+type udpDrops struct{ total, namespaces int }
+
+// udpReceiveDrops sums RcvbufErrors over the agents' namespaces (each agent
+// has one of its own, so /proc/<pid>/net/snmp is its namespace's).
+func udpReceiveDrops(t testing.TB, cmds []*exec.Cmd) udpDrops {
+	t.Helper()
+	var d udpDrops
+	for _, c := range cmds {
+		p, err := procfs.NewProc(c.Process.Pid)
+		if err != nil {
+			t.Fatalf("agent process %d: %v", c.Process.Pid, err)
+		}
+		snmp, err := p.Snmp()
+		if err != nil {
+			t.Fatalf("agent process %d: UDP counters: %v", c.Process.Pid, err)
+		}
+		if snmp.Udp.RcvbufErrors != nil && *snmp.Udp.RcvbufErrors > 0 {
+			d.total += int(*snmp.Udp.RcvbufErrors)
+			d.namespaces++
+		}
+	}
+	return d
 }
 
 // procMem is a process's resident memory in MiB from /proc/<pid>/status:

@@ -1,6 +1,8 @@
 package gossip
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -114,5 +116,69 @@ func TestStartOffsetsSpreadEachBatchOverOnePhase(t *testing.T) {
 	once := startOffsets(100, 0, second, phase)
 	if spread := once[99] - once[0]; spread >= phase || spread < phase/2 {
 		t.Errorf("all at once: starts spread over %v, want most of one phase (%v)", spread, phase)
+	}
+}
+
+// The process ring has converged only when every hosts file lists every node
+// at once: a file complete on one read and short on the next is pending again.
+func TestAllListEveryNodeRereadsOnlyTheIncompleteThenAll(t *testing.T) {
+	dir := t.TempDir()
+	names := map[string][]string{"a": {"10.0.0.1"}, "b": {"10.0.0.2"}}
+	write := func(path string, entries map[string][]string) {
+		t.Helper()
+		if err := os.WriteFile(path, RenderHostsBlock([]byte(hostsPrelude), entries), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h1, h2 := filepath.Join(dir, "h1"), filepath.Join(dir, "h2")
+	write(h1, names)
+	write(h2, map[string][]string{"a": {"10.0.0.1"}})
+	done := allListEveryNode([]string{h1, h2}, 2)
+
+	if err := done(); err == nil || !strings.Contains(err.Error(), "1 hosts files incomplete") {
+		t.Fatalf("h2 lists 1 of 2 nodes: got %v", err)
+	}
+	// h1 regresses, unseen: only h2 is read until every file has been complete once.
+	write(h1, map[string][]string{"a": {"10.0.0.1"}})
+	write(h2, names)
+	if err := done(); err == nil || !strings.Contains(err.Error(), "checking them all again") {
+		t.Fatalf("h2 complete, h1 not reread: got %v, want the full check to come", err)
+	}
+	if err := done(); err == nil || !strings.Contains(err.Error(), "h1 lists 1/2") {
+		t.Fatalf("the full check must find h1 short again: got %v", err)
+	}
+	write(h1, names)
+	if err := done(); err == nil {
+		t.Fatal("converged on the first read after h1 came back, without a full check")
+	}
+	if err := done(); err != nil {
+		t.Fatalf("every file complete twice over: %v", err)
+	}
+}
+
+func TestBusySinceIsTheShareOfCPUTimeNotIdle(t *testing.T) {
+	then := hostCPU{total: 1000, idle: 800}
+	if got := (hostCPU{total: 1400, idle: 900}).busySince(then); got < 0.749 || got > 0.751 {
+		t.Errorf("400 ticks, 100 idle: busy %.3f, want 0.75", got)
+	}
+	if got := then.busySince(then); got != 0 {
+		t.Errorf("no time passed: busy %.3f, want 0", got)
+	}
+}
+
+func TestUndilatedCPUIsEstimatedFromASmallerRingAtTheSameDilation(t *testing.T) {
+	ring := func(n int, k float64, cpu float64) ringResult {
+		return ringResult{size: scaleSize{n: n, k: k}, runs: []ringRun{{figures: map[string]float64{"cpu%": cpu}}}}
+	}
+	lines := estimateUndilatedCPU([]ringResult{ring(200, 1, 0.2), ring(200, 4, 0.3), ring(200, 32, 1.0), ring(1000, 32, 1.5)})
+	if len(lines) != 1 {
+		t.Fatalf("estimates = %q, want one: N=1000 from N=200 at k=32 (k=4 has no N=1000 ring)", lines)
+	}
+	// 0.2 % undilated × 1.5 / 1.0: the N=1000 ring is 1.5 times N=200 at k=32.
+	if !strings.Contains(lines[0], "N=1000 undilated: cpu per process 0.300%") || !strings.Contains(lines[0], "over-states N=200's CPU 5.0×") {
+		t.Errorf("estimate = %q, want 0.300%% and an over-projection of 5.0× at k=32", lines[0])
+	}
+	if got := estimateUndilatedCPU([]ringResult{ring(1000, 32, 1.5), ring(200, 32, 1.0)}); len(got) != 0 {
+		t.Errorf("estimates without an undilated ring = %q, want none", got)
 	}
 }

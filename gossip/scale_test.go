@@ -286,9 +286,12 @@ func (r ringResult) worst() map[string]float64 {
 // undilated run of the same ring for the method to hold (the 20 %).
 const dilationTolerance = 0.20
 
-// compareFigures are the figures a dilated projection must reproduce, in the
-// order printed.
-var compareFigures = []struct{ unit, name, format string }{
+// figure is one figure that a dilated projection must reproduce: its unit
+// (the key in ringRun.figures), its name and how it prints.
+type figure struct{ unit, name, format string }
+
+// compareFigures are the figures of an in-process ring, in the order printed.
+var compareFigures = []figure{
 	{"converge-s", "converge", "%.2fs"},
 	{"join-s", "join", "%.2fs"},
 	{"ready-s", "ready", "%.2fs"},
@@ -298,11 +301,16 @@ var compareFigures = []struct{ unit, name, format string }{
 	{"cpu-agents%/agent", "cpu outside the collector", "%.3f%%"},
 }
 
-// compareDilation sets each dilated ring beside the undilated run of the same
-// N and batch: per figure both medians, the difference relative to the
+// compareDilation is compareRuns for BenchmarkRing's COMPARE lines.
+func compareDilation(results []ringResult) []string {
+	return compareRuns("COMPARE", compareFigures, results)
+}
+
+// compareRuns sets each dilated ring beside the undilated run of the same N
+// and batch: per figure both medians, the difference relative to the
 // undilated one and whether it is within dilationTolerance. A size with no
 // undilated run in the same invocation has nothing to compare with.
-func compareDilation(results []ringResult) []string {
+func compareRuns(prefix string, figures []figure, results []ringResult) []string {
 	type key struct{ n, batch int }
 	undilated := map[key]ringResult{}
 	for _, r := range results {
@@ -324,7 +332,7 @@ func compareDilation(results []ringResult) []string {
 		}
 		var parts []string
 		fails := 0
-		for _, f := range compareFigures {
+		for _, f := range figures {
 			uv, dv := um[f.unit], dm[f.unit]
 			diff := 0.0
 			if uv != 0 {
@@ -340,9 +348,9 @@ func compareDilation(results []ringResult) []string {
 		}
 		summary := "the projection holds for every figure"
 		if fails > 0 {
-			summary = fmt.Sprintf("%d of %d figures NOT within 20 %%", fails, len(compareFigures))
+			summary = fmt.Sprintf("%d of %d figures NOT within 20 %%", fails, len(figures))
 		}
-		lines = append(lines, fmt.Sprintf("COMPARE N=%d (%s) undilated / k=%g projected, medians of %d / %d runs (%d / %d CPU-BOUND; %s / %s): %s — %s",
+		lines = append(lines, fmt.Sprintf(prefix+" N=%d (%s) undilated / k=%g projected, medians of %d / %d runs (%d / %d CPU-BOUND; %s / %s): %s — %s",
 			d.size.n, start, d.size.k, len(u.runs), len(d.runs), u.cpuBound(), d.cpuBound(), uUsed, dUsed, strings.Join(parts, "; "), summary))
 	}
 	return lines

@@ -59,8 +59,9 @@ echo "== gossip ring at scale (in-process agents; N/k = every timer dilated k ti
 #    second: its re-gossip then kept both cores busy and never drained), so the pair runs
 #    300@10 and 300/4@10 (~1 and ~3.5 min a run). Every agent starts at a random moment within
 #    one (dilated) gossip interval, as booting nodes do (memberlist's own tickers would otherwise
-#    run in lockstep: README). CPU per agent does not project (sparse events each cost a thread
-#    wake-up of their own); BenchmarkRingProcesses below measures a node's CPU for real.
+#    run in lockstep: README). CPU per agent does not project in one process (sparse events each
+#    cost a thread wake-up of their own); BenchmarkRingProcesses below validates and measures a
+#    node's CPU with one agent per process.
 gossip_ring() {
   flock /tmp/nodeagent-e2e.lock go test -count=1 -run '^$' -bench '^BenchmarkRing$' -benchtime 1x -timeout 90m ./gossip/ \
     -scale.window "${GOSSIP_WINDOW:-20s}" "$@" |
@@ -87,8 +88,13 @@ if [ -n "${GOSSIP_FORM:-}" ]; then
 fi
 
 echo "== gossip ring of real processes (one agent per process and network namespace; RSS and CPU from /proc)"
-# N=200 (the target is at least 200), timers ×4 so that 200 processes forming a ring fit two
-# cores; CPU and convergence are projected back. Targets: RSS ≤ 30 MiB, ≤ 1 % of a core per process.
-flock /tmp/nodeagent-e2e.lock go test -count=1 -run '^$' -bench BenchmarkRingProcesses -benchtime 1x -timeout 20m ./gossip/ \
-  -procs.n "${GOSSIP_PROCS:-200}" -procs.k "${GOSSIP_PROCS_K:-4}" -procs.window 30s |
-  grep -E '^PROCS|^Benchmark|not within|^(ok|FAIL)' | sed 's/^PROCS/FIGURE gossip processes (targets: RSS <= 30 MiB, cpu <= 1 %)/' || true
+# What a node pays: each agent a process of its own, as sparse as a real node. N=200 undilated
+# (~2 min) is the measured figure; N=200 at k=4 (~3.5 min) and k=32 (~4.5 min) show how far a
+# dilated projection over-states CPU (PROCS-COMPARE); N=1000 at k=32, 50 started a (dilated)
+# second (~19 min, ~10 GB: one /16 lab over chained bridges with static neighbours,
+# internal/netns) gets a PROCS-ESTIMATE of its undilated CPU from that factor. N=1000 at k=8 or
+# 16 does not fit two cores while forming. A run during which this machine was 90 % busy is
+# CPU-BOUND. Targets: RSS <= 30 MiB, <= 1 % of a core per process.
+flock /tmp/nodeagent-e2e.lock go test -count=1 -run '^$' -bench BenchmarkRingProcesses -benchtime 1x -timeout 60m ./gossip/ \
+  -procs.n "${GOSSIP_PROCS:-200@10,200/4@10,200/32@50,1000/32@50}" -procs.window 30s -procs.windows 2 |
+  grep -E '^PROCS|^Benchmark|not within|^(ok|FAIL)' | sed 's/^PROCS /FIGURE gossip processes (targets: RSS <= 30 MiB, cpu <= 1 %) /' || true

@@ -2,7 +2,7 @@
 # Installs the Debian packages the real-parts tests and the demo use (iptables and conntrack: copied
 # into the e2e kube-proxy image by hack/images). Idempotent and quiet when done.
 set -euo pipefail
-pkgs=(systemd-container debootstrap containerd runc containernetworking-plugins iptables conntrack etcd-server iproute2 e2fsprogs util-linux kmod curl ca-certificates xfsprogs fdisk packer)
+pkgs=(systemd-container debootstrap containerd runc containernetworking-plugins iptables conntrack etcd-server iproute2 iputils-ping e2fsprogs util-linux kmod curl ca-certificates xfsprogs fdisk packer)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -7,6 +7,7 @@ package netns
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -34,7 +35,7 @@ func Available() string {
 // Lab is a bridge namespace and its nodes.
 type Lab struct {
 	t      testing.TB
-	Bridge string // namespace holding br0 and the nodes' veth peers
+	Bridge string // namespace holding the bridges and the nodes' veth peers
 	Router net.IP // br0's address: a stand-in for the VPC router
 	Nodes  []Node
 }
@@ -43,43 +44,130 @@ type Lab struct {
 type Node struct {
 	NS   string // namespace name, for `ip netns exec`
 	IP   net.IP // eth0's address
+	MAC  net.HardwareAddr
 	peer string // the veth end on the bridge, in the bridge namespace
 }
 
-// New creates n node namespaces on subnet (e.g. "10.99.0", a /24): br0 gets .1
-// and node i gets .(10+i). prefix keeps concurrent labs apart and must be short
-// (interface names have 15 bytes).
+// Sizes of a lab.
+const (
+	// MaxSmall nodes fit the /24 that New's subnet names.
+	MaxSmall = 245
+	// Max nodes fit a large lab's /16.
+	Max = 65000
+	// portsPerBridge keeps each bridge under Linux's 1,024 ports.
+	portsPerBridge = 1000
+)
+
+// New creates n node namespaces on subnet (e.g. "10.99.0"): br0 gets .1 and
+// node i gets .(10+i), in a /24 when n ≤ MaxSmall. prefix keeps concurrent labs
+// apart and must be short (interface names have 15 bytes).
+//
+// A larger lab (up to Max nodes, for benchmarks) is one L2 segment over the /16
+// that holds subnet: node i gets the address 10+i after subnet.0, and it is
+// built as a VPC would look to its hosts, not as a LAN of that size would.
+// Linux bridges take at most 1,024 ports, so nodes hang off bridges of
+// portsPerBridge ports each, chained to br0 by veth trunks. And every node
+// knows every other node's MAC from the start (permanent neighbour entries), as
+// a VPC answers ARP itself: left to ARP, each first contact between two of N
+// nodes floods a request to all N ports, N³ deliveries in all, a cost that
+// belongs to the lab and not to what is measured on it.
 func New(t testing.TB, prefix, subnet string, n int) *Lab {
 	t.Helper()
-	l := &Lab{t: t, Bridge: prefix + "-br", Router: net.ParseIP(subnet + ".1")}
+	return build(t, prefix, subnet, n, portsPerBridge)
+}
+
+// build is New with at most perBridge nodes on a bridge.
+func build(t testing.TB, prefix, subnet string, n, perBridge int) *Lab {
+	t.Helper()
+	if n < 1 || n > Max {
+		t.Fatalf("netns lab of %d nodes: want 1 to %d", n, Max)
+	}
+	base := net.ParseIP(subnet + ".0").To4()
+	if base == nil {
+		t.Fatalf("netns lab subnet %q: want three octets, as 10.99.0", subnet)
+	}
+	bits := 24
+	if n > MaxSmall {
+		bits = 16
+	}
+	l := &Lab{t: t, Bridge: prefix + "-br", Router: addIP(base, 1)}
+	for i := range n {
+		ip := addIP(base, 10+i)
+		l.Nodes = append(l.Nodes, Node{
+			NS:   fmt.Sprintf("%s-n%d", prefix, i),
+			IP:   ip,
+			MAC:  net.HardwareAddr{0x02, 0x00, ip[0], ip[1], ip[2], ip[3]},
+			peer: fmt.Sprintf("%sp%d", prefix, i),
+		})
+	}
 	// A run killed before its clean-up leaves its namespaces behind; they carry
 	// these names and nothing else uses them.
-	exec.Command("ip", "netns", "del", l.Bridge).Run()
-	for i := range n {
-		exec.Command("ip", "netns", "del", fmt.Sprintf("%s-n%d", prefix, i)).Run()
-	}
+	l.destroy()
 	t.Cleanup(l.destroy)
 	l.raiseNeighbourLimits(n)
-	l.ip("netns", "add", l.Bridge)
-	l.ip("-n", l.Bridge, "link", "set", "lo", "up")
-	l.ip("-n", l.Bridge, "link", "add", "br0", "type", "bridge")
-	l.ip("-n", l.Bridge, "addr", "add", subnet+".1/24", "dev", "br0")
-	l.ip("-n", l.Bridge, "link", "set", "br0", "up")
-	for i := range n {
-		node := Node{
-			NS:   fmt.Sprintf("%s-n%d", prefix, i),
-			IP:   net.ParseIP(fmt.Sprintf("%s.%d", subnet, 10+i)),
-			peer: fmt.Sprintf("%sp%d", prefix, i),
+
+	// One `ip -batch` per namespace: thousands of nodes are built in seconds.
+	var root, br []string
+	root = append(root, "netns add "+l.Bridge)
+	for _, node := range l.Nodes {
+		root = append(root, "netns add "+node.NS)
+	}
+	l.batch("", root)
+	br = append(br, "link set lo up")
+	bridges := (n + perBridge - 1) / perBridge
+	for j := range bridges {
+		br = append(br, fmt.Sprintf("link add br%d type bridge", j))
+		if j > 0 { // a trunk from br0 to brj
+			br = append(br,
+				fmt.Sprintf("link add tr%da type veth peer name tr%db", j, j),
+				fmt.Sprintf("link set tr%da master br0 up", j),
+				fmt.Sprintf("link set tr%db master br%d up", j, j))
 		}
-		l.Nodes = append(l.Nodes, node)
-		l.ip("netns", "add", node.NS)
-		l.ip("-n", node.NS, "link", "set", "lo", "up")
-		l.ip("link", "add", node.peer, "netns", l.Bridge, "type", "veth", "peer", "name", "eth0", "netns", node.NS)
-		l.ip("-n", l.Bridge, "link", "set", node.peer, "master", "br0", "up")
-		l.ip("-n", node.NS, "addr", "add", node.IP.String()+"/24", "dev", "eth0")
-		l.ip("-n", node.NS, "link", "set", "eth0", "up")
+		br = append(br, fmt.Sprintf("link set br%d up", j))
+	}
+	br = append(br, fmt.Sprintf("addr add %s/%d dev br0", l.Router, bits))
+	for i, node := range l.Nodes {
+		br = append(br,
+			fmt.Sprintf("link add %s type veth peer name eth0 address %s netns %s", node.peer, node.MAC, node.NS),
+			fmt.Sprintf("link set %s master br%d up", node.peer, i/perBridge))
+	}
+	l.batch(l.Bridge, br)
+	for _, node := range l.Nodes {
+		cmds := []string{
+			"link set lo up",
+			fmt.Sprintf("addr add %s/%d dev eth0", node.IP, bits),
+			"link set eth0 up",
+		}
+		if n > MaxSmall {
+			for _, other := range l.Nodes {
+				if !other.IP.Equal(node.IP) {
+					cmds = append(cmds, fmt.Sprintf("neigh replace %s lladdr %s dev eth0 nud permanent", other.IP, other.MAC))
+				}
+			}
+		}
+		l.batch(node.NS, cmds)
 	}
 	return l
+}
+
+// addIP is base plus off, as an IPv4 address.
+func addIP(base net.IP, off int) net.IP {
+	v := binary.BigEndian.Uint32(base.To4()) + uint32(off)
+	return binary.BigEndian.AppendUint32(nil, v)
+}
+
+// batch runs cmds through one `ip -batch`, in namespace ns ("" for this one).
+func (l *Lab) batch(ns string, cmds []string) {
+	l.t.Helper()
+	args := []string{"-batch", "-"}
+	if ns != "" {
+		args = append([]string{"-n", ns}, args...)
+	}
+	cmd := exec.Command("ip", args...)
+	cmd.Stdin = strings.NewReader(strings.Join(cmds, "\n") + "\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		l.t.Fatalf("ip %s (%d commands, the first %q): %v: %s", strings.Join(args, " "), len(cmds), cmds[0], err, out)
+	}
 }
 
 // neighbourSysctl is where the initial namespace bounds the kernel's ARP table.
@@ -143,12 +231,19 @@ func (l *Lab) ip(args ...string) {
 	}
 }
 
-// destroy deletes every namespace; their veths go with them.
+// destroy deletes every namespace, those already gone aside; their veths
+// go with them.
 func (l *Lab) destroy() {
+	var cmds []string
 	for _, n := range l.Nodes {
-		exec.Command("ip", "netns", "del", n.NS).Run()
+		cmds = append(cmds, "netns del "+n.NS)
 	}
-	exec.Command("ip", "netns", "del", l.Bridge).Run()
+	cmds = append(cmds, "netns del "+l.Bridge)
+	cmd := exec.Command("ip", "-force", "-batch", "-")
+	cmd.Stdin = strings.NewReader(strings.Join(cmds, "\n") + "\n")
+	// Errors are expected and ignored: a namespace that does not exist (yet,
+	// or any more) has nothing to delete, and -force goes on past it.
+	_ = cmd.Run()
 }
 
 // ListenIn opens a listener inside the named namespace: the socket stays in that

@@ -1,0 +1,74 @@
+package netns
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// A lab larger than a /24 is one segment over a /16, spread over several
+// bridges, on which every node already knows every other node's MAC.
+func TestLargeLabIsOneSegmentOverChainedBridgesWithoutARP(t *testing.T) {
+	if why := Available(); why != "" {
+		t.Fatal(why)
+	}
+	const n = MaxSmall + 15
+	l := build(t, fmt.Sprintf("nt%d", os.Getpid()%10000), "10.96.0", n, 100)
+
+	if got, want := l.Nodes[n-1].IP.String(), "10.96.1.13"; got != want {
+		t.Errorf("node %d's address = %s, want %s (10+%d after 10.96.0.0)", n-1, got, want, n-1)
+	}
+	out := l.run(t, 0, "ip", "-4", "-o", "addr", "show", "dev", "eth0")
+	if !strings.Contains(out, "10.96.0.10/16") {
+		t.Errorf("node 0's eth0: %s, want 10.96.0.10/16", out)
+	}
+	// Three bridges: nodes 0-99 on br0, 100-199 on br1, the rest on br2.
+	for _, b := range []string{"br0", "br1", "br2"} {
+		if _, err := exec.Command("ip", "-n", l.Bridge, "link", "show", b).CombinedOutput(); err != nil {
+			t.Errorf("bridge %s missing: %v", b, err)
+		}
+	}
+	// From br0 to a node behind a trunk, between two nodes behind two
+	// different trunks, and to the router.
+	for _, c := range []struct{ from, to int }{{0, 150}, {150, n - 1}, {n - 1, 0}} {
+		l.run(t, c.from, "ping", "-c", "1", "-W", "2", l.Nodes[c.to].IP.String())
+	}
+	l.run(t, n-1, "ping", "-c", "1", "-W", "2", l.Router.String())
+
+	neigh := l.run(t, 7, "ip", "neigh", "show", "dev", "eth0", "nud", "permanent")
+	if got := strings.Count(neigh, "PERMANENT"); got != n-1 {
+		t.Errorf("node 7 holds %d permanent neighbours, want %d (every other node)", got, n-1)
+	}
+	if want := l.Nodes[200].IP.String() + " lladdr " + l.Nodes[200].MAC.String(); !strings.Contains(neigh, want) {
+		t.Errorf("node 7's neighbours lack %q", want)
+	}
+}
+
+// A small lab is a /24 on one bridge, as the tests that cut cables expect.
+func TestSmallLabIsASlash24(t *testing.T) {
+	if why := Available(); why != "" {
+		t.Fatal(why)
+	}
+	l := New(t, fmt.Sprintf("ns%d", os.Getpid()%10000), "10.95.0", 2)
+	if out := l.run(t, 1, "ip", "-4", "-o", "addr", "show", "dev", "eth0"); !strings.Contains(out, "10.95.0.11/24") {
+		t.Errorf("node 1's eth0: %s, want 10.95.0.11/24", out)
+	}
+	l.run(t, 0, "ping", "-c", "1", "-W", "2", l.Nodes[1].IP.String())
+	l.SetLink(1, false)
+	if out, err := l.Command(context.Background(), 0, "ping", "-c", "1", "-W", "1", l.Nodes[1].IP.String()).CombinedOutput(); err == nil {
+		t.Errorf("ping across a cut cable answered: %s", out)
+	}
+}
+
+// run runs a command in node i's namespace and returns its output.
+func (l *Lab) run(t *testing.T, i int, name string, args ...string) string {
+	t.Helper()
+	out, err := l.Command(context.Background(), i, name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s in %s: %v: %s", name, strings.Join(args, " "), l.Nodes[i].NS, err, out)
+	}
+	return string(out)
+}
