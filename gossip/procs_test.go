@@ -25,6 +25,7 @@ var (
 	procsWindow  = flag.Duration("procs.window", 30*time.Second, "one steady-state window of BenchmarkRingProcesses, in real time")
 	procsWindows = flag.Int("procs.windows", 2, "consecutive steady-state windows of BenchmarkRingProcesses: the figures are the last one's; the earlier ones show whether the formation's gossip had drained")
 	procsRepeat  = flag.Int("procs.repeat", 1, "runs of each BenchmarkRingProcesses ring; the figures are medians")
+	procsNice    = flag.Int("procs.nice", 10, "niceness of BenchmarkRingProcesses' agents (0: the bench's own)")
 )
 
 // BenchmarkRingProcesses measures what a node's gossip agent really pays: N
@@ -203,14 +204,18 @@ func runProcs(b *testing.B, exe string, exeSize int64, sz scaleSize) ringRun {
 		}
 		// A launch schedule: process i starts offsets[i] after the first.
 		time.Sleep(time.Until(start.Add(offsets[i])))
-		// Each agent runs at nice 10, so that the bench's own work (the
+		// Each agent runs at -procs.nice, so that the bench's own work (the
 		// launch schedule, the convergence polls, the /proc reads) is not
 		// queued behind a thousand agents while a large ring forms; the CPU
 		// each agent uses is the same, only its place in the queue changes.
-		cmd := lab.Command(context.Background(), i, "nice", append([]string{"-n", "10", exe}, ringNodeArgs{
+		argv := append([]string{"nice", "-n", strconv.Itoa(*procsNice), exe}, ringNodeArgs{
 			name: fmt.Sprintf("ip-10-98-%d-%d", (10+i)/256, (10+i)%256), seeds: seeds, hosts: hosts[i],
 			router: lab.Router.String(), keyFile: keyFile, dilation: dilation,
-		}.args()...)...)
+		}.args()...)
+		if *procsNice == 0 {
+			argv = argv[3:]
+		}
+		cmd := lab.Command(context.Background(), i, argv[0], argv[1:]...)
 		// An agent dies with the bench, even when the bench is killed: no
 		// orphan ring keeps the machine busy after an interrupted run.
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -132,6 +132,7 @@ func build(t testing.TB, prefix, subnet string, n, perBridge int) *Lab {
 			fmt.Sprintf("link set %s master br%d up", node.peer, i/perBridge))
 	}
 	l.batch(l.Bridge, br)
+	l.bridgeWithoutNetfilter()
 	for _, node := range l.Nodes {
 		cmds := []string{
 			"link set lo up",
@@ -148,6 +149,35 @@ func build(t testing.TB, prefix, subnet string, n, perBridge int) *Lab {
 		l.batch(node.NS, cmds)
 	}
 	return l
+}
+
+// bridgeNetfilterSysctls are br_netfilter's switches, one set per namespace
+// (present once the module is loaded: a kubelet or kube-proxy host loads it).
+var bridgeNetfilterSysctls = []string{
+	"/proc/sys/net/bridge/bridge-nf-call-iptables",
+	"/proc/sys/net/bridge/bridge-nf-call-ip6tables",
+	"/proc/sys/net/bridge/bridge-nf-call-arptables",
+}
+
+// bridgeWithoutNetfilter makes the lab's bridges plain switches. With
+// br_netfilter loaded, every new namespace passes bridged frames through its
+// netfilter hooks by default; a lab's ARP broadcasts, copied to every port,
+// then cost enough that 200 nodes forming a ring at full speed lost their
+// probes (seen after `make test` had loaded the module). A per-bridge option
+// cannot turn it off: the namespace's switch is ORed in.
+func (l *Lab) bridgeWithoutNetfilter() {
+	l.t.Helper()
+	err := in(l.Bridge, func() error {
+		for _, path := range bridgeNetfilterSysctls {
+			if err := os.WriteFile(path, []byte("0\n"), 0o644); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("%s: %w", path, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		l.t.Fatalf("netns %s: bridge netfilter off: %v", l.Bridge, err)
+	}
 }
 
 // addIP is base plus off, as an IPv4 address.

@@ -72,3 +72,25 @@ func (l *Lab) run(t *testing.T, i int, name string, args ...string) string {
 	}
 	return string(out)
 }
+
+// A lab's bridges switch frames without netfilter, even on a host where
+// br_netfilter turns it on for every new namespace.
+func TestLabBridgesBypassNetfilter(t *testing.T) {
+	if why := Available(); why != "" {
+		t.Fatal(why)
+	}
+	if _, err := os.Stat(bridgeNetfilterSysctls[0]); err != nil {
+		t.Skipf("br_netfilter is not loaded on this host (%v): nothing to turn off", err)
+	}
+	l := New(t, fmt.Sprintf("nf%d", os.Getpid()%10000), "10.94.0", 2)
+	for _, path := range bridgeNetfilterSysctls {
+		var got []byte
+		if err := in(l.Bridge, func() (err error) { got, err = os.ReadFile(path); return err }); err != nil {
+			t.Fatal(err)
+		}
+		if strings.TrimSpace(string(got)) != "0" {
+			t.Errorf("%s in the bridge namespace = %q, want 0", path, got)
+		}
+	}
+	l.run(t, 0, "ping", "-c", "1", "-W", "2", l.Nodes[1].IP.String())
+}
