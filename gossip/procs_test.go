@@ -334,13 +334,19 @@ func allListEveryNode(hosts []string, n int) func() error {
 // hostCPU is this machine's CPU time from /proc/stat, in ticks.
 type hostCPU struct{ total, idle float64 }
 
-func readHostCPU(t testing.TB) hostCPU {
+// hostProc is this machine's /proc.
+func hostProc(t testing.TB) procfs.FS {
 	t.Helper()
 	fs, err := procfs.NewDefaultFS()
 	if err != nil {
 		t.Fatal(err)
 	}
-	stat, err := fs.Stat()
+	return fs
+}
+
+func readHostCPU(t testing.TB) hostCPU {
+	t.Helper()
+	stat, err := hostProc(t).Stat()
 	if err != nil {
 		t.Fatalf("/proc/stat: %v", err)
 	}
@@ -357,18 +363,14 @@ func (h hostCPU) busySince(then hostCPU) float64 {
 	if dt <= 0 {
 		return 0
 	}
-	return 1 - float64(h.idle-then.idle)/float64(dt)
+	return 1 - (h.idle-then.idle)/dt
 }
 
 // checkMemoryLeft stops the run before this machine runs out of memory: the
 // kernel's OOM killer would take an agent, or something else, at random.
 func checkMemoryLeft(t testing.TB, started int) {
 	t.Helper()
-	fs, err := procfs.NewDefaultFS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	mem, err := fs.Meminfo()
+	mem, err := hostProc(t).Meminfo()
 	if err != nil {
 		t.Fatalf("/proc/meminfo: %v", err)
 	}
