@@ -53,6 +53,7 @@ type ringNodeArgs struct {
 	name, hosts, ipOut, keyFile, router string
 	seeds, names                        []string
 	refresh                             string  // "" for the default
+	logLevel                            string  // "" for the agent's default (warn)
 	dilation                            float64 // 0 for none
 }
 
@@ -70,6 +71,9 @@ func (r ringNodeArgs) args() []string {
 	}
 	if r.dilation > 0 {
 		a = append(a, "-dilation", strconv.FormatFloat(r.dilation, 'g', -1, 64))
+	}
+	if r.logLevel != "" {
+		a = append(a, "-log-level", r.logLevel)
 	}
 	if *verbose {
 		a = append(a, "-v")

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -26,6 +27,7 @@ var (
 	procsWindows = flag.Int("procs.windows", 2, "consecutive steady-state windows of BenchmarkRingProcesses: the figures are the last one's; the earlier ones show whether the formation's gossip had drained")
 	procsRepeat  = flag.Int("procs.repeat", 1, "runs of each BenchmarkRingProcesses ring; the figures are medians")
 	procsNice    = flag.Int("procs.nice", 10, "niceness of BenchmarkRingProcesses' agents (0: the bench's own)")
+	procsTrace   = flag.Duration("procs.trace", 0, "print, this often in real time while a process ring forms, how many hosts files are complete, the least and median nodes they list, and the nodes missing from most of them (0: no trace)")
 )
 
 // BenchmarkRingProcesses measures what a node's gossip agent really pays: N
@@ -160,7 +162,9 @@ func formatProcsFigures(m map[string]float64) string {
 func runProcs(b *testing.B, exe string, exeSize int64, sz scaleSize) ringRun {
 	n, k := sz.n, sz.k
 	dil := func(d time.Duration) time.Duration { return time.Duration(float64(d) * k) }
-	lab := netns.New(b, fmt.Sprintf("gp%d", os.Getpid()%1000), "10.98.0", n)
+	// Links of a VPC's MTU: the agents size their gossip packets from it, as
+	// on EC2 (the in-process ring's loopback gets the same budget).
+	lab := netns.New(b, fmt.Sprintf("gp%d", os.Getpid()%1000), "10.98.0", n, netns.WithMTU(netns.VPCMTU))
 	var seeds []string
 	for _, node := range lab.Nodes {
 		seeds = append(seeds, node.IP.String())
@@ -182,20 +186,26 @@ func runProcs(b *testing.B, exe string, exeSize int64, sz scaleSize) ringRun {
 	if k == 1 {
 		dilation = 0 // the agent's own default
 	}
+	// A directory per agent: the agent replaces its hosts file by a rename in
+	// the file's directory, and a thousand agents renaming in one directory
+	// queue on its lock (seen at N=1000 as agents and the bench stuck in
+	// renameat2 and openat).
 	hosts := make([]string, n)
+	for i := range hosts {
+		hosts[i] = filepath.Join(dir, fmt.Sprintf("node-%d", i), "hosts")
+	}
 	offsets := startOffsets(n, sz.batch, dil(time.Second), dil(DefaultTuning().GossipInterval))
-	host0 := readHostCPU(b)
+	host0, drops0 := readHostCPU(b), backlogDrops(b)
 	start := time.Now()
+	if *procsTrace > 0 {
+		done := make(chan struct{})
+		defer close(done)
+		go traceHostsFiles(hosts, n, k, start, *procsTrace, done)
+	}
 	for i := range n {
-		// A directory per agent: the agent replaces its hosts file by a
-		// rename in the file's directory, and a thousand agents renaming in
-		// one directory queue on its lock (seen at N=1000 as agents and the
-		// bench stuck in renameat2 and openat).
-		nodeDir := filepath.Join(dir, fmt.Sprintf("node-%d", i))
-		if err := os.Mkdir(nodeDir, 0o755); err != nil {
+		if err := os.Mkdir(filepath.Dir(hosts[i]), 0o755); err != nil {
 			b.Fatal(err)
 		}
-		hosts[i] = filepath.Join(nodeDir, "hosts")
 		if err := os.WriteFile(hosts[i], []byte(hostsPrelude), 0o644); err != nil {
 			b.Fatal(err)
 		}
@@ -209,8 +219,8 @@ func runProcs(b *testing.B, exe string, exeSize int64, sz scaleSize) ringRun {
 		// queued behind a thousand agents while a large ring forms; the CPU
 		// each agent uses is the same, only its place in the queue changes.
 		argv := append([]string{"nice", "-n", strconv.Itoa(*procsNice), exe}, ringNodeArgs{
-			name: fmt.Sprintf("ip-10-98-%d-%d", (10+i)/256, (10+i)%256), seeds: seeds, hosts: hosts[i],
-			router: lab.Router.String(), keyFile: keyFile, dilation: dilation,
+			name: ringNodeName(i), seeds: seeds, hosts: hosts[i],
+			router: lab.Router.String(), keyFile: keyFile, dilation: dilation, logLevel: "info",
 		}.args()...)
 		if *procsNice == 0 {
 			argv = argv[3:]
@@ -219,7 +229,16 @@ func runProcs(b *testing.B, exe string, exeSize int64, sz scaleSize) ringRun {
 		// An agent dies with the bench, even when the bench is killed: no
 		// orphan ring keeps the machine busy after an interrupted run.
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		if err := cmd.Start(); err != nil {
+		// Its warnings (memberlist's among them) go to a file of its own,
+		// summed up in the PROCS-LOG line.
+		logFile, err := os.Create(filepath.Join(filepath.Dir(hosts[i]), "stderr"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		cmd.Stderr = logFile
+		err = cmd.Start()
+		logFile.Close() // the agent holds its own descriptor
+		if err != nil {
 			b.Fatal(err)
 		}
 		cmds[i] = cmd
@@ -236,7 +255,7 @@ func runProcs(b *testing.B, exe string, exeSize int64, sz scaleSize) ringRun {
 		checkMemoryLeft(b, n)
 		return listed()
 	}, lastStart)
-	formBusy := readHostCPU(b).busySince(host0)
+	formBusy, formDrops := readHostCPU(b).busySince(host0), backlogDrops(b)-drops0
 	b.Logf("%d processes started in %v, converged %v after the last start (%v projected; polled every %v); this machine %.0f %% busy meanwhile",
 		n, lastStart.Sub(start).Round(time.Second), converge.Round(time.Millisecond), (converge / time.Duration(k)).Round(10*time.Millisecond), poll, 100*formBusy)
 	// A settling period, not a wait for a condition: the formation's gossip
@@ -267,6 +286,10 @@ func runProcs(b *testing.B, exe string, exeSize int64, sz scaleSize) ringRun {
 		b.Logf("window %d: %.3f %% of a core per process (projected), this machine %.0f %% busy", w+1, mean(cpuPct), 100*busy)
 	}
 	drops := udpReceiveDrops(b, cmds)
+	if line := summariseAgentLogs(b, hosts); line != "" {
+		fmt.Printf("PROCS-LOG N=%d k=%g: %s\n", n, k, line)
+	}
+	windowDrops := backlogDrops(b) - drops0 - formDrops
 	bound := busy >= procsBusyLimit || formBusy >= procsBusyLimit
 	var ws []string
 	for _, w := range windows {
@@ -275,10 +298,10 @@ func runProcs(b *testing.B, exe string, exeSize int64, sz scaleSize) ringRun {
 	// rss is VmRSS: anon (heap, stacks, runtime: what the agent itself
 	// allocates) plus file (the pages of the executable it has touched,
 	// shared by every process of one binary) and shared memory.
-	fmt.Printf("PROCS N=%d k=%g converge=%v rss=%.1fMiB(max %.1f) anon=%.1fMiB(max %.1f) file=%.1fMiB(max %.1f) cpu=%.3f%%(max %.3f) windows=%s×%v host-busy=%.0f%%(forming %.0f%%) udp-rcvbuf-drops=%d(in %d namespaces) binary=%.1fMB%s\n",
+	fmt.Printf("PROCS N=%d k=%g converge=%v rss=%.1fMiB(max %.1f) anon=%.1fMiB(max %.1f) file=%.1fMiB(max %.1f) cpu=%.3f%%(max %.3f) windows=%s×%v host-busy=%.0f%%(forming %.0f%%) udp-rcvbuf-drops=%d(in %d namespaces) backlog-drops=%d(forming %d) binary=%.1fMB%s\n",
 		n, k, (converge / time.Duration(k)).Round(10*time.Millisecond),
 		mean(rss), slices.Max(rss), mean(anon), slices.Max(anon), mean(file), slices.Max(file),
-		mean(cpuPct), slices.Max(cpuPct), strings.Join(ws, ","), (*procsWindow).Round(time.Second), 100*busy, 100*formBusy, drops.total, drops.namespaces,
+		mean(cpuPct), slices.Max(cpuPct), strings.Join(ws, ","), (*procsWindow).Round(time.Second), 100*busy, 100*formBusy, drops.total, drops.namespaces, windowDrops, formDrops,
 		float64(exeSize)/1e6, cpuBoundMark(bound))
 	return ringRun{cpuBound: bound, figures: map[string]float64{
 		"converge-s": converge.Seconds() / k,
@@ -287,6 +310,82 @@ func runProcs(b *testing.B, exe string, exeSize int64, sz scaleSize) ringRun {
 		"anon-MiB":   mean(anon),
 		"file-MiB":   mean(file),
 	}}
+}
+
+// traceHostsFiles prints, every period until done, the shape of a process
+// ring's formation as its hosts files show it: how many list every node, the
+// least and median they list, and the nodes missing from the most files (a
+// straggler no one has heard of, or a few files that lag).
+func traceHostsFiles(hosts []string, n int, k float64, start time.Time, period time.Duration, done <-chan struct{}) {
+	tick := time.NewTicker(period)
+	defer tick.Stop()
+	lastDrops, _ := netns.BacklogDrops()
+	for {
+		select {
+		case <-done:
+			return
+		case <-tick.C:
+		}
+		drops, err := netns.BacklogDrops()
+		if err != nil {
+			drops = lastDrops // the PROCS line reports the failure; the trace goes on
+		}
+		// Agents start in order, each once its file exists: the first
+		// len(lists) are running.
+		var lists []map[string][]string
+		for _, h := range hosts {
+			raw, err := os.ReadFile(h)
+			if err != nil {
+				break // not started yet
+			}
+			lists = append(lists, parseHostsBlock(raw))
+		}
+		var counts []int
+		missing := map[string]int{}
+		complete := 0
+		for i, listed := range lists {
+			counts = append(counts, len(listed))
+			if len(listed) == n {
+				complete++
+				continue
+			}
+			if len(listed) < len(lists)/2 {
+				continue // still joining: what it misses says nothing about the others
+			}
+			for j := range lists {
+				if name := ringNodeName(j); len(listed[name]) == 0 && j != i {
+					missing[name]++
+				}
+			}
+		}
+		if len(counts) == 0 {
+			continue
+		}
+		slices.Sort(counts)
+		type miss struct {
+			name  string
+			files int
+		}
+		var worst []miss
+		for name, c := range missing {
+			worst = append(worst, miss{name, c})
+		}
+		slices.SortFunc(worst, func(a, b miss) int { return b.files - a.files })
+		var top []string
+		for _, m := range worst[:min(len(worst), 5)] {
+			top = append(top, fmt.Sprintf("%s×%d", m.name, m.files))
+		}
+		el := time.Since(start)
+		fmt.Printf("PROCS-TRACE %v (%v projected): %d/%d files complete; least %d, median %d listed; backlog drops +%d; %d nodes missing somewhere, most: %s\n",
+			el.Round(time.Second), time.Duration(float64(el)/k).Round(100*time.Millisecond), complete, len(counts),
+			counts[0], counts[len(counts)/2], drops-lastDrops, len(missing), strings.Join(top, " "))
+		lastDrops = drops
+	}
+}
+
+// ringNodeName is the node name of the process ring's agent i.
+func ringNodeName(i int) string {
+	return fmt.Sprintf("ip-10-98-%d-%d", (10+i)/256, (10+i)%256)
 }
 
 func mean(v []float64) float64 {
@@ -380,6 +479,70 @@ func checkMemoryLeft(t testing.TB, started int) {
 	if left := *mem.MemAvailableBytes; left < 1<<30 {
 		t.Fatalf("only %d MiB of memory left after starting %d agents: this machine holds no more", left>>20, started)
 	}
+}
+
+// logNoise is what varies between two warnings of one kind: addresses,
+// names, numbers, durations.
+var logNoise = regexp.MustCompile(`[0-9]+(\.[0-9]+)*(:[0-9]+)?[a-zµ]*|ip-[0-9-]+`)
+
+// summariseAgentLogs counts the agents' warnings by kind (the text with its
+// addresses and numbers blanked) and says how many agents logged each: the
+// five most frequent, "" when no agent logged anything.
+func summariseAgentLogs(t testing.TB, hosts []string) string {
+	t.Helper()
+	type kind struct {
+		text          string
+		lines, agents int
+	}
+	kinds := map[string]*kind{}
+	for _, h := range hosts {
+		raw, err := os.ReadFile(filepath.Join(filepath.Dir(h), "stderr"))
+		if err != nil {
+			t.Fatalf("agent log: %v", err)
+		}
+		seen := map[string]bool{}
+		for _, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+			if line == "" {
+				continue
+			}
+			// slog's text: keep the message and the error, not the time.
+			if _, rest, ok := strings.Cut(line, " level="); ok {
+				line = "level=" + rest
+			}
+			key := logNoise.ReplaceAllString(line, "#")
+			k := kinds[key]
+			if k == nil {
+				k = &kind{text: key}
+				kinds[key] = k
+			}
+			k.lines++
+			if !seen[key] {
+				seen[key] = true
+				k.agents++
+			}
+		}
+	}
+	var all []*kind
+	for _, k := range kinds {
+		all = append(all, k)
+	}
+	slices.SortFunc(all, func(a, b *kind) int { return b.lines - a.lines })
+	var out []string
+	for _, k := range all[:min(len(all), 5)] {
+		out = append(out, fmt.Sprintf("%d lines from %d agents: %.200s", k.lines, k.agents, k.text))
+	}
+	return strings.Join(out, " | ")
+}
+
+// backlogDrops is this machine's count of packets dropped since boot
+// because a CPU's receive backlog was full (netns.RaiseBacklog).
+func backlogDrops(t testing.TB) uint64 {
+	t.Helper()
+	n, err := netns.BacklogDrops()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 // udpDrops counts the UDP datagrams the agents' kernels dropped because a

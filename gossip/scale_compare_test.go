@@ -1,6 +1,7 @@
 package gossip
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -180,5 +181,38 @@ func TestUndilatedCPUIsEstimatedFromASmallerRingAtTheSameDilation(t *testing.T) 
 	}
 	if got := estimateUndilatedCPU([]ringResult{ring(1000, 32, 1.5), ring(200, 32, 1.0)}); len(got) != 0 {
 		t.Errorf("estimates without an undilated ring = %q, want none", got)
+	}
+}
+
+// The process ring's agents' warnings are summed up by kind: addresses,
+// names and numbers do not make two warnings different, and each kind says
+// how many agents logged it.
+func TestAgentLogsAreSummedUpByKind(t *testing.T) {
+	dir := t.TempDir()
+	logs := []string{
+		`time=2026-12-02T04:00:00Z level=WARN msg="gossip member gone" node=ip-10-98-0-10 addr=10.98.0.11:7946` + "\n" +
+			`time=2026-12-02T04:00:01Z level=WARN msg="gossip member gone" node=ip-10-98-0-12 addr=10.98.0.13:7946` + "\n",
+		`time=2026-12-02T04:00:02Z level=WARN msg="gossip member gone" node=ip-10-98-3-1 addr=10.98.3.1:7946` + "\n" +
+			`time=2026-12-02T04:00:03Z level=ERROR msg="update hosts file" err="disk full"` + "\n",
+		"",
+	}
+	var hosts []string
+	for i, l := range logs {
+		d := filepath.Join(dir, fmt.Sprint(i))
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "stderr"), []byte(l), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		hosts = append(hosts, filepath.Join(d, "hosts"))
+	}
+	got := summariseAgentLogs(t, hosts)
+	want := `3 lines from 2 agents: level=WARN msg="gossip member gone" node=# addr=# | 1 lines from 1 agents: level=ERROR msg="update hosts file" err="disk full"`
+	if got != want {
+		t.Errorf("summary:\n got %s\nwant %s", got, want)
+	}
+	if got := summariseAgentLogs(t, hosts[2:]); got != "" {
+		t.Errorf("summary of silent agents = %q, want none", got)
 	}
 }

@@ -389,6 +389,10 @@ func runScaleChild(b *testing.B, sz scaleSize) ringRun {
 			args = append(args, "-"+f.Name+"="+f.Value.String())
 		}
 	})
+	// The ring's packets go through its namespace's loopback, whose receive
+	// backlog is this machine's, shared by N agents.
+	netns.RaiseBacklog(b, sz.n)
+	drops0 := backlogDrops(b)
 	cmd := exec.CommandContext(b.Context(), "unshare", args...)
 	cmd.Env = append(os.Environ(), scaleNetnsMarker+"=1")
 	cmd.Stderr = os.Stderr
@@ -413,6 +417,7 @@ func runScaleChild(b *testing.B, sz scaleSize) ringRun {
 	if err := cmd.Wait(); err != nil {
 		b.Fatalf("ring of %d in its own network namespace: %v", sz.n, err)
 	}
+	fmt.Printf("RING-BACKLOG N=%d k=%g: %d packets dropped by full receive backlogs during the run\n", sz.n, sz.k, backlogDrops(b)-drops0)
 	if run.figures == nil && !*scaleFormOnly {
 		b.Fatalf("ring of %d: the child printed no SCALE line", sz.n)
 	}

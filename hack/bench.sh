@@ -65,7 +65,7 @@ echo "== gossip ring at scale (in-process agents; N/k = every timer dilated k ti
 gossip_ring() {
   flock /tmp/nodeagent-e2e.lock go test -count=1 -run '^$' -bench '^BenchmarkRing$' -benchtime 1x -timeout 90m ./gossip/ \
     -scale.window "${GOSSIP_WINDOW:-20s}" "$@" |
-    grep -E '^SCALE|^DILATED|^COMPARE|^Benchmark|not within|^(ok|FAIL)' |
+    grep -E '^SCALE|^DILATED|^COMPARE|^RING-BACKLOG|^Benchmark|not within|^(ok|FAIL)' |
     awk '{print} /^SCALE / {printf "FIGURE gossip %s %s: %s %s %s %s %s %s (after the formation'"'"'s re-gossip: %s %s%s%s)   targets (N=1000) <= 5s each, <= 2000B/s, <= 1%%\n", $2, $3, $4, $5, $6, $7, $8, $9, $11, $12, (/UNDRAINED/ ? ", UNDRAINED" : ""), (/CPU-BOUND/ ? ", CPU-BOUND" : "")}' || true
 }
 #    The window is protocol time here (-scale.protocolwindow: 80 s real at k=4), so both runs

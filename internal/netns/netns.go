@@ -18,6 +18,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/procfs"
 	vnetns "github.com/vishvananda/netns"
 )
 
@@ -71,14 +72,40 @@ const (
 // a VPC answers ARP itself: left to ARP, each first contact between two of N
 // nodes floods a request to all N ports, N³ deliveries in all, a cost that
 // belongs to the lab and not to what is measured on it.
-func New(t testing.TB, prefix, subnet string, n int) *Lab {
+func New(t testing.TB, prefix, subnet string, n int, opts ...Option) *Lab {
 	t.Helper()
-	return build(t, prefix, subnet, n, portsPerBridge)
+	c := options{perBridge: portsPerBridge}
+	for _, o := range opts {
+		o(&c)
+	}
+	return build(t, prefix, subnet, n, c)
 }
 
-// build is New with at most perBridge nodes on a bridge.
-func build(t testing.TB, prefix, subnet string, n, perBridge int) *Lab {
+// An Option changes how New builds a lab.
+type Option func(*options)
+
+type options struct {
+	perBridge int // nodes on one bridge
+	mtu       int // of every link; 0: the kernel's default (1,500)
+}
+
+// VPCMTU is the MTU of an instance's interface in a VPC: jumbo frames.
+const VPCMTU = 9001
+
+// WithMTU gives every link of the lab (the nodes' eth0, their peers, the
+// trunks and the bridges) this MTU, as WithMTU(VPCMTU) for a VPC's jumbo
+// frames: a program that sizes its packets from its interface's MTU (gossip
+// does) then sends what it would send in a VPC.
+func WithMTU(mtu int) Option { return func(c *options) { c.mtu = mtu } }
+
+// build is New with its options resolved.
+func build(t testing.TB, prefix, subnet string, n int, c options) *Lab {
 	t.Helper()
+	perBridge := c.perBridge
+	mtu := ""
+	if c.mtu > 0 {
+		mtu = fmt.Sprintf(" mtu %d", c.mtu)
+	}
 	if n < 1 || n > Max {
 		t.Fatalf("netns lab of %d nodes: want 1 to %d", n, Max)
 	}
@@ -116,10 +143,10 @@ func build(t testing.TB, prefix, subnet string, n, perBridge int) *Lab {
 	br = append(br, "link set lo up")
 	bridges := (n + perBridge - 1) / perBridge
 	for j := range bridges {
-		br = append(br, fmt.Sprintf("link add br%d type bridge", j))
+		br = append(br, fmt.Sprintf("link add br%d%s type bridge", j, mtu))
 		if j > 0 { // a trunk from br0 to brj
 			br = append(br,
-				fmt.Sprintf("link add tr%da type veth peer name tr%db", j, j),
+				fmt.Sprintf("link add tr%da%s type veth peer name tr%db%s", j, mtu, j, mtu),
 				fmt.Sprintf("link set tr%da master br0 up", j),
 				fmt.Sprintf("link set tr%db master br%d up", j, j))
 		}
@@ -128,7 +155,7 @@ func build(t testing.TB, prefix, subnet string, n, perBridge int) *Lab {
 	br = append(br, fmt.Sprintf("addr add %s/%d dev br0", l.Router, bits))
 	for i, node := range l.Nodes {
 		br = append(br,
-			fmt.Sprintf("link add %s type veth peer name eth0 address %s netns %s", node.peer, node.MAC, node.NS),
+			fmt.Sprintf("link add %s%s type veth peer name eth0%s address %s netns %s", node.peer, mtu, mtu, node.MAC, node.NS),
 			fmt.Sprintf("link set %s master br%d up", node.peer, i/perBridge))
 	}
 	l.batch(l.Bridge, br)
@@ -207,36 +234,86 @@ const neighbourSysctl = "/proc/sys/net/ipv4/neigh/default/"
 // other. Linux keeps one ARP table for every namespace, bounded by the initial
 // namespace's gc_thresh3 (1024 by default): n nodes need about n² entries, and
 // past the bound the kernel drops new neighbours ("arp_cache: neighbor table
-// overflow") so that nodes cannot reach each other. The old limits come back
-// when the test ends, unless someone changed them meanwhile.
+// overflow") so that nodes cannot reach each other.
 func (l *Lab) raiseNeighbourLimits(n int) {
 	need := 2 * (n + 1) * (n + 1)
 	for i, name := range []string{"gc_thresh1", "gc_thresh2", "gc_thresh3"} {
-		path := neighbourSysctl + name
-		b, err := os.ReadFile(path)
-		if err != nil {
-			l.t.Logf("neighbour table limit %s: %v (left as it is)", name, err)
-			continue
-		}
-		old := strings.TrimSpace(string(b))
-		cur, err := strconv.Atoi(old)
-		want := need / 2 << i // thresh1 ≤ thresh2 ≤ thresh3
-		if err != nil || cur >= want {
-			continue
-		}
-		set := strconv.Itoa(want)
-		if err := os.WriteFile(path, []byte(set), 0o644); err != nil {
-			l.t.Logf("neighbour table limit %s: %v (left at %s)", name, err, old)
-			continue
-		}
-		l.t.Cleanup(func() {
-			if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) == set {
-				if err := os.WriteFile(path, []byte(old), 0o644); err != nil {
-					l.t.Logf("restore %s to %s: %v", path, old, err)
-				}
-			}
-		})
+		raiseSysctl(l.t, neighbourSysctl+name, need/2<<i) // thresh1 ≤ thresh2 ≤ thresh3
 	}
+	RaiseBacklog(l.t, n)
+}
+
+// backlogSysctl bounds each CPU's queue of packets received and not yet
+// processed: every packet a veth or the loopback device sends waits there.
+const backlogSysctl = "/proc/sys/net/core/netdev_max_backlog"
+
+// BacklogPerHost and BacklogMax size the receive backlog for n simulated
+// hosts: BacklogPerHost packets each, at most BacklogMax in all (a bound on
+// what a CPU can queue, about 200 MB of packets at the most).
+const (
+	BacklogPerHost = 100
+	BacklogMax     = 100_000
+)
+
+// RaiseBacklog gives n hosts simulated on this one kernel room to queue
+// their packets as n machines would. A real host's received packets wait in
+// its own NIC's queues and its own kernel's backlog; here every namespace's
+// (and a namespace's loopback's) share one backlog per CPU, 1,000 packets by
+// default, and past that the kernel drops them (`/proc/net/softnet_stat`'s
+// second column, BacklogDrops). A 1,000-process gossip ring forming dropped
+// 310,000 packets in five minutes there, and the few members its nodes then
+// missed took minutes of real time to learn. The old value comes back when
+// the test ends.
+func RaiseBacklog(t testing.TB, n int) {
+	t.Helper()
+	raiseSysctl(t, backlogSysctl, min(max(1000, BacklogPerHost*n), BacklogMax))
+}
+
+// BacklogDrops is the number of received packets this machine's CPUs have
+// dropped because their backlog was full, since boot: the difference over a
+// run is that run's (and whatever else ran meanwhile).
+func BacklogDrops() (uint64, error) {
+	fs, err := procfs.NewDefaultFS()
+	if err != nil {
+		return 0, err
+	}
+	stats, err := fs.NetSoftnetStat()
+	if err != nil {
+		return 0, fmt.Errorf("softnet_stat: %w", err)
+	}
+	var n uint64
+	for _, s := range stats {
+		n += uint64(s.Dropped)
+	}
+	return n, nil
+}
+
+// raiseSysctl sets the integer sysctl at path to want if it is lower, and
+// puts the old value back when the test ends, unless someone changed it
+// meanwhile. A sysctl it cannot read or write is logged and left as it is.
+func raiseSysctl(t testing.TB, path string, want int) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Logf("%s: %v (left as it is)", path, err)
+		return
+	}
+	old := strings.TrimSpace(string(b))
+	if cur, err := strconv.Atoi(old); err == nil && cur >= want {
+		return
+	}
+	set := strconv.Itoa(want)
+	if err := os.WriteFile(path, []byte(set), 0o644); err != nil {
+		t.Logf("%s: %v (left at %s)", path, err, old)
+		return
+	}
+	t.Cleanup(func() {
+		if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) == set {
+			if err := os.WriteFile(path, []byte(old), 0o644); err != nil {
+				t.Logf("restore %s to %s: %v", path, old, err)
+			}
+		}
+	})
 }
 
 // Command runs name inside node i's namespace.

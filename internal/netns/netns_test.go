@@ -10,13 +10,14 @@ import (
 )
 
 // A lab larger than a /24 is one segment over a /16, spread over several
-// bridges, on which every node already knows every other node's MAC.
+// bridges, on which every node already knows every other node's MAC; built
+// with a VPC's MTU, a jumbo frame crosses it whole.
 func TestLargeLabIsOneSegmentOverChainedBridgesWithoutARP(t *testing.T) {
 	if why := Available(); why != "" {
 		t.Fatal(why)
 	}
 	const n = MaxSmall + 15
-	l := build(t, fmt.Sprintf("nt%d", os.Getpid()%10000), "10.96.0", n, 100)
+	l := build(t, fmt.Sprintf("nt%d", os.Getpid()%10000), "10.96.0", n, options{perBridge: 100, mtu: VPCMTU})
 
 	if got, want := l.Nodes[n-1].IP.String(), "10.96.1.13"; got != want {
 		t.Errorf("node %d's address = %s, want %s (10+%d after 10.96.0.0)", n-1, got, want, n-1)
@@ -37,6 +38,12 @@ func TestLargeLabIsOneSegmentOverChainedBridgesWithoutARP(t *testing.T) {
 		l.run(t, c.from, "ping", "-c", "1", "-W", "2", l.Nodes[c.to].IP.String())
 	}
 	l.run(t, n-1, "ping", "-c", "1", "-W", "2", l.Router.String())
+	// 8,972 bytes of ICMP payload + 28 of headers = 9,000, not fragmented
+	// (-M do), between nodes behind two different trunks.
+	if out := l.run(t, 150, "ip", "-o", "link", "show", "dev", "eth0"); !strings.Contains(out, "mtu 9001") {
+		t.Errorf("node 150's eth0: %s, want mtu 9001", out)
+	}
+	l.run(t, 150, "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "8972", l.Nodes[n-1].IP.String())
 
 	neigh := l.run(t, 7, "ip", "neigh", "show", "dev", "eth0", "nud", "permanent")
 	if got := strings.Count(neigh, "PERMANENT"); got != n-1 {

@@ -43,7 +43,8 @@ func run() error {
 		ipOut    = flag.String("ip-out", "", "file to write the bound IP to once started")
 		refresh  = flag.Duration("refresh", gossip.DefaultSeedRefresh, "seed refresh")
 		dilation = flag.Float64("dilation", 1, "every timer of the agent multiplied by this (gossip.Tuning.Dilation)")
-		verbose  = flag.Bool("v", false, "log to stderr")
+		verbose  = flag.Bool("v", false, "log everything to stderr (-log-level debug)")
+		logLevel = flag.String("log-level", "warn", "least level logged to stderr: debug, info, warn or error")
 	)
 	flag.Parse()
 	if *cluster == "" || *name == "" || *seeds == "" || *keyFile == "" {
@@ -74,7 +75,10 @@ func run() error {
 	if *names != "" {
 		published = strings.Split(*names, ",")
 	}
-	level := slog.LevelWarn
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("-log-level: %w", err)
+	}
 	if *verbose {
 		level = slog.LevelDebug
 	}
