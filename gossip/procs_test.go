@@ -162,9 +162,10 @@ func formatProcsFigures(m map[string]float64) string {
 func runProcs(b *testing.B, exe string, exeSize int64, sz scaleSize) ringRun {
 	n, k := sz.n, sz.k
 	dil := func(d time.Duration) time.Duration { return time.Duration(float64(d) * k) }
-	// Links of a VPC's MTU: the agents size their gossip packets from it, as
-	// on EC2 (the in-process ring's loopback gets the same budget).
-	lab := netns.New(b, fmt.Sprintf("gp%d", os.Getpid()%1000), "10.98.0", n, netns.WithMTU(netns.VPCMTU))
+	// A VPC's network: jumbo frames (the agents size their gossip packets from
+	// the MTU, as on EC2; the in-process ring's loopback gets the same budget)
+	// and no floods.
+	lab := netns.New(b, fmt.Sprintf("gp%d", os.Getpid()%1000), "10.98.0", n, netns.AsVPC())
 	var seeds []string
 	for _, node := range lab.Nodes {
 		seeds = append(seeds, node.IP.String())
@@ -254,7 +255,12 @@ func runProcs(b *testing.B, exe string, exeSize int64, sz scaleSize) ringRun {
 		// forms: stop before the OOM killer picks an agent.
 		checkMemoryLeft(b, n)
 		return listed()
-	}, lastStart)
+	}, lastStart, func() {
+		// What the agents saw, and what the machine did meanwhile.
+		fmt.Printf("PROCS-LOG N=%d k=%g (not formed): %s\n", n, k, summariseAgentLogs(b, hosts))
+		b.Logf("not formed: this machine %.0f %% busy since the first start; %d packets dropped by full receive backlogs",
+			100*readHostCPU(b).busySince(host0), backlogDrops(b)-drops0)
+	})
 	formBusy, formDrops := readHostCPU(b).busySince(host0), backlogDrops(b)-drops0
 	b.Logf("%d processes started in %v, converged %v after the last start (%v projected; polled every %v); this machine %.0f %% busy meanwhile",
 		n, lastStart.Sub(start).Round(time.Second), converge.Round(time.Millisecond), (converge / time.Duration(k)).Round(10*time.Millisecond), poll, 100*formBusy)

@@ -85,18 +85,30 @@ func New(t testing.TB, prefix, subnet string, n int, opts ...Option) *Lab {
 type Option func(*options)
 
 type options struct {
-	perBridge int // nodes on one bridge
-	mtu       int // of every link; 0: the kernel's default (1,500)
+	perBridge int  // nodes on one bridge
+	mtu       int  // of every link; 0: the kernel's default (1,500)
+	staticL2  bool // permanent neighbours and static forwarding entries
 }
 
 // VPCMTU is the MTU of an instance's interface in a VPC: jumbo frames.
 const VPCMTU = 9001
 
-// WithMTU gives every link of the lab (the nodes' eth0, their peers, the
-// trunks and the bridges) this MTU, as WithMTU(VPCMTU) for a VPC's jumbo
-// frames: a program that sizes its packets from its interface's MTU (gossip
-// does) then sends what it would send in a VPC.
-func WithMTU(mtu int) Option { return func(c *options) { c.mtu = mtu } }
+// AsVPC builds the lab as a VPC looks to its instances, whatever its size:
+//   - every link (the nodes' eth0, their peers, the trunks, the bridges) has
+//     VPCMTU, so that a program sizing its packets from its interface's MTU
+//     (gossip does) sends what it would send on EC2;
+//   - nothing is flooded: every node knows every other node's MAC from the
+//     start (a VPC answers ARP itself) and every bridge knows the port behind
+//     which each node sits (static forwarding entries; a VPC delivers to the
+//     instance's ENI). Left to ARP and MAC learning, each first contact between
+//     two of N nodes broadcasts to all N ports, and so does every packet to a
+//     node that has not sent anything yet (a seed not started yet): copies
+//     the lab's one kernel pays for N times, in bursts that fill the CPUs'
+//     receive backlogs, a cost that belongs to the lab and not to what is
+//     measured on it.
+func AsVPC() Option {
+	return func(c *options) { c.mtu, c.staticL2 = VPCMTU, true }
+}
 
 // build is New with its options resolved.
 func build(t testing.TB, prefix, subnet string, n int, c options) *Lab {
@@ -159,6 +171,9 @@ func build(t testing.TB, prefix, subnet string, n int, c options) *Lab {
 			fmt.Sprintf("link set %s master br%d up", node.peer, i/perBridge))
 	}
 	l.batch(l.Bridge, br)
+	if c.staticL2 {
+		l.staticForwarding(bridges, perBridge)
+	}
 	l.bridgeWithoutNetfilter()
 	for _, node := range l.Nodes {
 		cmds := []string{
@@ -166,7 +181,7 @@ func build(t testing.TB, prefix, subnet string, n int, c options) *Lab {
 			fmt.Sprintf("addr add %s/%d dev eth0", node.IP, bits),
 			"link set eth0 up",
 		}
-		if n > MaxSmall {
+		if n > MaxSmall || c.staticL2 {
 			for _, other := range l.Nodes {
 				if !other.IP.Equal(node.IP) {
 					cmds = append(cmds, fmt.Sprintf("neigh replace %s lladdr %s dev eth0 nud permanent", other.IP, other.MAC))
@@ -176,6 +191,33 @@ func build(t testing.TB, prefix, subnet string, n int, c options) *Lab {
 		l.batch(node.NS, cmds)
 	}
 	return l
+}
+
+// staticForwarding tells every bridge where each node's MAC is: its own port
+// on the node's bridge; on br0 the trunk to the node's bridge; on any other
+// bridge its trunk to br0.
+func (l *Lab) staticForwarding(bridges, perBridge int) {
+	l.t.Helper()
+	var cmds []string
+	for i, node := range l.Nodes {
+		home := i / perBridge
+		for j := range bridges {
+			port := node.peer
+			switch {
+			case j == home:
+			case j == 0:
+				port = fmt.Sprintf("tr%da", home)
+			default:
+				port = fmt.Sprintf("tr%db", j)
+			}
+			cmds = append(cmds, fmt.Sprintf("fdb replace %s dev %s master static", node.MAC, port))
+		}
+	}
+	cmd := exec.Command("bridge", "-n", l.Bridge, "-batch", "-")
+	cmd.Stdin = strings.NewReader(strings.Join(cmds, "\n") + "\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		l.t.Fatalf("bridge -n %s -batch (%d forwarding entries): %v: %s", l.Bridge, len(cmds), err, out)
+	}
 }
 
 // bridgeNetfilterSysctls are br_netfilter's switches, one set per namespace

@@ -11,13 +11,14 @@ import (
 
 // A lab larger than a /24 is one segment over a /16, spread over several
 // bridges, on which every node already knows every other node's MAC; built
-// with a VPC's MTU, a jumbo frame crosses it whole.
+// as a VPC, a jumbo frame crosses it whole and every bridge knows where each
+// node is.
 func TestLargeLabIsOneSegmentOverChainedBridgesWithoutARP(t *testing.T) {
 	if why := Available(); why != "" {
 		t.Fatal(why)
 	}
 	const n = MaxSmall + 15
-	l := build(t, fmt.Sprintf("nt%d", os.Getpid()%10000), "10.96.0", n, options{perBridge: 100, mtu: VPCMTU})
+	l := build(t, fmt.Sprintf("nt%d", os.Getpid()%10000), "10.96.0", n, options{perBridge: 100, mtu: VPCMTU, staticL2: true})
 
 	if got, want := l.Nodes[n-1].IP.String(), "10.96.1.13"; got != want {
 		t.Errorf("node %d's address = %s, want %s (10+%d after 10.96.0.0)", n-1, got, want, n-1)
@@ -44,6 +45,17 @@ func TestLargeLabIsOneSegmentOverChainedBridgesWithoutARP(t *testing.T) {
 		t.Errorf("node 150's eth0: %s, want mtu 9001", out)
 	}
 	l.run(t, 150, "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "8972", l.Nodes[n-1].IP.String())
+	// Node 250 sits on br2: br2 sends it down its own port, br0 into the
+	// trunk to br2, br1 into its trunk to br0.
+	for _, c := range []struct{ bridge, port string }{{"br2", l.Nodes[250].peer}, {"br0", "tr2a"}, {"br1", "tr1b"}} {
+		out, err := exec.Command("bridge", "-n", l.Bridge, "fdb", "show", "br", c.bridge).CombinedOutput()
+		if err != nil {
+			t.Fatalf("bridge fdb show br %s: %v: %s", c.bridge, err, out)
+		}
+		if want := l.Nodes[250].MAC.String() + " dev " + c.port + " master " + c.bridge + " static"; !strings.Contains(string(out), want) {
+			t.Errorf("%s's forwarding entries lack %q", c.bridge, want)
+		}
+	}
 
 	neigh := l.run(t, 7, "ip", "neigh", "show", "dev", "eth0", "nud", "permanent")
 	if got := strings.Count(neigh, "PERMANENT"); got != n-1 {
