@@ -88,12 +88,13 @@ if [ -n "${GOSSIP_FORM:-}" ]; then
 fi
 
 echo "== gossip ring of real processes (one agent per process and network namespace; RSS and CPU from /proc)"
-# What a node pays: each agent a process of its own, as sparse as a real node. N=200
-# undilated, 4 started a second (~2 min), is the measured figure when it fits (README: its
-# formation can saturate two cores); N=200 at k=4 (~5 min) and k=32 (~4.5 min) show how far
-# a dilated projection over-states CPU (PROCS-COMPARE); N=1000 at k=32, 50 started a
-# (dilated) second (~19 min, ~10 GB: one /16 lab over chained bridges with static
-# neighbours, internal/netns) gets a PROCS-ESTIMATE of its undilated CPU from that factor.
+# What a node pays: each agent a process of its own, as sparse as a real node, on a lab
+# built as a VPC (netns.AsVPC: jumbo links, nothing flooded). N=200 undilated, 4 started a
+# second (~2 min), is the measured figure; N=200 at k=4 (~5 min) and k=32 (~4.5 min) show how
+# far a dilated projection over-states CPU (PROCS-COMPARE); N=1000 at k=32, 50 started a
+# (dilated) second (~19 min, ~10 GB: one /16 lab over chained bridges, internal/netns) gets a
+# PROCS-ESTIMATE of its undilated CPU from that factor. PROCS-LOG sums up the agents' warnings;
+# -procs.trace 20s prints the formation as the hosts files show it.
 # N=1000 at k=8 or 16 does not fit two cores while forming. A run during which this machine
 # was 90 % busy is CPU-BOUND. Targets: RSS <= 30 MiB, <= 1 % of a core per process.
 flock /tmp/nodeagent-e2e.lock go test -count=1 -run '^$' -bench BenchmarkRingProcesses -benchtime 1x -timeout 60m ./gossip/ \
