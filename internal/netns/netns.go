@@ -144,6 +144,7 @@ func build(t testing.TB, prefix, subnet string, n int, c options) *Lab {
 	l.destroy()
 	t.Cleanup(l.destroy)
 	l.raiseNeighbourLimits(n)
+	RaiseBacklog(t, n)
 
 	// One `ip -batch` per namespace: thousands of nodes are built in seconds.
 	var root, br []string
@@ -282,7 +283,6 @@ func (l *Lab) raiseNeighbourLimits(n int) {
 	for i, name := range []string{"gc_thresh1", "gc_thresh2", "gc_thresh3"} {
 		raiseSysctl(l.t, neighbourSysctl+name, need/2<<i) // thresh1 ≤ thresh2 ≤ thresh3
 	}
-	RaiseBacklog(l.t, n)
 }
 
 // backlogSysctl bounds each CPU's queue of packets received and not yet
