@@ -45,6 +45,10 @@ func TestLargeLabIsOneSegmentOverChainedBridgesWithoutARP(t *testing.T) {
 		t.Errorf("node 150's eth0: %s, want mtu 9001", out)
 	}
 	l.run(t, 150, "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "8972", l.Nodes[n-1].IP.String())
+	// No IPv6, so no router solicitations flooded to every port.
+	if out := l.run(t, 150, "ip", "-6", "-o", "addr", "show", "dev", "eth0"); strings.TrimSpace(out) != "" {
+		t.Errorf("node 150's eth0 has IPv6 addresses: %s", out)
+	}
 	// Node 250 sits on br2: br2 sends it down its own port, br0 into the
 	// trunk to br2, br1 into its trunk to br0.
 	for _, c := range []struct{ bridge, port string }{{"br2", l.Nodes[250].peer}, {"br0", "tr2a"}, {"br1", "tr1b"}} {
