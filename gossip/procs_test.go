@@ -334,7 +334,7 @@ func traceHostsFiles(hosts []string, n int, k float64, start time.Time, period t
 		}
 		drops, err := netns.BacklogDrops()
 		if err != nil {
-			drops = lastDrops // the PROCS line reports the failure; the trace goes on
+			drops = lastDrops // a diagnostic: the bench's own reading at the end fails the run
 		}
 		// Agents start in order, each once its file exists: the first
 		// len(lists) are running.

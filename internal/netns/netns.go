@@ -155,8 +155,9 @@ func build(t testing.TB, prefix, subnet string, n int, c options) *Lab {
 	}
 	l.batch("", root)
 	if c.staticL2 {
-		for _, ns := range append([]string{l.Bridge}, nodeNames(l.Nodes)...) {
-			l.withoutIPv6(ns)
+		l.withoutIPv6(l.Bridge)
+		for _, node := range l.Nodes {
+			l.withoutIPv6(node.NS)
 		}
 	}
 	br = append(br, "link set lo up")
@@ -236,27 +237,10 @@ func (l *Lab) staticForwarding(bridges, perBridge int) {
 // use IPv4.
 func (l *Lab) withoutIPv6(ns string) {
 	l.t.Helper()
-	err := in(ns, func() error {
-		for _, conf := range []string{"all", "default"} {
-			path := "/proc/sys/net/ipv6/conf/" + conf + "/disable_ipv6"
-			if err := os.WriteFile(path, []byte("1\n"), 0o644); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return fmt.Errorf("%s: %w", path, err)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		l.t.Fatalf("netns %s: IPv6 off: %v", ns, err)
-	}
+	l.setSysctls(ns, "IPv6 off", ipv6OffSysctls, "1")
 }
 
-func nodeNames(nodes []Node) []string {
-	var out []string
-	for _, n := range nodes {
-		out = append(out, n.NS)
-	}
-	return out
-}
+var ipv6OffSysctls = []string{"/proc/sys/net/ipv6/conf/all/disable_ipv6", "/proc/sys/net/ipv6/conf/default/disable_ipv6"}
 
 // bridgeNetfilterSysctls are br_netfilter's switches, one set per namespace
 // (present once the module is loaded: a kubelet or kube-proxy host loads it).
@@ -274,16 +258,23 @@ var bridgeNetfilterSysctls = []string{
 // cannot turn it off: the namespace's switch is ORed in.
 func (l *Lab) bridgeWithoutNetfilter() {
 	l.t.Helper()
-	err := in(l.Bridge, func() error {
-		for _, path := range bridgeNetfilterSysctls {
-			if err := os.WriteFile(path, []byte("0\n"), 0o644); err != nil && !errors.Is(err, os.ErrNotExist) {
+	l.setSysctls(l.Bridge, "bridge netfilter off", bridgeNetfilterSysctls, "0")
+}
+
+// setSysctls writes value to each of paths as namespace ns sees them; a
+// path the kernel does not have (its module not loaded) is skipped.
+func (l *Lab) setSysctls(ns, what string, paths []string, value string) {
+	l.t.Helper()
+	err := in(ns, func() error {
+		for _, path := range paths {
+			if err := os.WriteFile(path, []byte(value+"\n"), 0o644); err != nil && !errors.Is(err, os.ErrNotExist) {
 				return fmt.Errorf("%s: %w", path, err)
 			}
 		}
 		return nil
 	})
 	if err != nil {
-		l.t.Fatalf("netns %s: bridge netfilter off: %v", l.Bridge, err)
+		l.t.Fatalf("netns %s: %s: %v", ns, what, err)
 	}
 }
 
