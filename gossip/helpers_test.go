@@ -34,15 +34,21 @@ func (w tWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p
 // returns its path. The namespace tests run one per network namespace.
 func buildRingNode(t testing.TB) string {
 	t.Helper()
+	return buildRingProgram(t, "ringnode")
+}
+
+// buildRingProgram builds ./internal/<name> as buildRingNode builds ringnode.
+func buildRingProgram(t testing.TB, name string) string {
+	t.Helper()
 	goTool, err := exec.LookPath("go")
 	if err != nil {
-		t.Fatalf("building the ring node program needs the go tool: %v", err)
+		t.Fatalf("building the ring's %s program needs the go tool: %v", name, err)
 	}
-	out := filepath.Join(t.TempDir(), "ringnode")
-	cmd := exec.Command(goTool, "build", "-trimpath", "-ldflags=-s -w", "-o", out, "./internal/ringnode")
+	out := filepath.Join(t.TempDir(), name)
+	cmd := exec.Command(goTool, "build", "-trimpath", "-ldflags=-s -w", "-o", out, "./internal/"+name)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./internal/ringnode: %v\n%s", err, b)
+		t.Fatalf("go build ./internal/%s: %v\n%s", name, err, b)
 	}
 	return out
 }

@@ -1,10 +1,12 @@
 package gossip
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -22,7 +25,7 @@ import (
 )
 
 var (
-	procsSizes   = flag.String("procs.n", "200/4@10", "rings of BenchmarkRingProcesses, comma-separated, each N, N/k, N@B or N/k@B as in -scale.n: N agents, one process and network namespace each; every timer ×k (Tuning.Dilation: N processes forming a ring at full speed starve two cores as N in-process agents do; CPU is projected ×k); B started per (dilated) second, all at once without @B")
+	procsSizes   = flag.String("procs.n", "200/4@10", "rings of BenchmarkRingProcesses, comma-separated, each N, N/k, N@B or N/k@B as in -scale.n: N agents, one process and network namespace each; every timer ×k (Tuning.Dilation: N processes forming a ring at full speed starve two cores as N in-process agents do; CPU is projected ×k); B started per (dilated) second, all at once without @B; N…:P runs P of the N agents as processes, the measured ones, and the other N−P in one ringhost process hosted by one more namespace (undilated rings larger than two cores can run one process per node)")
 	procsWindow  = flag.Duration("procs.window", 30*time.Second, "one steady-state window of BenchmarkRingProcesses, in real time")
 	procsWindows = flag.Int("procs.windows", 2, "consecutive steady-state windows of BenchmarkRingProcesses: the figures are the last one's; the earlier ones show whether the formation's gossip had drained")
 	procsRepeat  = flag.Int("procs.repeat", 1, "runs of each BenchmarkRingProcesses ring; the figures are medians")
@@ -51,30 +54,40 @@ var (
 // runs this agent among everything else, is measured by the daemon's own
 // benchmark, not here.
 //
-//	flock /tmp/nodeagent-e2e.lock go test -run '^$' -bench BenchmarkRingProcesses -benchtime 1x ./gossip/ -procs.n 200@10,200/4@10
+// A ring larger than this machine can run as one process per node, undilated,
+// is run as N@B:P: P measured processes among N−P agents that one ringhost
+// process runs in one more namespace (startRingHost). Their CPU per process,
+// fitted against N over the run's undilated rings (PROCS-BYN), estimates
+// what a dilated ring larger than all of them would use undilated.
+//
+//	flock /tmp/nodeagent-e2e.lock go test -run '^$' -bench BenchmarkRingProcesses -benchtime 1x ./gossip/ -procs.n 200@10,200/4@10,500@3:10
 func BenchmarkRingProcesses(b *testing.B) {
 	if why := netns.Available(); why != "" {
 		b.Fatal(why)
 	}
-	exe := buildRingNode(b)
-	st, err := os.Stat(exe)
+	progs := ringPrograms{node: buildRingNode(b)}
+	st, err := os.Stat(progs.node)
 	if err != nil {
 		b.Fatal(err)
 	}
-	var results []ringResult
+	progs.nodeSize = st.Size()
+	var results, hosted []ringResult
 	for _, f := range strings.Split(*procsSizes, ",") {
-		sz, err := parseScaleSize(f, 0)
+		sz, err := parseProcsSize(f)
 		if err != nil {
 			b.Fatalf("-procs.n: %v", err)
 		}
-		if sz.n > netns.Max {
-			b.Fatalf("-procs.n %d: a lab holds at most %d nodes", sz.n, netns.Max)
+		if sz.measured > netns.Max-1 {
+			b.Fatalf("-procs.n %s: a lab holds at most %d nodes", sz, netns.Max)
+		}
+		if sz.hosted() > 0 && progs.host == "" {
+			progs.host = buildRingProgram(b, "ringhost")
 		}
 		b.Run(sz.String(), func(b *testing.B) {
-			res := ringResult{size: sz}
+			res := ringResult{size: sz.scaleSize}
 			for range b.N {
 				for range max(1, *procsRepeat) {
-					res.runs = append(res.runs, runProcs(b, exe, st.Size(), sz))
+					res.runs = append(res.runs, runProcs(b, progs, sz))
 				}
 			}
 			med, used := res.median()
@@ -85,8 +98,17 @@ func BenchmarkRingProcesses(b *testing.B) {
 			if len(res.runs) > 1 {
 				fmt.Printf("PROCS-MEDIAN %s (%d runs, %s): %s\n", sz, len(res.runs), used, formatProcsFigures(med))
 			}
-			results = append(results, res)
+			// A ring with hosted members is compared with nothing: its
+			// processes are as sparse, but the host shares their cores.
+			if sz.hosted() > 0 {
+				hosted = append(hosted, res)
+			} else {
+				results = append(results, res)
+			}
 		})
+	}
+	for _, line := range undilatedCPUByN(append(slices.Clone(results), hosted...)) {
+		fmt.Println(line)
 	}
 	for _, line := range compareRuns("PROCS-COMPARE", procsFigures, results) {
 		fmt.Println(line)
@@ -159,20 +181,35 @@ func formatProcsFigures(m map[string]float64) string {
 }
 
 // runProcs runs one process ring and returns its figures.
-func runProcs(b *testing.B, exe string, exeSize int64, sz scaleSize) ringRun {
-	n, k := sz.n, sz.k
+func runProcs(b *testing.B, progs ringPrograms, sz procsSize) ringRun {
+	n, k, p := sz.n, sz.k, sz.measured
 	dil := func(d time.Duration) time.Duration { return time.Duration(float64(d) * k) }
 	// A VPC's network: jumbo frames (the agents size their gossip packets from
 	// the MTU, as on EC2; the in-process ring's loopback gets the same budget)
 	// and no floods.
-	lab := netns.New(b, fmt.Sprintf("gp%d", os.Getpid()%1000), "10.98.0", n, netns.AsVPC())
+	// With hosted members, node 0 is the host's and the processes are on
+	// nodes 1 to P.
+	first := 0
+	if sz.hosted() > 0 {
+		first = 1
+	}
+	lab := netns.New(b, fmt.Sprintf("gp%d", os.Getpid()%1000), "10.98.0", p+first, netns.AsVPC())
 	var seeds []string
-	for _, node := range lab.Nodes {
+	for _, node := range lab.Nodes[first:] {
 		seeds = append(seeds, node.IP.String())
 	}
 	dir := b.TempDir()
 	keyFile := writeRingKey(b, dir, []byte("procs-bench-key0"))
-	cmds := make([]*exec.Cmd, n)
+	var host *ringHost
+	if sz.hosted() > 0 {
+		// The host's agents talk over its namespace's loopback: the
+		// backlog serves N agents, not P+1.
+		netns.RaiseBacklog(b, n)
+		lab.HostRange(0, hostedRange)
+		host = startRingHost(b, lab, progs.host, dir, keyFile, sz, seeds)
+		seeds = append(seeds, host.addrs...)
+	}
+	cmds := make([]*exec.Cmd, p)
 	defer func() {
 		for _, c := range cmds {
 			if c != nil {
@@ -191,11 +228,11 @@ func runProcs(b *testing.B, exe string, exeSize int64, sz scaleSize) ringRun {
 	// the file's directory, and a thousand agents renaming in one directory
 	// queue on its lock (seen at N=1000 as agents and the bench stuck in
 	// renameat2 and openat).
-	hosts := make([]string, n)
+	hosts := make([]string, p)
 	for i := range hosts {
 		hosts[i] = filepath.Join(dir, fmt.Sprintf("node-%d", i), "hosts")
 	}
-	offsets := startOffsets(n, sz.batch, dil(time.Second), dil(DefaultTuning().GossipInterval))
+	offsets := startOffsets(p, sz.batch, dil(time.Second), dil(DefaultTuning().GossipInterval))
 	host0, drops0 := readHostCPU(b), backlogDrops(b)
 	start := time.Now()
 	if *procsTrace > 0 {
@@ -203,7 +240,7 @@ func runProcs(b *testing.B, exe string, exeSize int64, sz scaleSize) ringRun {
 		defer close(done)
 		go traceHostsFiles(hosts, n, k, start, *procsTrace, done)
 	}
-	for i := range n {
+	for i := range p {
 		if err := os.Mkdir(filepath.Dir(hosts[i]), 0o755); err != nil {
 			b.Fatal(err)
 		}
@@ -219,14 +256,14 @@ func runProcs(b *testing.B, exe string, exeSize int64, sz scaleSize) ringRun {
 		// launch schedule, the convergence polls, the /proc reads) is not
 		// queued behind a thousand agents while a large ring forms; the CPU
 		// each agent uses is the same, only its place in the queue changes.
-		argv := append([]string{"nice", "-n", strconv.Itoa(*procsNice), exe}, ringNodeArgs{
-			name: ringNodeName(i), seeds: seeds, hosts: hosts[i],
+		argv := append([]string{"nice", "-n", strconv.Itoa(*procsNice), progs.node}, ringNodeArgs{
+			name: ringNodeName(first + i), seeds: seeds, hosts: hosts[i],
 			router: lab.Router.String(), keyFile: keyFile, dilation: dilation, logLevel: "info",
 		}.args()...)
 		if *procsNice == 0 {
 			argv = argv[3:]
 		}
-		cmd := lab.Command(context.Background(), i, argv[0], argv[1:]...)
+		cmd := lab.Command(context.Background(), first+i, argv[0], argv[1:]...)
 		// An agent dies with the bench, even when the bench is killed: no
 		// orphan ring keeps the machine busy after an interrupted run.
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -248,13 +285,16 @@ func runProcs(b *testing.B, exe string, exeSize int64, sz scaleSize) ringRun {
 	// Polling N hosts files of N lines is itself work on the shared cores: the
 	// wait rereads only the agents not yet complete, and polls less often on
 	// large rings.
-	poll := 100 * time.Millisecond * time.Duration(max(1, n/250))
+	poll := 100 * time.Millisecond * time.Duration(max(1, p/250))
 	listed := allListEveryNode(hosts, n)
-	converge := waitForScaleEvery(b, poll, dil(3*time.Minute), "every process's hosts file lists every node", func() error {
+	converge := waitForScaleEvery(b, poll, dil(3*time.Minute), "every process's hosts file lists every node, every hosted agent sees every node", func() error {
 		// A ring that does not fit the cores grows its queues while it
 		// forms: stop before the OOM killer picks an agent.
 		checkMemoryLeft(b, n)
-		return listed()
+		if err := listed(); err != nil {
+			return err
+		}
+		return host.whole()
 	}, lastStart, func() {
 		// What the agents saw, and what the machine did meanwhile.
 		fmt.Printf("PROCS-LOG N=%d k=%g (not formed): %s\n", n, k, summariseAgentLogs(b, hosts))
@@ -263,7 +303,7 @@ func runProcs(b *testing.B, exe string, exeSize int64, sz scaleSize) ringRun {
 	})
 	formBusy, formDrops := readHostCPU(b).busySince(host0), backlogDrops(b)-drops0
 	b.Logf("%d processes started in %v, converged %v after the last start (%v projected; polled every %v); this machine %.0f %% busy meanwhile",
-		n, lastStart.Sub(start).Round(time.Second), converge.Round(time.Millisecond), (converge / time.Duration(k)).Round(10*time.Millisecond), poll, 100*formBusy)
+		p, lastStart.Sub(start).Round(time.Second), converge.Round(time.Millisecond), (converge / time.Duration(k)).Round(10*time.Millisecond), poll, 100*formBusy)
 	// A settling period, not a wait for a condition: the formation's gossip
 	// queues drain, as in BenchmarkRing, and the windows that follow show
 	// whether they had (nothing is asserted on the strength of this sleep).
@@ -272,23 +312,26 @@ func runProcs(b *testing.B, exe string, exeSize int64, sz scaleSize) ringRun {
 	var windows []float64
 	var cpuPct, rss, anon, file []float64
 	var busy float64
+	var hostedCPU time.Duration // the host's, over the last window
 	for w := range max(1, *procsWindows) {
-		cpu0 := make([]time.Duration, n)
+		cpu0 := make([]time.Duration, p)
 		for i, c := range cmds {
 			cpu0[i], _ = procStat(b, c.Process.Pid)
 		}
+		hostCPU0 := host.cpu(b)
 		h0, t0 := readHostCPU(b), time.Now()
 		// The window: CPU is read at both ends of it.
 		time.Sleep(*procsWindow)
 		el := time.Since(t0)
 		busy = readHostCPU(b).busySince(h0)
-		cpuPct, rss, anon, file = make([]float64, n), make([]float64, n), make([]float64, n), make([]float64, n)
+		cpuPct, rss, anon, file = make([]float64, p), make([]float64, p), make([]float64, p), make([]float64, p)
 		for i, c := range cmds {
 			cpu1, m := procStat(b, c.Process.Pid)
 			rss[i], anon[i], file[i] = m.RSS, m.Anon, m.File
 			cpuPct[i] = 100 * k * float64(cpu1-cpu0[i]) / float64(el)
 		}
 		windows = append(windows, mean(cpuPct))
+		hostedCPU = host.cpu(b) - hostCPU0
 		b.Logf("window %d: %.3f %% of a core per process (projected), this machine %.0f %% busy", w+1, mean(cpuPct), 100*busy)
 	}
 	drops := udpReceiveDrops(b, cmds)
@@ -304,11 +347,11 @@ func runProcs(b *testing.B, exe string, exeSize int64, sz scaleSize) ringRun {
 	// rss is VmRSS: anon (heap, stacks, runtime: what the agent itself
 	// allocates) plus file (the pages of the executable it has touched,
 	// shared by every process of one binary) and shared memory.
-	fmt.Printf("PROCS N=%d k=%g converge=%v rss=%.1fMiB(max %.1f) anon=%.1fMiB(max %.1f) file=%.1fMiB(max %.1f) cpu=%.3f%%(max %.3f) windows=%s×%v host-busy=%.0f%%(forming %.0f%%) udp-rcvbuf-drops=%d(in %d namespaces) backlog-drops=%d(forming %d) binary=%.1fMB%s\n",
-		n, k, (converge / time.Duration(k)).Round(10*time.Millisecond),
+	fmt.Printf("PROCS N=%d k=%g%s converge=%v rss=%.1fMiB(max %.1f) anon=%.1fMiB(max %.1f) file=%.1fMiB(max %.1f) cpu=%.3f%%(max %.3f) windows=%s×%v host-busy=%.0f%%(forming %.0f%%) udp-rcvbuf-drops=%d(in %d namespaces) backlog-drops=%d(forming %d) binary=%.1fMB%s\n",
+		n, k, host.describe(b, hostedCPU, *procsWindow, k), (converge / time.Duration(k)).Round(10*time.Millisecond),
 		mean(rss), slices.Max(rss), mean(anon), slices.Max(anon), mean(file), slices.Max(file),
 		mean(cpuPct), slices.Max(cpuPct), strings.Join(ws, ","), (*procsWindow).Round(time.Second), 100*busy, 100*formBusy, drops.total, drops.namespaces, windowDrops, formDrops,
-		float64(exeSize)/1e6, cpuBoundMark(bound))
+		float64(progs.nodeSize)/1e6, cpuBoundMark(bound))
 	return ringRun{cpuBound: bound, figures: map[string]float64{
 		"converge-s": converge.Seconds() / k,
 		"cpu%":       mean(cpuPct),
@@ -620,4 +663,243 @@ func procStat(t testing.TB, pid int) (time.Duration, procMem) {
 		t.Fatalf("process %d is ip, not the agent: `ip netns exec` forked", pid)
 	}
 	return time.Duration(utime+stime) * time.Second / ticks, m
+}
+
+// ringPrograms are the programs a process ring runs: ringnode, one per
+// measured process, and ringhost for the hosted members ("" when no ring of
+// the run has any).
+type ringPrograms struct {
+	node, host string
+	nodeSize   int64
+}
+
+// procsSize is one ring of BenchmarkRingProcesses: a scaleSize and, with
+// ":P", how many of its N agents are measured processes, the other N−P
+// running in one ringhost process.
+type procsSize struct {
+	scaleSize
+	measured int // P; N when every agent is a process
+}
+
+// hosted is how many of the ring's agents run in the host process.
+func (s procsSize) hosted() int { return s.n - s.measured }
+
+func (s procsSize) String() string {
+	if s.hosted() == 0 {
+		return s.scaleSize.String()
+	}
+	return fmt.Sprintf("%s:%d", s.scaleSize, s.measured)
+}
+
+// parseProcsSize reads one entry of -procs.n: a -scale.n size, then
+// optionally ":P".
+func parseProcsSize(f string) (procsSize, error) {
+	rest, ps, mixed := strings.Cut(strings.TrimSpace(f), ":")
+	sz, err := parseScaleSize(rest, 0)
+	if err != nil {
+		return procsSize{}, err
+	}
+	out := procsSize{scaleSize: sz, measured: sz.n}
+	if mixed {
+		p, err := strconv.Atoi(ps)
+		if err != nil || p < 1 || p >= sz.n {
+			return out, fmt.Errorf("size %q: want N, N/k, N@B or N/k@B, then optionally :P with 1 ≤ P < N measured processes", f)
+		}
+		if sz.n-p > hostedMax {
+			return out, fmt.Errorf("size %q: at most %d hosted agents", f, hostedMax)
+		}
+		out.measured = p
+	}
+	return out, nil
+}
+
+// hostedRange holds the host process's addresses, outside the lab's subnet
+// (10.98.0.0/16 at most); its first hostedMax addresses are used.
+const (
+	hostedRange = "10.99.0.0/16"
+	hostedMax   = 65000
+)
+
+// hostedAddrs are the addresses of a host's m agents: 10.99.0.1 on.
+func hostedAddrs(m int) []string {
+	ip := netip.MustParseAddr("10.99.0.1")
+	out := make([]string, m)
+	for i := range out {
+		out[i] = ip.String()
+		ip = ip.Next()
+	}
+	return out
+}
+
+// ringHost is the ringhost process that runs a ring's hosted members in the
+// lab's node 0, undilated or dilated like the processes. Its methods are
+// no-ops on a nil host (a ring without hosted members).
+type ringHost struct {
+	cmd     *exec.Cmd
+	addrs   []string
+	n       int          // the whole ring's size
+	least   atomic.Int64 // the least alive members an agent of it sees, by its latest ring line
+	started atomic.Bool
+	line    atomic.Value // its latest ring line
+	stderr  string
+}
+
+// startRingHost starts the host process, whose agents start sz.batch a
+// (dilated) second like the processes', and returns once all of them have.
+func startRingHost(b *testing.B, lab *netns.Lab, exe, dir, keyFile string, sz procsSize, processSeeds []string) *ringHost {
+	h := &ringHost{addrs: hostedAddrs(sz.hosted()), n: sz.n, stderr: filepath.Join(dir, "host-stderr")}
+	seedsFile := filepath.Join(dir, "seeds")
+	seeds := append(slices.Clone(processSeeds), h.addrs...)
+	if err := os.WriteFile(seedsFile, []byte(strings.Join(seeds, "\n")+"\n"), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	batch := sz.batch
+	if batch <= 0 {
+		batch = sz.hosted()
+	}
+	argv := []string{"nice", "-n", strconv.Itoa(*procsNice), exe, "-cluster", testCluster, "-first-ip", h.addrs[0],
+		"-count", strconv.Itoa(sz.hosted()), "-ring-size", strconv.Itoa(sz.n), "-seeds-file", seedsFile, "-key-file", keyFile,
+		"-per-second", strconv.Itoa(batch), "-dilation", strconv.FormatFloat(sz.k, 'g', -1, 64),
+		"-report", (time.Duration(sz.k * float64(time.Second))).String()}
+	if *procsNice == 0 {
+		argv = argv[3:]
+	}
+	h.cmd = lab.Command(context.Background(), 0, argv[0], argv[1:]...)
+	h.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	errFile, err := os.Create(h.stderr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	h.cmd.Stderr = errFile
+	out, err := h.cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	err = h.cmd.Start()
+	errFile.Close() // the host holds its own descriptor
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		if err := h.cmd.Process.Kill(); err != nil {
+			b.Logf("stop the ring host: %v", err)
+		}
+		h.cmd.Wait() // killed: its exit status says so and nothing else
+	})
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			line := sc.Text()
+			switch {
+			case strings.HasPrefix(line, "started "):
+				b.Logf("ring host: %s", line)
+				h.started.Store(true)
+			case strings.HasPrefix(line, "ring "):
+				h.line.Store(line)
+				for _, f := range strings.Fields(line) {
+					if v, ok := strings.CutPrefix(f, "alive-least="); ok {
+						least, _ := strconv.Atoi(v)
+						h.least.Store(int64(least))
+					}
+				}
+			}
+		}
+	}()
+	dil := time.Duration(sz.k * float64(time.Second))
+	waitForScaleEvery(b, 100*time.Millisecond, time.Duration(sz.hosted()/batch+60)*dil, "the ring host has started its agents", func() error {
+		checkMemoryLeft(b, sz.n)
+		if !h.started.Load() {
+			return errors.New("not yet")
+		}
+		return nil
+	}, time.Now(), func() { b.Logf("ring host's log:\n%s", tailFile(h.stderr, 20)) })
+	return h
+}
+
+// whole holds once every hosted agent sees every member alive.
+func (h *ringHost) whole() error {
+	if h == nil {
+		return nil
+	}
+	if least := h.least.Load(); least != int64(h.n) {
+		line, _ := h.line.Load().(string)
+		return fmt.Errorf("hosted agents: least %d/%d alive members (%s)", least, h.n, line)
+	}
+	return nil
+}
+
+// cpu is the host process's CPU time so far.
+func (h *ringHost) cpu(t testing.TB) time.Duration {
+	if h == nil {
+		return 0
+	}
+	c, _ := procStat(t, h.cmd.Process.Pid)
+	return c
+}
+
+// describe is the host's part of a PROCS line: how many agents it runs and
+// what they cost each over the window (CPU projected ×k).
+func (h *ringHost) describe(t testing.TB, cpu, window time.Duration, k float64) string {
+	if h == nil {
+		return ""
+	}
+	_, m := procStat(t, h.cmd.Process.Pid)
+	return fmt.Sprintf(" measured=%d hosted=%d(in one process: cpu=%.3f%%/agent rss=%.0fMiB)", h.n-len(h.addrs), len(h.addrs),
+		100*k*float64(cpu)/float64(window)/float64(len(h.addrs)), m.RSS)
+}
+
+// tailFile is the last n lines of a file, or why it could not be read.
+func tailFile(path string, n int) string {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(raw), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// undilatedCPUByN fits the CPU per process of the undilated rings of a run
+// against N (least squares over their medians) and gives, for each dilated
+// ring larger than all of them, what the fit says its processes would use
+// undilated. A node's agent probes one member a second and is probed about
+// once a second whatever N, and a formed ring gossips nothing: what grows
+// with N is the full-state exchanges' size, which memberlist makes rarer as
+// the ring grows. The fit measures that slope instead of assuming it.
+func undilatedCPUByN(results []ringResult) []string {
+	var ns, cpus []float64
+	var parts []string
+	for _, r := range results {
+		if r.size.k != 1 || len(r.runs) == 0 {
+			continue
+		}
+		m, _ := r.median()
+		ns, cpus = append(ns, float64(r.size.n)), append(cpus, m["cpu%"])
+		parts = append(parts, fmt.Sprintf("N=%d %.3f%%", r.size.n, m["cpu%"]))
+	}
+	if len(ns) < 2 || slices.Min(ns) == slices.Max(ns) {
+		return nil
+	}
+	slope, intercept := leastSquares(ns, cpus)
+	lines := []string{fmt.Sprintf("PROCS-BYN undilated cpu per process: %s; fit %.4f%% + %.4f%% per 100 nodes",
+		strings.Join(parts, ", "), intercept, 100*slope)}
+	for _, r := range results {
+		if r.size.k == 1 || float64(r.size.n) <= slices.Max(ns) {
+			continue
+		}
+		lines = append(lines, fmt.Sprintf("PROCS-ESTIMATE N=%d undilated, by the fit over N: cpu per process %.3f%%",
+			r.size.n, intercept+slope*float64(r.size.n)))
+	}
+	return lines
+}
+
+// leastSquares fits y = slope·x + intercept.
+func leastSquares(x, y []float64) (slope, intercept float64) {
+	mx, my := mean(x), mean(y)
+	var sxy, sxx float64
+	for i := range x {
+		sxy += (x[i] - mx) * (y[i] - my)
+		sxx += (x[i] - mx) * (x[i] - mx)
+	}
+	slope = sxy / sxx
+	return slope, my - slope*mx
 }

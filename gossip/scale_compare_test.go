@@ -216,3 +216,61 @@ func TestAgentLogsAreSummedUpByKind(t *testing.T) {
 		t.Errorf("summary of silent agents = %q, want none", got)
 	}
 }
+
+func TestParseProcsSizeReadsHowManyAgentsAreMeasuredProcesses(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want procsSize
+	}{
+		{"200@4", procsSize{scaleSize{n: 200, k: 1, batch: 4}, 200}},
+		{"1000@10:10", procsSize{scaleSize{n: 1000, k: 1, batch: 10}, 10}},
+		{" 500/4@5:20", procsSize{scaleSize{n: 500, k: 4, batch: 5}, 20}},
+	} {
+		got, err := parseProcsSize(c.in)
+		if err != nil || got != c.want {
+			t.Errorf("parseProcsSize(%q) = %+v, %v; want %+v", c.in, got, err, c.want)
+		}
+		if again, err := parseProcsSize(got.String()); err != nil || again != got {
+			t.Errorf("%+v does not survive String(): %q → %+v, %v", got, got.String(), again, err)
+		}
+	}
+	if got := (procsSize{scaleSize{n: 1000, k: 1, batch: 10}, 10}).hosted(); got != 990 {
+		t.Errorf("1000@10:10 hosts %d agents, want 990", got)
+	}
+	for _, bad := range []string{"200:0", "200:200", "200:x", "200@4:", "x:5", "70000:10"} {
+		if sz, err := parseProcsSize(bad); err == nil {
+			t.Errorf("parseProcsSize(%q) = %+v, want an error", bad, sz)
+		}
+	}
+}
+
+func TestHostedAddressesFollowEachOther(t *testing.T) {
+	a := hostedAddrs(300)
+	if a[0] != "10.99.0.1" || a[254] != "10.99.0.255" || a[255] != "10.99.1.0" || a[299] != "10.99.1.44" {
+		t.Errorf("hosted addresses %s … %s, %s, %s … %s", a[0], a[254], a[255], a[256], a[299])
+	}
+}
+
+func procsRun(cpu float64) ringRun { return ringRun{figures: map[string]float64{"cpu%": cpu}} }
+
+func TestUndilatedCPUIsFittedAgainstNAndExtrapolated(t *testing.T) {
+	results := []ringResult{
+		{size: scaleSize{n: 100, k: 1, batch: 4}, runs: []ringRun{procsRun(0.20)}},
+		{size: scaleSize{n: 300, k: 1, batch: 4}, runs: []ringRun{procsRun(0.22)}},
+		{size: scaleSize{n: 200, k: 32, batch: 50}, runs: []ringRun{procsRun(0.6)}},
+		{size: scaleSize{n: 1000, k: 32, batch: 50}, runs: []ringRun{procsRun(1.1)}},
+	}
+	lines := undilatedCPUByN(results)
+	if len(lines) != 2 {
+		t.Fatalf("got %d lines, want the fit and one estimate (N=1000, the only dilated ring beyond the undilated ones):\n%s", len(lines), strings.Join(lines, "\n"))
+	}
+	if !strings.Contains(lines[0], "N=100 0.200%, N=300 0.220%") || !strings.Contains(lines[0], "fit 0.1900% + 0.0100% per 100 nodes") {
+		t.Errorf("fit line: %s", lines[0])
+	}
+	if !strings.Contains(lines[1], "N=1000 undilated, by the fit over N: cpu per process 0.290%") {
+		t.Errorf("estimate line: %s", lines[1])
+	}
+	if got := undilatedCPUByN(results[:1]); got != nil {
+		t.Errorf("one undilated ring gives no fit, got %q", got)
+	}
+}

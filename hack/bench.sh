@@ -93,10 +93,14 @@ echo "== gossip ring of real processes (one agent per process and network namesp
 # second (~2 min), is the measured figure; N=200 at k=4 (~5 min) and k=32 (~4.5 min) show how
 # far a dilated projection over-states CPU (PROCS-COMPARE); N=1000 at k=32, 50 started a
 # (dilated) second (~19 min, ~10 GB: one /16 lab over chained bridges, internal/netns) gets a
-# PROCS-ESTIMATE of its undilated CPU from that factor. PROCS-LOG sums up the agents' warnings;
-# -procs.trace 20s prints the formation as the hosts files show it.
+# PROCS-ESTIMATE of its undilated CPU from that factor. 500@3:10 measures 10 processes
+# undilated among 490 agents hosted by one ringhost process (~5 min): a ring larger than
+# two cores run one process per node, measured without dilation; PROCS-BYN fits the
+# undilated CPU per process against N and estimates N=1000's by that fit (one process
+# hosting more than ~500 undilated agents, or 500 started faster, collapses while forming here). PROCS-LOG sums
+# up the agents' warnings; -procs.trace 20s prints the formation as the hosts files show it.
 # N=1000 at k=8 or 16 does not fit two cores while forming. A run during which this machine
 # was 90 % busy is CPU-BOUND. Targets: RSS <= 30 MiB, <= 1 % of a core per process.
 flock /tmp/nodeagent-e2e.lock go test -count=1 -run '^$' -bench BenchmarkRingProcesses -benchtime 1x -timeout 60m ./gossip/ \
-  -procs.n "${GOSSIP_PROCS:-200@4,200/4@4,200/32@50,1000/32@50}" -procs.window 30s -procs.windows 2 |
+  -procs.n "${GOSSIP_PROCS:-200@4,200/4@4,200/32@50,500@3:10,1000/32@50}" -procs.window 30s -procs.windows 2 |
   grep -E '^PROCS|^Benchmark|not within|^(ok|FAIL)' | sed 's/^PROCS /FIGURE gossip processes (targets: RSS <= 30 MiB, cpu <= 1 %) /' || true

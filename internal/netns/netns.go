@@ -391,6 +391,22 @@ func (l *Lab) Command(ctx context.Context, i int, name string, args ...string) *
 	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", l.Nodes[i].NS, name}, args...)...)
 }
 
+// HostRange makes node i the host of every address of prefix (an IPv4 CIDR
+// outside the lab's subnet), as a host with many secondary addresses: its
+// namespace takes the whole range as local (a program there binds any of its
+// addresses) and every other node routes the range to node i's address. One
+// process in node i can then play many members of a ring that the other
+// nodes reach over the lab's network, as they reach each other.
+func (l *Lab) HostRange(i int, prefix string) {
+	l.t.Helper()
+	l.ip("-n", l.Nodes[i].NS, "route", "add", "local", prefix, "dev", "lo")
+	for j, node := range l.Nodes {
+		if j != i {
+			l.ip("-n", node.NS, "route", "add", prefix, "via", l.Nodes[i].IP.String())
+		}
+	}
+}
+
 // SetLink cuts (up=false) or restores node i's cable to the bridge.
 func (l *Lab) SetLink(i int, up bool) {
 	l.t.Helper()

@@ -3,10 +3,12 @@ package netns
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 )
 
 // A lab larger than a /24 is one segment over a /16, spread over several
@@ -83,6 +85,53 @@ func TestSmallLabIsASlash24(t *testing.T) {
 	l.SetLink(1, false)
 	if out, err := l.Command(context.Background(), 0, "ping", "-c", "1", "-W", "1", l.Nodes[1].IP.String()).CombinedOutput(); err == nil {
 		t.Errorf("ping across a cut cable answered: %s", out)
+	}
+}
+
+// A node that hosts a range answers on any of its addresses, and the other
+// nodes reach them over the lab's network; the range's replies go back the
+// same way.
+func TestHostRangeServesEveryAddressToTheOtherNodes(t *testing.T) {
+	if why := Available(); why != "" {
+		t.Fatal(why)
+	}
+	l := New(t, fmt.Sprintf("nh%d", os.Getpid()%10000), "10.94.0", 3, AsVPC())
+	l.HostRange(0, "10.93.0.0/16")
+	for _, addr := range []string{"10.93.0.1", "10.93.3.200"} {
+		ln, err := ListenIn(l.Nodes[0].NS, "tcp", net.JoinHostPort(addr, "4000"))
+		if err != nil {
+			t.Fatalf("listen on %s in the hosting node: %v", addr, err)
+		}
+		accepted := make(chan string, 1)
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				accepted <- err.Error()
+				return
+			}
+			accepted <- c.RemoteAddr().String()
+			c.Close()
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		c, err := DialerIn(l.Nodes[2].NS)(ctx, "tcp", net.JoinHostPort(addr, "4000"))
+		cancel()
+		if err != nil {
+			t.Fatalf("node 2 dials %s: %v", addr, err)
+		}
+		c.Close()
+		if from, want := <-accepted, l.Nodes[2].IP.String()+":"; !strings.HasPrefix(from, want) {
+			t.Errorf("%s accepted a connection from %s, want from node 2 (%s)", addr, from, want)
+		}
+		ln.Close()
+	}
+	// An address outside the range is no node's: nothing routes to it.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if c, err := DialerIn(l.Nodes[1].NS)(ctx, "tcp", "10.92.0.1:4000"); err == nil {
+		c.Close()
+		t.Error("node 1 reached 10.92.0.1, outside the hosted range")
+	} else if !strings.Contains(err.Error(), "unreachable") {
+		t.Errorf("dial outside the range: %v, want the network unreachable", err)
 	}
 }
 
