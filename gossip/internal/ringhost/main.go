@@ -13,12 +13,10 @@ package main
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -30,6 +28,7 @@ import (
 	"time"
 
 	"github.com/nodeagent/nodeagent/gossip"
+	"github.com/nodeagent/nodeagent/gossip/internal/ringflags"
 )
 
 func main() {
@@ -65,19 +64,14 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	raw, err := os.ReadFile(*keyFile)
+	key, err := ringflags.ReadKey(*keyFile)
 	if err != nil {
 		return err
 	}
-	key, err := hex.DecodeString(strings.TrimSpace(string(raw)))
+	log, err := ringflags.Logger(*logLevel)
 	if err != nil {
-		return fmt.Errorf("key file %s: %w", *keyFile, err)
+		return err
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		return fmt.Errorf("-log-level: %w", err)
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 

@@ -9,11 +9,9 @@ package main
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
 	"os/signal"
@@ -21,6 +19,7 @@ import (
 	"syscall"
 
 	"github.com/nodeagent/nodeagent/gossip"
+	"github.com/nodeagent/nodeagent/gossip/internal/ringflags"
 )
 
 func main() {
@@ -63,26 +62,22 @@ func run() error {
 			return err
 		}
 	}
-	raw, err := os.ReadFile(*keyFile)
+	key, err := ringflags.ReadKey(*keyFile)
 	if err != nil {
 		return err
-	}
-	key, err := hex.DecodeString(strings.TrimSpace(string(raw)))
-	if err != nil {
-		return fmt.Errorf("key file %s: %w", *keyFile, err)
 	}
 	var published []string
 	if *names != "" {
 		published = strings.Split(*names, ",")
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		return fmt.Errorf("-log-level: %w", err)
-	}
 	if *verbose {
-		level = slog.LevelDebug
+		*logLevel = "debug"
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("node", *name)
+	log, err := ringflags.Logger(*logLevel)
+	if err != nil {
+		return err
+	}
+	log = log.With("node", *name)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	a, err := gossip.Start(ctx, gossip.Config{
