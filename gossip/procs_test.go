@@ -252,34 +252,10 @@ func runProcs(b *testing.B, progs ringPrograms, sz procsSize) ringRun {
 		}
 		// A launch schedule: process i starts offsets[i] after the first.
 		time.Sleep(time.Until(start.Add(offsets[i])))
-		// Each agent runs at -procs.nice, so that the bench's own work (the
-		// launch schedule, the convergence polls, the /proc reads) is not
-		// queued behind a thousand agents while a large ring forms; the CPU
-		// each agent uses is the same, only its place in the queue changes.
-		argv := append([]string{"nice", "-n", strconv.Itoa(*procsNice), progs.node}, ringNodeArgs{
+		cmds[i] = startInLab(b, lab, first+i, filepath.Join(filepath.Dir(hosts[i]), "stderr"), nil, progs.node, ringNodeArgs{
 			name: ringNodeName(first + i), seeds: seeds, hosts: hosts[i],
 			router: lab.Router.String(), keyFile: keyFile, dilation: dilation, logLevel: "info",
 		}.args()...)
-		if *procsNice == 0 {
-			argv = argv[3:]
-		}
-		cmd := lab.Command(context.Background(), first+i, argv[0], argv[1:]...)
-		// An agent dies with the bench, even when the bench is killed: no
-		// orphan ring keeps the machine busy after an interrupted run.
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		// Its warnings (memberlist's among them) go to a file of its own,
-		// summed up in the PROCS-LOG line.
-		logFile, err := os.Create(filepath.Join(filepath.Dir(hosts[i]), "stderr"))
-		if err != nil {
-			b.Fatal(err)
-		}
-		cmd.Stderr = logFile
-		err = cmd.Start()
-		logFile.Close() // the agent holds its own descriptor
-		if err != nil {
-			b.Fatal(err)
-		}
-		cmds[i] = cmd
 	}
 	lastStart := time.Now()
 	// Polling N hosts files of N lines is itself work on the shared cores: the
@@ -757,29 +733,17 @@ func startRingHost(b *testing.B, lab *netns.Lab, exe, dir, keyFile string, sz pr
 	if batch <= 0 {
 		batch = sz.hosted()
 	}
-	argv := []string{"nice", "-n", strconv.Itoa(*procsNice), exe, "-cluster", testCluster, "-first-ip", h.addrs[0],
+	// Its stdout is a pipe whose write end only it holds once started: the
+	// reader below sees the end of it when the host exits.
+	out, w, err := os.Pipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	h.cmd = startInLab(b, lab, 0, h.stderr, w, exe, "-cluster", testCluster, "-first-ip", h.addrs[0],
 		"-count", strconv.Itoa(sz.hosted()), "-ring-size", strconv.Itoa(sz.n), "-seeds-file", seedsFile, "-key-file", keyFile,
 		"-per-second", strconv.Itoa(batch), "-dilation", strconv.FormatFloat(sz.k, 'g', -1, 64),
-		"-report", (time.Duration(sz.k * float64(time.Second))).String()}
-	if *procsNice == 0 {
-		argv = argv[3:]
-	}
-	h.cmd = lab.Command(context.Background(), 0, argv[0], argv[1:]...)
-	h.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	errFile, err := os.Create(h.stderr)
-	if err != nil {
-		b.Fatal(err)
-	}
-	h.cmd.Stderr = errFile
-	out, err := h.cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	err = h.cmd.Start()
-	errFile.Close() // the host holds its own descriptor
-	if err != nil {
-		b.Fatal(err)
-	}
+		"-report", (time.Duration(sz.k * float64(time.Second))).String())
+	w.Close()
 	b.Cleanup(func() {
 		if err := h.cmd.Process.Kill(); err != nil {
 			b.Logf("stop the ring host: %v", err)
@@ -787,6 +751,7 @@ func startRingHost(b *testing.B, lab *netns.Lab, exe, dir, keyFile string, sz pr
 		h.cmd.Wait() // killed: its exit status says so and nothing else
 	})
 	go func() {
+		defer out.Close()
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
 			line := sc.Text()
@@ -814,6 +779,38 @@ func startRingHost(b *testing.B, lab *netns.Lab, exe, dir, keyFile string, sz pr
 		return nil
 	}, time.Now(), func() { b.Logf("ring host's log:\n%s", tailFile(h.stderr, 20)) })
 	return h
+}
+
+// startInLab starts a ring program in node i of the lab, at -procs.nice so
+// that the bench's own work (the launch schedule, the convergence polls, the
+// /proc reads) is not queued behind a thousand agents while a large ring
+// forms (the CPU each uses is the same, only its place in the queue changes).
+// It dies with the bench, even when the bench is killed: no orphan ring keeps
+// the machine busy after an interrupted run. Its stderr (memberlist's
+// warnings among them) goes to a file of its own; stdout, when not nil, to
+// that file.
+func startInLab(b *testing.B, lab *netns.Lab, i int, stderr string, stdout *os.File, exe string, args ...string) *exec.Cmd {
+	b.Helper()
+	argv := append([]string{"nice", "-n", strconv.Itoa(*procsNice), exe}, args...)
+	if *procsNice == 0 {
+		argv = argv[3:]
+	}
+	cmd := lab.Command(context.Background(), i, argv[0], argv[1:]...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	errFile, err := os.Create(stderr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd.Stderr = errFile
+	if stdout != nil {
+		cmd.Stdout = stdout
+	}
+	err = cmd.Start()
+	errFile.Close() // the program holds its own descriptor
+	if err != nil {
+		b.Fatal(err)
+	}
+	return cmd
 }
 
 // whole holds once every hosted agent sees every member alive.

@@ -43,8 +43,7 @@ func run() error {
 		cluster   = flag.String("cluster", "", "cluster name")
 		firstIP   = flag.String("first-ip", "", "address of the first agent; agent i binds the i-th address after it")
 		count     = flag.Int("count", 0, "number of agents")
-		seeds     = flag.String("seeds", "", "comma-separated seed addresses")
-		seedsFile = flag.String("seeds-file", "", "file of seed addresses, one per line (instead of -seeds)")
+		seedsFile = flag.String("seeds-file", "", "file of seed addresses, one per line (a thousand do not fit a command line comfortably)")
 		keyFile   = flag.String("key-file", "", "file holding the ring key in hex")
 		perSecond = flag.Int("per-second", 10, "agents started per (dilated) second")
 		dilation  = flag.Float64("dilation", 1, "every timer of the agents multiplied by this (gossip.Tuning.Dilation)")
@@ -53,14 +52,14 @@ func run() error {
 		logLevel  = flag.String("log-level", "warn", "least level logged to stderr")
 	)
 	flag.Parse()
-	if *cluster == "" || *firstIP == "" || *count <= 0 || (*seeds == "") == (*seedsFile == "") || *keyFile == "" || *perSecond <= 0 {
-		return errors.New("-cluster, -first-ip, -count > 0, -key-file, -per-second > 0 and one of -seeds and -seeds-file are required")
+	if *cluster == "" || *firstIP == "" || *count <= 0 || *seedsFile == "" || *keyFile == "" || *perSecond <= 0 {
+		return errors.New("-cluster, -first-ip, -count > 0, -seeds-file, -key-file and -per-second > 0 are required")
 	}
 	first, err := netip.ParseAddr(*firstIP)
 	if err != nil || !first.Is4() {
 		return fmt.Errorf("-first-ip %q is not an IPv4 address", *firstIP)
 	}
-	seedList, err := readSeeds(*seeds, *seedsFile)
+	seedList, err := readSeeds(*seedsFile)
 	if err != nil {
 		return err
 	}
@@ -129,10 +128,8 @@ func nodeName(ip netip.Addr) string {
 	return "ip-" + strings.ReplaceAll(ip.String(), ".", "-")
 }
 
-func readSeeds(list, file string) ([]string, error) {
-	if file == "" {
-		return strings.Split(list, ","), nil
-	}
+// readSeeds reads the seed addresses, one per line.
+func readSeeds(file string) ([]string, error) {
 	raw, err := os.ReadFile(file)
 	if err != nil {
 		return nil, fmt.Errorf("-seeds-file: %w", err)
